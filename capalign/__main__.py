@@ -1,0 +1,3 @@
+from capalign.cli import main
+
+main()
