@@ -1,0 +1,41 @@
+"""Terminal output: one rich console for tables and progress, stderr for errors."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    """Print a simple table; floats are shown with 4 decimals."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in row))
+    console.print(table)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
+    """A rich progress bar with an extra free-text field (`info`) for loss, lr and throughput."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task(description, total=total, info="")
+        yield progress, task
