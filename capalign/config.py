@@ -1,0 +1,162 @@
+"""Run configuration: dataclasses with presets, YAML load/save and command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from capalign.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """What to build. Backbones are Hugging Face names or local paths; None builds from config."""
+
+    preset: str = "tiny"
+    arch: str = "cross-attention"
+    vision: str | None = None
+    decoder: str | None = None
+    freeze_vision: bool = False
+    freeze_decoder: bool = False
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    decoder_hidden: int = 128
+    decoder_layers: int = 3
+    heads: int = 4
+    projection_dim: int = 64
+    max_caption_tokens: int = 24
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by pretrain and align."""
+
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    seed: int = 0
+    contrastive_weight: float = 0.5
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 200
+
+
+@dataclass
+class AlignConfig:
+    """Stage-2 preference optimisation settings (TRL's names where TRL has one)."""
+
+    beta: float = 0.1
+    loss: str = "sigmoid"
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+    pairs: str = "auto"
+    lr: float = 5e-5
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved resolved as `capalign.yaml` in the run folder."""
+
+    data: str = "shapes"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": {},
+}
+
+LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def _merge(target, values: dict, where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in names:
+            raise UserError(f"Unknown config key '{where}{key}'; valid keys: {', '.join(names)}.")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"Config key '{where}{key}' must be a mapping.")
+            _merge(current, value, f"{where}{key}.")
+        else:
+            setattr(target, key, value)
+
+
+def build_config(preset: str | None = None, config_file: Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Preset, then YAML file, then command-line overrides (`{"train": {"lr": 0.1}}`), then validation."""
+    config = RunConfig()
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"Config file {path} does not exist.")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"Config file {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"Config file {path} must hold a mapping at the top level.")
+        preset = preset or loaded.get("model", {}).get("preset")
+        _apply_preset(config, preset)
+        _merge(config, loaded, "")
+    else:
+        _apply_preset(config, preset)
+    _merge(config, overrides or {}, "")
+    validate(config)
+    return config
+
+
+def _apply_preset(config: RunConfig, preset: str | None) -> None:
+    name = preset or "tiny"
+    if name not in PRESETS:
+        raise UserError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
+    _merge(config.model, {"preset": name, **PRESETS[name]}, "model.")
+
+
+def validate(config: RunConfig) -> None:
+    """Reject values no run can use, with one clear sentence."""
+    checks = [
+        (config.train.batch_size > 0, "--batch-size must be positive"),
+        (config.train.lr > 0, "--lr must be positive"),
+        (config.train.epochs > 0, "--epochs must be positive"),
+        (config.train.max_steps is None or config.train.max_steps > 0, "--max-steps must be positive"),
+        (config.align.max_steps is None or config.align.max_steps > 0, "--max-steps must be positive"),
+        (config.align.beta > 0, f"--beta must be positive (got {config.align.beta})"),
+        (config.align.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)} (got {config.align.loss})"),
+        (0 <= config.align.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
+        (config.align.sft_weight >= 0, "--sft-weight must not be negative"),
+        (config.train.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message + ".")
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a run folder's resolved config back."""
+    config = RunConfig()
+    _merge(config, yaml.safe_load(Path(path).read_text()) or {}, "")
+    return config
