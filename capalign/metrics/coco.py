@@ -1,0 +1,160 @@
+"""BLEU-1..4, METEOR, ROUGE-L, CIDEr(-D), SPICE through pycocoevalcap, exactly as its COCOEvalCap does.
+
+Captions are tokenized once with pycocoevalcap's PTBTokenizer (Stanford CoreNLP 3.4.1, lower-cased,
+punctuation removed); each scorer then gets the same tokenized dicts that COCOEvalCap would give it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+import tempfile
+from contextlib import contextmanager, redirect_stdout
+from importlib import import_module
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from capalign.metrics import EvaluationResult
+
+SPICE_JAR_NAME = "stanford-corenlp-3.6.0.jar"
+SPICE_FETCH = (
+    "python -c 'from pycocoevalcap.spice.get_stanford_models import get_stanford_models as g; g()'"
+)
+
+
+@contextmanager
+def _quiet_java_stderr() -> Iterator[None]:
+    """Hide the Java tools' progress chatter on fd 2; replay it if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """PTB-tokenize {image id: [captions]} with pycocoevalcap's tokenizer (one Java call)."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with _quiet_java_stderr():
+        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+
+
+def bleu_stats(gts: dict[str, list[str]], res: dict[str, list[str]]) -> np.ndarray:
+    """Per-image BLEU sufficient statistics from pycocoevalcap's own n-gram cooking:
+    columns testlen, reflen (closest), guess 1-4, correct 1-4."""
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    rows = []
+    for key in gts:
+        comps = cook_test(res[key][0], cook_refs(gts[key]), eff="closest")
+        rows.append([comps["testlen"], comps["reflen"], *comps["guess"], *comps["correct"]])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 10)
+
+
+def bleu_from_stats(totals: np.ndarray) -> np.ndarray:
+    """Corpus BLEU-1..4 from summed statistics (shape [..., 10]) — the aggregation of pycocoevalcap's
+    BleuScorer.compute_score, vectorised so bootstrap resamples of BLEU are exact (hand-written
+    because the library only scores one fixed corpus at a time)."""
+    small, tiny = 1e-9, 1e-15
+    testlen, reflen = totals[..., 0], totals[..., 1]
+    guess, correct = totals[..., 2:6], totals[..., 6:10]
+    ratios = (correct + tiny) / (guess + small)
+    bleus = np.stack([np.prod(ratios[..., : k + 1], axis=-1) ** (1.0 / (k + 1)) for k in range(4)], axis=-1)
+    ratio = (testlen + tiny) / (reflen + small)
+    penalty = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
+    return bleus * penalty[..., None]
+
+
+def spice_unavailable() -> str | None:
+    """None when SPICE can run; else a one-line reason. Tries pycocoevalcap's CoreNLP download once
+    (15 s socket timeout) when the jar is not cached."""
+    spice_dir = Path(import_module("pycocoevalcap.spice.spice").__file__).parent
+    if (spice_dir / "lib" / SPICE_JAR_NAME).exists():
+        return None
+    from pycocoevalcap.spice.get_stanford_models import get_stanford_models
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        with _quiet_java_stderr(), redirect_stdout(io.StringIO()):
+            get_stanford_models()
+    except Exception as exc:  # offline: URLError, timeout, partial zip
+        return (
+            f"SPICE needs Stanford CoreNLP 3.6.0 (~385 MB), not cached in {spice_dir / 'lib'} and the download "
+            f"failed ({type(exc).__name__}); run on a connected machine: {SPICE_FETCH}"
+        )
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None if (spice_dir / "lib" / SPICE_JAR_NAME).exists() else "SPICE CoreNLP download did not produce the jar"
+
+
+def score_coco(
+    candidates: dict[str, str], references: dict[str, list[str]], metrics: list[str], result: EvaluationResult
+) -> None:
+    """Fill `result` with the requested pycocoevalcap metrics (corpus and per-image)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    ids = sorted(candidates)  # SPICE returns per-image scores in sorted id order
+    gts = tokenize({i: references[i] for i in ids})
+    res = tokenize({i: [candidates[i]] for i in ids})
+    version = "pycocoevalcap 1.2 (PTBTokenizer)"
+
+    def put(name: str, corpus: float, per: list[float] | np.ndarray) -> None:
+        result.summary[name] = float(corpus)
+        result.add_per_image(name, dict(zip(ids, (float(x) for x in per))))
+        result.scorers[name] = version
+
+    if any(m.startswith("BLEU") for m in metrics):
+        corpus, per = Bleu(4).compute_score(gts, res, verbose=0)
+        for k in range(4):
+            if f"BLEU-{k + 1}" in metrics:
+                put(f"BLEU-{k + 1}", corpus[k], per[k])
+        stats = bleu_stats(gts, res)
+        result.stats["BLEU"] = {i: row.tolist() for i, row in zip(ids, stats)}
+    if "METEOR" in metrics:
+        with _quiet_java_stderr():
+            meteor = Meteor()
+            try:
+                corpus, per = meteor.compute_score(gts, res)
+            finally:
+                del meteor
+        put("METEOR", corpus, per)
+        result.scorers["METEOR"] = version + ", METEOR 1.5 (corpus score from summed statistics)"
+    if "ROUGE-L" in metrics:
+        corpus, per = Rouge().compute_score(gts, res)
+        put("ROUGE-L", corpus, per)
+    if "CIDEr" in metrics:
+        corpus, per = Cider().compute_score(gts, res)
+        put("CIDEr", corpus, per)
+        result.scorers["CIDEr"] = version + ", CIDEr-D with IDF from these references"
+    if "SPICE" in metrics:
+        reason = spice_unavailable()
+        if reason:
+            result.missing["SPICE"] = reason
+            return
+        from pycocoevalcap.spice.spice import Spice
+
+        try:
+            with _quiet_java_stderr():
+                corpus, per = Spice().compute_score(gts, res)
+        except Exception as exc:
+            result.missing["SPICE"] = f"SPICE failed: {type(exc).__name__}: {str(exc)[:200]}"
+            return
+        put("SPICE", corpus, [p["All"]["f"] for p in per])
