@@ -190,7 +190,7 @@ def evaluate_captions(
     if wanted & {"CHAIR-s", "CHAIR-i"}:
         from capalign.metrics.hallucination import score_chair
 
-        score_chair(candidates, instances, [m for m in ("CHAIR-s", "CHAIR-i") if m in wanted], result)
+        score_chair(candidates, references, instances, [m for m in ("CHAIR-s", "CHAIR-i") if m in wanted], result)
 
     # Keep the requested order in the summary.
     result.summary = {m: result.summary[m] for m in metrics if m in result.summary}

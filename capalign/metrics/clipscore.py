@@ -1,0 +1,137 @@
+"""CLIPScore and RefCLIPScore as defined by Hessel et al. 2021 (jmhessel/clipscore).
+
+CLIP-S(c, v) = w * max(cos(E_c, E_v), 0), w = 2.5, text prompted with "A photo depicts ".
+RefCLIP-S(c, R, v) = harmonic mean of CLIP-S(c, v) and max(max_r cos(E_c, E_r), 0).
+The scorer is any transformers `CLIPModel` (hub name from the local cache, or a path), or a capalign
+run's contrastive head; `scorers` names which. This is not torchmetrics' `100 * cos` CLIPScore.
+Written here (not a package) because jmhessel/clipscore is a script around OpenAI's `clip` package.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from capalign.metrics import EvaluationResult, MetricOptions
+
+W = 2.5
+PROMPT = "A photo depicts"
+
+
+class HFClipScorer:
+    """L2-normalised image and text embeddings from a transformers CLIPModel."""
+
+    def __init__(self, name_or_path: str, device: str | None = None, batch_size: int = 64):
+        import torch
+        from transformers import AutoProcessor, CLIPModel
+
+        try:
+            self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=True)
+            self.processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True)
+        except OSError:
+            raise FileNotFoundError(
+                f"CLIP model '{name_or_path}' is not on this machine; run `capalign fetch --model {name_or_path}` "
+                "on a connected machine, or pass --clip-model PATH"
+            ) from None
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.max_length = self.model.config.text_config.max_position_embeddings
+
+    @staticmethod
+    def _features(output: Any):
+        return output if hasattr(output, "norm") else output.pooler_output  # transformers 5 returns an output
+
+    def embed_images(self, images: list) -> "torch.Tensor":
+        import torch
+
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = [im.convert("RGB") for im in images[start : start + self.batch_size]]
+                pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
+                chunks.append(self._features(self.model.get_image_features(pixel_values=pixels)).float().cpu())
+        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+    def embed_texts(self, texts: list[str]) -> "torch.Tensor":
+        import torch
+
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                enc = self.processor.tokenizer(
+                    texts[start : start + self.batch_size], padding=True, truncation=True,
+                    max_length=self.max_length, return_tensors="pt",
+                ).to(self.device)
+                out = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+                chunks.append(self._features(out).float().cpu())
+        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+
+@functools.lru_cache(maxsize=2)
+def load_clip(name_or_path: str, device: str | None = None, batch_size: int = 64) -> HFClipScorer:
+    """A cached HFClipScorer (FileNotFoundError with a one-line message when the model is missing)."""
+    return HFClipScorer(name_or_path, device, batch_size)
+
+
+def clip_scores(
+    image_emb: np.ndarray, cand_emb: np.ndarray, ref_emb: list[np.ndarray] | None = None, w: float = W
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-caption CLIP-S and (when reference embeddings are given) RefCLIP-S from unit vectors."""
+    clip_s = w * np.clip(np.sum(image_emb * cand_emb, axis=1), 0, None)
+    if ref_emb is None:
+        return clip_s, None
+    ref_s = np.array([max(float(np.max(refs @ c)), 0.0) for c, refs in zip(cand_emb, ref_emb)])
+    denom = clip_s + ref_s
+    refclip = np.divide(2 * clip_s * ref_s, denom, out=np.zeros_like(denom), where=denom > 0)
+    return clip_s, refclip
+
+
+def _prompted(prompt: str, text: str) -> str:
+    return f"{prompt.rstrip()} {text}" if prompt else text
+
+
+def score_clip(
+    candidates: dict[str, str],
+    references: dict[str, list[str]],
+    images: dict[str, Any] | None,
+    metrics: list[str],
+    result: EvaluationResult,
+    options: MetricOptions,
+) -> None:
+    """Fill CLIPScore / RefCLIPScore, or report them missing with a one-line reason."""
+    ids = list(candidates)
+    if not images or any(i not in images for i in ids):
+        for m in metrics:
+            result.missing[m] = f"{m} needs the images; none were given for {len([i for i in ids if i not in (images or {})])} captions"
+        return
+    if options.clip_scorer is not None:
+        scorer, prompt = options.clip_scorer, options.clip_prompt or ""
+        label = f"{options.clip_model} (capalign contrastive head, not CLIP)"
+    else:
+        try:
+            scorer = load_clip(options.clip_model, options.device, options.batch_size)
+        except FileNotFoundError as exc:
+            for m in metrics:
+                result.missing[m] = str(exc)
+            return
+        prompt = PROMPT if options.clip_prompt is None else options.clip_prompt
+        label = f"CLIPModel {options.clip_model}"
+    label += f", Hessel et al. 2021, w={W}, prompt {prompt!r}"
+    image_emb = scorer.embed_images([images[i] for i in ids]).cpu().numpy().astype(np.float64)
+    cand_emb = scorer.embed_texts([_prompted(prompt, candidates[i]) for i in ids]).cpu().numpy().astype(np.float64)
+    ref_emb = None
+    if "RefCLIPScore" in metrics:
+        flat = [_prompted(prompt, r) for i in ids for r in references[i]]
+        all_refs = scorer.embed_texts(flat).cpu().numpy().astype(np.float64)
+        bounds = np.cumsum([0] + [len(references[i]) for i in ids])
+        ref_emb = [all_refs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    clip_s, refclip = clip_scores(image_emb, cand_emb, ref_emb)
+    for name, values in (("CLIPScore", clip_s), ("RefCLIPScore", refclip)):
+        if name in metrics and values is not None:
+            result.summary[name] = float(np.mean(values))
+            result.add_per_image(name, dict(zip(ids, values.tolist())))
+            result.scorers[name] = label
+

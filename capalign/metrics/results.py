@@ -1,0 +1,104 @@
+"""Captions produced by any system: COCO results files and their match against the references."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capalign.errors import UserError
+
+
+@dataclass
+class LoadedResults:
+    """Captions by image id (first one kept for duplicates), plus what was odd about the file."""
+
+    captions: dict[str, str]
+    duplicated: dict[str, int] = field(default_factory=dict)  # id -> times it appeared
+    skipped: int = 0  # records without a usable image_id / caption
+
+
+def load_results(path: str | Path) -> LoadedResults:
+    """Read a COCO results file (`[{"image_id": ..., "caption": ...}]`), JSONL with the same records,
+    or a `{image_id: caption}` object. Ids become strings; bad records are skipped and counted."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is neither JSON nor JSON lines ({exc.msg} at line {exc.lineno})") from None
+    if isinstance(data, dict) and "annotations" in data:
+        data = data["annotations"]
+    if isinstance(data, dict):
+        data = [{"image_id": k, "caption": v} for k, v in data.items()]
+    if not isinstance(data, list):
+        raise UserError(f"{path} is not a COCO results file: expected a list of {{image_id, caption}} records")
+    loaded = LoadedResults(captions={})
+    for record in data:
+        if not isinstance(record, dict) or record.get("image_id") is None or not isinstance(record.get("caption"), str):
+            loaded.skipped += 1
+            continue
+        key = str(record["image_id"])
+        if key in loaded.captions:
+            loaded.duplicated[key] = loaded.duplicated.get(key, 1) + 1
+            continue
+        loaded.captions[key] = record["caption"]
+    if not loaded.captions:
+        raise UserError(f"{path} holds no usable {{image_id, caption}} records ({loaded.skipped} skipped)")
+    return loaded
+
+
+@dataclass
+class IdReport:
+    """How a results file's ids compare with the reference ids."""
+
+    missing: list[str]
+    extra: list[str]
+    duplicated: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.duplicated)
+
+    def describe(self, limit: int = 10) -> str:
+        def some(ids) -> str:
+            ids = list(ids)
+            return ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} reference images have no caption (missing: {some(self.missing)})")
+        if self.extra:
+            parts.append(f"{len(self.extra)} ids are not in the references (extra: {some(self.extra)})")
+        if self.duplicated:
+            parts.append(f"{len(self.duplicated)} ids appear more than once (duplicated: {some(self.duplicated)})")
+        return "; ".join(parts)
+
+
+def _sort_key(image_id: str):
+    return (0, int(image_id), "") if image_id.isdigit() else (1, 0, image_id)
+
+
+def match_ids(
+    loaded: LoadedResults, reference_ids, *, allow_partial: bool = False, source: str = "results file"
+) -> tuple[dict[str, str], IdReport]:
+    """Captions restricted to ids present in both. Any missing / extra / duplicated id is a UserError
+    naming them, unless allow_partial (then the common ids are scored, first caption of a duplicate)."""
+    refs = set(reference_ids)
+    report = IdReport(
+        missing=sorted(refs - set(loaded.captions), key=_sort_key),
+        extra=sorted(set(loaded.captions) - refs, key=_sort_key),
+        duplicated=dict(sorted(loaded.duplicated.items(), key=lambda kv: _sort_key(kv[0]))),
+    )
+    if not report.ok and not allow_partial:
+        raise UserError(f"{source} does not match the references: {report.describe()}; fix the file or pass --allow-partial")
+    common = {k: v for k, v in loaded.captions.items() if k in refs}
+    if not common:
+        raise UserError(f"{source} shares no image ids with the references ({report.describe()})")
+    return common, report
