@@ -1,0 +1,130 @@
+"""Hugging Face Hub access that fails fast offline: hub names, any dataset id, `fetch_model`.
+
+Reachability is probed once (a 3-second HEAD in a daemon thread, so a hanging DNS lookup cannot
+stall us); when the hub is unreachable or HF_HUB_OFFLINE is set, datasets and huggingface_hub are
+switched to offline mode so only the local cache is consulted and failure takes well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+from capalign.errors import UserError
+
+_TRUE = {"1", "true", "yes", "on"}
+PROBE_SECONDS = 3.0
+MODEL_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "*.tflite", "flax_model*",
+                "tf_model*", "rust_model*", "coreml/*", "*.mlmodel"]
+
+
+def offline_requested() -> bool:
+    """True when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE is set (read now)."""
+    import huggingface_hub.constants as hc
+
+    env = any(os.environ.get(v, "").strip().lower() in _TRUE
+              for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return env or bool(hc.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
+    """One HEAD request to the hub endpoint (honours proxies), abandoned after `timeout` seconds."""
+    if offline_requested():
+        return False
+    import requests
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            requests.head(endpoint, timeout=(timeout, timeout), allow_redirects=False)
+            ok.append(True)
+        except Exception:  # any failure means "not reachable"; the reason is irrelevant here
+            pass
+
+    t = threading.Thread(target=probe, daemon=True, name="capalign-hub-probe")
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+@contextlib.contextmanager
+def offline_mode():
+    """Make datasets and huggingface_hub use only the local cache (no retries) inside the block."""
+    import datasets.config as dc
+    import huggingface_hub.constants as hc
+
+    saved = (hc.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE, getattr(dc, "HF_DATASETS_OFFLINE", None))
+    hc.HF_HUB_OFFLINE = dc.HF_HUB_OFFLINE = True
+    dc.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE = saved
+
+
+def _cache_hint() -> str:
+    import huggingface_hub.constants as hc
+
+    return hc.HF_HOME
+
+
+def load_hub_dataset(repo: str, config: str | None, fetch_name: str):
+    """load_dataset(repo, config) online, or from the local cache only when offline; any failure
+    is a UserError that says what to run on a connected machine."""
+    from datasets import load_dataset
+
+    online = hub_reachable()
+    try:
+        if online:
+            return load_dataset(repo, config)
+        with offline_mode():
+            return load_dataset(repo, config)
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
+        where = "the Hugging Face Hub is unreachable or offline mode is on, and it is not in the local cache" \
+            if not online else f"loading failed ({type(e).__name__}: {str(e)[:200]})"
+        raise UserError(
+            f"cannot load dataset {repo}{'/' + config if config else ''}: {where}; on a connected machine "
+            f"run `capalign fetch {fetch_name} --out DIR` and copy DIR here (or copy its Hugging Face "
+            f"cache, {_cache_hint()})."
+        ) from None
+
+
+def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
+    """Return a local folder with the model's files: a local path as is, else the Hugging Face
+    snapshot (downloaded when the hub is reachable, else taken from the local cache; no cache and
+    no hub is a UserError within seconds). Only PyTorch/safetensors weights, configs, tokenizers."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    if p.exists():
+        raise UserError(f"{p} is a file; pass a model folder or a Hugging Face model id.")
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise UserError(f"{name_or_path} is neither an existing folder nor a valid Hugging Face model id; "
+                        "check the spelling or the path.") from None
+    kw = dict(cache_dir=str(cache_dir) if cache_dir else None, ignore_patterns=MODEL_IGNORE)
+    online = hub_reachable()
+    try:
+        if online:
+            return Path(snapshot_download(name_or_path, **kw))
+        with offline_mode():
+            return Path(snapshot_download(name_or_path, local_files_only=True, **kw))
+    except Exception as e:
+        why = "the Hugging Face Hub is unreachable or offline mode is on, and it is not in the local cache" \
+            if not online else f"download failed ({type(e).__name__}: {str(e)[:200]})"
+        raise UserError(
+            f"cannot get model {name_or_path}: {why}; on a connected machine run `capalign fetch --model "
+            f"{name_or_path}` and copy its Hugging Face cache ({cache_dir or _cache_hint()}) here, or pass a "
+            "local model folder."
+        ) from None

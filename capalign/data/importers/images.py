@@ -1,0 +1,125 @@
+"""Safe image opening and normalisation: one decode at import time, RGB, EXIF-upright, resized.
+
+Every failure becomes a `BadImage` carrying a skip reason from `report`, never an exception that
+stops the import.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import report as R
+
+JPEG_QUALITY = 95  # stored images are re-encoded once as JPEG at this quality
+
+
+class BadImage(Exception):
+    """An image record that cannot be used; `reason` is one of the report.* skip reasons."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def resolve_inside(root: Path, rel: str) -> Path:
+    """Resolve `rel` under `root`, refusing absolute paths, `..` parts and symlinks that leave root."""
+    rel = str(rel).replace("\\", "/")
+    if not rel or os.path.isabs(rel) or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+        raise BadImage(R.PATH_ESCAPE, f"absolute or empty path {rel!r}")
+    if ".." in Path(rel).parts:
+        raise BadImage(R.PATH_ESCAPE, f"'..' in {rel!r}")
+    base = root.resolve()
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base):
+        raise BadImage(R.PATH_ESCAPE, f"{rel!r} resolves to {target}, outside {base}")
+    if not target.exists():
+        raise BadImage(R.MISSING_FILE, str(target))
+    if not target.is_file():
+        raise BadImage(R.NOT_IMAGE, f"{target} is not a file")
+    if target.stat().st_size == 0:
+        raise BadImage(R.EMPTY_FILE, str(target))
+    return target
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (1, L, P, RGBA, LA, CMYK, I;16, I, F, ...) to 8-bit RGB on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        if img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        elif a.size and a.max() > 255:  # 16-bit range
+            a = a / 257.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def _resize(img: Image.Image, size: int) -> Image.Image:
+    """Shrink so the shorter side is `size` (aspect kept); never enlarge; size <= 0 keeps it."""
+    w, h = img.size
+    if size <= 0 or min(w, h) <= size:
+        return img
+    scale = size / min(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def normalize_image(source: bytes | Path, size: int) -> bytes:
+    """Decode `source` once, apply EXIF orientation, convert to RGB, resize, return JPEG bytes.
+
+    Raises BadImage for empty, non-image, truncated/corrupt and decompression-bomb inputs (an image
+    with more than PIL's `Image.MAX_IMAGE_PIXELS` pixels is refused from its header, never decoded).
+    """
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise BadImage(R.EMPTY_FILE, "0 bytes")
+        fp = io.BytesIO(source)
+    else:
+        if Path(source).stat().st_size == 0:
+            raise BadImage(R.EMPTY_FILE, str(source))
+        fp = open(source, "rb")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(fp)
+            except Image.DecompressionBombError as e:
+                raise BadImage(R.BOMB, str(e)) from None
+            except UnidentifiedImageError as e:
+                raise BadImage(R.NOT_IMAGE, str(e)) from None
+            except (OSError, SyntaxError, ValueError) as e:
+                raise BadImage(R.TRUNCATED, str(e)) from None
+            limit = Image.MAX_IMAGE_PIXELS
+            w, h = img.size
+            if limit and w * h > limit:
+                raise BadImage(R.BOMB, f"{w}x{h} = {w * h} pixels > limit {limit}")
+            if size > 0 and img.format == "JPEG" and min(w, h) > size:
+                # decode JPEGs at reduced scale directly (less memory and time)
+                img.draft(None, (max(size, round(w * size / min(w, h))), max(size, round(h * size / min(w, h)))))
+            try:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+            except Image.DecompressionBombError as e:
+                raise BadImage(R.BOMB, str(e)) from None
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise BadImage(R.TRUNCATED, str(e)) from None
+        img = _resize(_to_rgb(img), size)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        return buf.getvalue()
+    finally:
+        fp.close()

@@ -1,0 +1,40 @@
+"""Karpathy split json (dataset_coco.json / dataset_flickr8k.json / dataset_flickr30k.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .records import Candidate, clean_captions, keep_with_captions, require
+from .report import SkipLog
+from .splits import canonical_split
+
+
+def is_karpathy(doc: object) -> bool:
+    imgs = doc.get("images") if isinstance(doc, dict) else None
+    return isinstance(imgs, list) and "annotations" not in doc and (
+        "dataset" in doc or (bool(imgs) and isinstance(imgs[0], dict) and "sentences" in imgs[0]))
+
+
+def karpathy_candidates(path: Path, doc: dict, images: Path, log: SkipLog) -> list[Candidate]:
+    """One candidate per image with its Karpathy split (restval joins train); id = cocoid or
+    the file name's stem; the image is `filepath/filename` (COCO) or `filename` under `images`."""
+    cands = []
+    for i, im in enumerate(doc["images"]):
+        where = f"images[{i}]"
+        require(isinstance(im, dict) and isinstance(im.get("filename"), str), path, where,
+                "needs a 'filename'")
+        require(isinstance(im.get("sentences"), list), path, f"{where}.sentences", "must be a list")
+        split = canonical_split(im.get("split", ""))
+        require(split is not None, path, f"{where}.split",
+                f"unknown split {im.get('split')!r} (expected train, restval, val or test)")
+        rel = f"{im['filepath']}/{im['filename']}" if im.get("filepath") else im["filename"]
+        iid = str(im["cocoid"]) if "cocoid" in im else Path(im["filename"]).stem
+        raw = []
+        for k, s in enumerate(im["sentences"]):
+            require(isinstance(s, dict) and ("raw" in s or "tokens" in s), path,
+                    f"{where}.sentences[{k}]", "needs 'raw' or 'tokens'")
+            raw.append(s["raw"] if "raw" in s else " ".join(s["tokens"]))
+        ref = f"{path.name} {where} ({rel})"
+        cands.append(Candidate(image_id=iid, captions=clean_captions(raw, ref, log), ref=ref,
+                               path=rel, root=images, split=split))
+    return keep_with_captions(cands, log)

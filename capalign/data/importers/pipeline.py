@@ -1,0 +1,162 @@
+"""From candidates to the prepared dataset: split plan, one image decode per row, save_to_disk.
+
+Rows are produced by generators and written by `Dataset.from_generator` (Arrow, in batches), so
+memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from datasets import Dataset, DatasetDict, Features, Image, List, Value
+from datasets.exceptions import DatasetGenerationError
+
+from capalign.errors import UserError
+
+from .download import Downloader
+from .images import BadImage, normalize_image, resolve_inside
+from .records import Candidate
+from .report import FetchReport, SkipLog, write_report
+from .splits import SPLITS, carve, seeded_split, split_caps
+
+FEATURES = Features({"image_id": Value("string"), "image": Image(), "captions": List(Value("string"))})
+REPORT_NAME = "fetch_report.json"
+Plan = dict[str, tuple[Iterable[Candidate], int | None]]
+
+
+def plan_splits(cands: list[Candidate], seed: int, limit: int | None) -> Plan:
+    """Use the candidates' own splits when they have them (limit = cap per split, a missing
+    validation/test split is a seeded 5% carved from train); otherwise a seeded 90/5/5 split with
+    the limit shared 90/5/5 across splits."""
+    if any(c.split for c in cands):
+        groups: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
+        for c in cands:
+            groups[c.split or "train"].append(c)
+        for i, s in enumerate(("validation", "test")):
+            if not groups[s] and groups["train"]:
+                groups["train"], groups[s] = carve(groups["train"], seed + i)
+        return {s: (groups[s], limit) for s in SPLITS}
+    groups = seeded_split(cands, seed)
+    caps = split_caps(limit)
+    return {s: (groups[s], caps[s]) for s in SPLITS}
+
+
+def _locate(c: Candidate, shards: dict) -> bytes | Path:
+    if c.path is not None:
+        return resolve_inside(c.root, c.path)
+    if c.data is not None:
+        return c.data
+    if c.tar is not None:
+        shard, offset, size = c.tar
+        f = shards.get(shard) or shards.setdefault(shard, open(shard, "rb"))
+        f.seek(offset)
+        return f.read(size)
+    raise BadImage("no_image_locator", c.ref)
+
+
+def _payloads(cands: Iterable[Candidate], log: SkipLog, downloader: Downloader | None):
+    if downloader is not None:
+        yield from downloader.fetch(cands, log)
+        return
+    shards: dict = {}
+    try:
+        for c in cands:
+            try:
+                yield c, _locate(c, shards)
+            except BadImage as e:
+                log.skip(e.reason, c.ref, e.detail)
+    finally:
+        for f in shards.values():
+            f.close()
+
+
+def iter_rows(cands: Iterable[Candidate], cap: int | None, image_size: int, log: SkipLog,
+              counts: dict[str, int], downloader: Downloader | None = None) -> Iterator[dict]:
+    """Yield prepared rows (decoded once, normalised) until `cap` good rows; bad ones are logged."""
+    payloads = _payloads(cands, log, downloader)
+    try:
+        while cap is None or counts["rows"] < cap:
+            try:
+                c, payload = next(payloads)
+            except StopIteration:
+                return
+            try:
+                image = normalize_image(payload, image_size)
+            except BadImage as e:
+                log.skip(e.reason, c.ref, e.detail)
+                continue
+            counts["rows"] += 1
+            counts["captions"] += len(c.captions)
+            yield {"image_id": c.image_id, "image": {"bytes": image, "path": None},
+                   "captions": c.captions, **c.extra}
+    finally:
+        payloads.close()
+
+
+def _build(gen: Callable[[], Iterator[dict]], features: Features, cache: Path, counts: dict) -> Dataset:
+    try:
+        return Dataset.from_generator(gen, features=features, cache_dir=str(cache),
+                                      fingerprint=uuid.uuid4().hex)
+    except DatasetGenerationError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+    except ValueError:
+        if counts["rows"] == 0:  # datasets cannot build a split from an empty generator
+            return Dataset.from_dict({k: [] for k in features}, features=features)
+        raise
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "dataset_dict.json").exists())):
+        raise UserError(f"{out} exists and is not a prepared dataset; choose another --out or remove it.")
+
+
+def write_prepared(*, source: str, fmt: str, out: Path, gens: dict[str, Callable[[dict], Iterator[dict]]],
+                   log: SkipLog, settings: dict, features: Features = FEATURES,
+                   notes: list[str] | None = None, count_key: str = "captions") -> FetchReport:
+    """Build every split from its generator, save_to_disk into `out` (replacing an earlier prepared
+    dataset there, atomically), write out/fetch_report.json, and return the FetchReport."""
+    out = Path(out)
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        built, rows, caps = {}, {}, {}
+        for split, make in gens.items():
+            counts = {"rows": 0, "captions": 0}
+            built[split] = _build(lambda make=make, counts=counts: make(counts), features,
+                                  work / "cache", counts)
+            rows[split], caps[split] = counts["rows"], counts["captions"]
+        staged = work / "prepared"
+        DatasetDict(built).save_to_disk(str(staged))
+        del built
+        report = FetchReport(source=source, format=fmt, out=out, rows=rows,
+                             captions=caps if count_key == "captions" else {},
+                             skipped=dict(sorted(log.counts.items())), report_path=out / REPORT_NAME,
+                             notes=list(notes or []))
+        write_report(staged / REPORT_NAME, report, log, settings)
+        old = work / "previous"
+        if out.exists():
+            out.rename(old)
+        staged.rename(out)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_candidates(*, source: str, fmt: str, out: Path, plan: Plan, log: SkipLog, image_size: int,
+                   settings: dict, downloader: Downloader | None = None,
+                   features: Features = FEATURES, notes: list[str] | None = None) -> FetchReport:
+    """Write a prepared dataset from a split plan of candidates (see plan_splits)."""
+    gens = {s: (lambda counts, cands=cands, cap=cap:
+                iter_rows(cands, cap, image_size, log, counts, downloader))
+            for s, (cands, cap) in plan.items()}
+    return write_prepared(source=source, fmt=fmt, out=out, gens=gens, log=log, settings=settings,
+                          features=features, notes=notes)

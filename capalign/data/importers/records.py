@@ -1,0 +1,79 @@
+"""The common in-between form every importer produces: one `Candidate` per image."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from capalign.errors import UserError
+
+from . import report as R
+from .report import SkipLog
+
+
+@dataclass
+class Candidate:
+    """One image before its pixels are read: where it is, its captions, and (maybe) its split.
+
+    Exactly one locator is set: `path` (relative to `root`), `data` (encoded bytes), `url`, or
+    `tar` (shard path, byte offset, size). `ref` names the record in skip reports.
+    """
+
+    image_id: str
+    captions: list[str]
+    ref: str
+    path: str | None = None
+    root: Path | None = None
+    data: bytes | None = None
+    url: str | None = None
+    tar: tuple[Path, int, int] | None = None
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def clean_captions(raw: Iterable[Any], ref: str, log: SkipLog) -> list[str]:
+    """Strip captions; empty or non-string ones are skipped and counted as `empty_caption`."""
+    out = []
+    for i, c in enumerate(raw):
+        text = c.strip() if isinstance(c, str) else ""
+        if text:
+            out.append(" ".join(text.split()))
+        else:
+            log.skip(R.EMPTY_CAPTION, f"{ref} caption {i}", repr(c))
+    return out
+
+
+def keep_with_captions(cands: Iterable[Candidate], log: SkipLog) -> list[Candidate]:
+    """Drop (and count) candidates without captions and repeated image ids."""
+    seen: set[str] = set()
+    kept = []
+    for c in cands:
+        if not c.captions:
+            log.skip(R.NO_CAPTIONS, c.ref)
+        elif c.image_id in seen:
+            log.skip(R.DUPLICATE, c.ref, f"image_id {c.image_id} already seen")
+        else:
+            seen.add(c.image_id)
+            kept.append(c)
+    return kept
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file; a syntax error becomes a UserError naming the file, line and column."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix or re-download the file."
+        ) from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason}); is this the right annotation file?") from None
+
+
+def require(cond: bool, path: Path, where: str, what: str) -> None:
+    """Raise a UserError naming the file and key/line at fault when `cond` is false."""
+    if not cond:
+        raise UserError(f"{path} {where}: {what}; fix the annotation file or pass the right one.")
