@@ -6,6 +6,7 @@ punctuation removed); each scorer then gets the same tokenized dicts that COCOEv
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import socket
@@ -102,13 +103,22 @@ def spice_unavailable() -> str | None:
     return None if (spice_dir / "lib" / SPICE_JAR_NAME).exists() else "SPICE CoreNLP download did not produce the jar"
 
 
+@functools.lru_cache(maxsize=1)
+def meteor_scorer():
+    """One pycocoevalcap Meteor (a Java process, ~5 s to start) per Python process; every EVAL request
+    it answers is independent of the previous ones."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    with _quiet_java_stderr():
+        return Meteor()
+
+
 def score_coco(
     candidates: dict[str, str], references: dict[str, list[str]], metrics: list[str], result: EvaluationResult
 ) -> None:
     """Fill `result` with the requested pycocoevalcap metrics (corpus and per-image)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     ids = sorted(candidates)  # SPICE returns per-image scores in sorted id order
@@ -130,11 +140,7 @@ def score_coco(
         result.stats["BLEU"] = {i: row.tolist() for i, row in zip(ids, stats)}
     if "METEOR" in metrics:
         with _quiet_java_stderr():
-            meteor = Meteor()
-            try:
-                corpus, per = meteor.compute_score(gts, res)
-            finally:
-                del meteor
+            corpus, per = meteor_scorer().compute_score(gts, res)
         put("METEOR", corpus, per)
         result.scorers["METEOR"] = version + ", METEOR 1.5 (corpus score from summed statistics)"
     if "ROUGE-L" in metrics:
