@@ -135,7 +135,8 @@ def write_prepared(*, source: str, fmt: str, out: Path, gens: dict[str, Callable
                                   work / "cache", counts)
             rows[split], caps[split] = counts["rows"], counts["captions"]
         staged = work / "prepared"
-        DatasetDict(built).save_to_disk(str(staged))
+        # an empty split needs one explicit shard, or it cannot be loaded back
+        DatasetDict(built).save_to_disk(str(staged), num_shards={s: 1 for s, n in rows.items() if n == 0} or None)
         del built
         report = FetchReport(source=source, format=fmt, out=out, rows=rows,
                              captions=caps if count_key == "captions" else {},
