@@ -1,0 +1,202 @@
+"""Stage 2: DPO-family preference optimisation of caption generation against a frozen reference.
+
+The reference model's log-probabilities of every chosen and rejected caption are computed once,
+before training, and stored with the pairs: the reference is never run inside the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from capalign import ui
+from capalign.config import RunConfig, load_config, save_config
+from capalign.data.collate import pixel_values, tokenize_captions
+from capalign.data.pairs import PreferencePair, shapes_pairs
+from capalign.data.store import get_split, load_prepared
+from capalign.errors import UserError
+from capalign.generate import DecodeOptions, caption_images
+from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
+from capalign.models.captioner import load_captioner, save_captioner
+from capalign.train.engine import Engine, EngineSettings
+from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
+
+HELD_OUT_PAIRS = 256
+
+
+@dataclass
+class PairBatchMaker:
+    """Collates pairs into pixel values, chosen/rejected labels and stored reference log-probs."""
+
+    tokenizer: object
+    processor: object
+    max_tokens: int
+
+    def __call__(self, items):
+        images = [item["image"] for item in items]
+        chosen = tokenize_captions(self.tokenizer, [item["chosen"] for item in items], self.max_tokens)
+        rejected = tokenize_captions(self.tokenizer, [item["rejected"] for item in items], self.max_tokens)
+        batch = {
+            "pixel_values": pixel_values(self.processor, images),
+            "chosen_labels": chosen["labels"],
+            "rejected_labels": rejected["labels"],
+        }
+        if "ref_chosen" in items[0]:
+            batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
+            batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
+        return batch
+
+
+class PairSet(Dataset):
+    """Pairs with their images; reference log-probs are attached by `attach_reference_logps`."""
+
+    def __init__(self, split, pairs: list[PreferencePair]):
+        self.split, self.pairs = split, pairs
+        self.reference: list[tuple[float, float]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        pair = self.pairs[i]
+        item = {"image": self.split[pair.row]["image"], "chosen": pair.chosen, "rejected": pair.rejected}
+        if self.reference is not None:
+            item["ref_chosen"], item["ref_rejected"] = self.reference[i]
+        return item
+
+
+def policy_logps(module, batch, average: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs of chosen and rejected captions (image encoded once) and the chosen captions' logits."""
+    encoded = module.encode_images(batch["pixel_values"])
+    n = batch["chosen_labels"].size(0)
+    width = max(batch["chosen_labels"].size(1), batch["rejected_labels"].size(1))
+    labels = torch.cat([_pad_to(batch["chosen_labels"], width), _pad_to(batch["rejected_labels"], width)])
+    encoded.last_hidden_state = encoded.last_hidden_state.repeat(2, 1, 1)
+    logits = module.caption_logits(encoded, labels)
+    logps = sequence_logps(logits, labels, average=average)
+    return logps[:n], logps[n:], logits[:n]
+
+
+def _pad_to(labels: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(labels, (0, width - labels.size(1)), value=-100)
+
+
+@torch.no_grad()
+def attach_reference_logps(reference, pair_set: PairSet, collate, batch_size: int, average: bool) -> None:
+    """Run the frozen reference once over all pairs and store its log-probs with them."""
+    reference.eval()
+    device = next(reference.parameters()).device
+    values: list[tuple[float, float]] = []
+    for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        chosen, rejected, _ = policy_logps(reference, batch, average)
+        values.extend(zip(chosen.tolist(), rejected.tolist()))
+    pair_set.reference = values
+
+
+def dpo_loss_fn(beta: float, loss_type: str, label_smoothing: float, sft_weight: float):
+    """The stage-2 objective with TRL-named logs."""
+    average = loss_type == "ipo"
+
+    def loss_fn(module, batch):
+        chosen, rejected, chosen_logits = policy_logps(module, batch, average)
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta, loss_type, label_smoothing
+        )
+        loss = losses.mean()
+        if sft_weight:
+            loss = loss + sft_weight * token_cross_entropy(chosen_logits, batch["chosen_labels"])
+        logs = {
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+            "logps/chosen": chosen.detach().mean(),
+            "logps/rejected": rejected.detach().mean(),
+        }
+        return loss, logs
+
+    return loss_fn
+
+
+def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
+    """Loss and reward metrics on held-out pairs, as TRL names them (eval_ prefix)."""
+
+    def run(module) -> dict[str, float]:
+        device = next(module.parameters()).device
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, logs = loss_fn(module, batch)
+            size = batch["pixel_values"].size(0)
+            for key, value in {"loss": loss, **logs}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * size
+            count += size
+        results = {f"eval_{k}": v / count for k, v in sums.items()}
+        results["val_loss"] = results["eval_loss"]
+        return results
+
+    return run
+
+
+def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int) -> list[PreferencePair]:
+    """Pairs for `--pairs auto`: the policy's own wrong captions, else corrupted references."""
+    if source != "auto":
+        raise UserError(f"--pairs {source} is not supported yet; use --pairs auto.")
+    if "objects" not in split.column_names:
+        raise UserError("--pairs auto needs a dataset with ground-truth objects (shapes); pass a pairs file instead.")
+    own = caption_images(captioner, tokenizer, processor, list(split["image"]), DecodeOptions())
+    return shapes_pairs(split, own, seed)
+
+
+def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:
+    """Align a pretrained run with preference pairs; writes a new run folder and returns it."""
+    pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
+    config.model = pretrained_config.model
+    config.data = data or pretrained_config.data
+    dataset = load_prepared(config.data)
+    a = config.align
+    policy, tokenizer, processor = load_captioner(model_dir)
+    reference, _, _ = load_captioner(model_dir)
+    if policy.head is not None:
+        policy.head.requires_grad_(False)
+    train_split = get_split(dataset, "train")
+    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
+    average = a.loss == "ipo"
+    with ui.console.status("Making preference pairs and reference log-probs"):
+        train_pairs = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, a.pairs, config.train.seed))
+        attach_reference_logps(reference, train_pairs, collate, a.batch_size, average)
+        held_out = None
+        if "validation" in dataset and len(dataset["validation"]):
+            val_split = dataset["validation"]
+            held_out = PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, a.pairs, config.train.seed + 1)[:HELD_OUT_PAIRS])
+            attach_reference_logps(reference, held_out, collate, a.batch_size, average)
+    del reference
+    from_policy = sum(p.source == "policy" for p in train_pairs.pairs)
+    ui.console.print(f"{len(train_pairs)} training pairs ({from_policy} with the policy's own wrong caption as rejected).")
+    run_dir = new_run_dir("align", out)
+    save_config(config, run_dir / CONFIG_NAME)
+    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
+    settings = EngineSettings(
+        lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps, weight_decay=0.0,
+        warmup_ratio=0.1, grad_clip=config.train.grad_clip, grad_accum=config.train.grad_accum,
+        mixed_precision=config.train.mixed_precision, seed=config.train.seed, log_every=5,
+        checkpoint_every=config.train.checkpoint_every, eval_every=50,
+    )
+    engine = Engine(
+        policy, loss_fn, train_pairs, collate, settings, run_dir,
+        validate=held_out_metrics(held_out, collate, loss_fn, a.batch_size) if held_out else None,
+        description="align",
+    )
+    if resume and engine.resume():
+        ui.console.print(f"Resumed from step {engine.state.step}.")
+    engine.fit()
+    if engine.accelerator.is_main_process:
+        save_captioner(run_dir, engine.unwrapped(), tokenizer, processor)
+        mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=engine.state.step)
+    engine.finish()
+    return run_dir

@@ -1,0 +1,261 @@
+"""One training engine for pretrain and align, on accelerate.
+
+It owns devices and mixed precision (accelerate), AdamW with decoupled weight decay, cosine schedule
+with warm-up, gradient clipping and accumulation, deterministic data order, skipping of batches whose
+loss or gradients are not finite, metrics.jsonl, atomic checkpoints with resume, Ctrl-C saving,
+periodic validation with best-model keeping, and a learning-curve PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
+
+from capalign import ui
+from capalign.train.curves import plot_curves
+from capalign.workspace import atomic_write_text
+
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class EngineSettings:
+    """The optimisation knobs the engine needs (taken from TrainConfig or AlignConfig)."""
+
+    lr: float
+    batch_size: int
+    epochs: int = 1
+    max_steps: int | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 200
+
+
+@dataclass
+class EngineState:
+    """What a checkpoint needs besides weights, optimiser and RNG states."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    skipped_nonfinite: int = 0
+    best_val_loss: float | None = None
+
+
+class Engine:
+    """Runs `loss_fn` over `train_set` batches and updates `module`'s trainable parameters."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        loss_fn: LossFn,
+        train_set,
+        collate,
+        settings: EngineSettings,
+        run_dir: Path,
+        *,
+        validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        save_best: Callable[[torch.nn.Module, Path], None] | None = None,
+        description: str = "train",
+    ):
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.loss_fn, self.validate, self.save_best = loss_fn, validate, save_best
+        self.description = description
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
+            mixed_precision=settings.mixed_precision,
+            gradient_accumulation_steps=settings.grad_accum,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        set_seed(settings.seed)
+        loader = DataLoader(
+            train_set,
+            batch_size=settings.batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(settings.seed),
+            drop_last=len(train_set) > settings.batch_size,
+        )
+        steps_per_epoch = max(1, math.ceil(len(loader) / settings.grad_accum))
+        self.total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+        optimizer = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
+        scheduler = get_cosine_schedule_with_warmup(
+            optimizer, int(settings.warmup_ratio * self.total_steps), self.total_steps
+        )
+        self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            module, optimizer, loader, scheduler
+        )
+        self.state = EngineState()
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoints = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write weights, optimiser, scheduler, RNG and engine state; swap in atomically."""
+        self.accelerator.wait_for_everyone()
+        final = self.checkpoints / f"step-{self.state.step:08d}"
+        if self.accelerator.is_main_process:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + ".partial")
+        self.accelerator.save_state(str(partial))
+        if self.accelerator.is_main_process:
+            (partial / "engine_state.json").write_text(json.dumps(asdict(self.state)))
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+            atomic_write_text(self.checkpoints / "latest.json", json.dumps({"path": final.name}))
+            for old in self.checkpoints.glob("step-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; returns whether it did."""
+        pointer = self.checkpoints / "latest.json"
+        if not pointer.is_file():
+            return False
+        path = self.checkpoints / json.loads(pointer.read_text())["path"]
+        self.accelerator.load_state(str(path))
+        self.state = EngineState(**json.loads((path / "engine_state.json").read_text()))
+        if self.accelerator.is_main_process and self.metrics_path.is_file():
+            kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.state.step]
+            atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
+        return True
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> EngineState:
+        """Train to `total_steps`; Ctrl-C writes a checkpoint first, then exits with status 130."""
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            path = self.save_checkpoint()
+            ui.err_console.print(f"Interrupted: checkpoint saved at {path}; continue with --resume.")
+            raise SystemExit(130) from None
+        return self.state
+
+    def _loop(self) -> None:
+        settings, acc = self.settings, self.accelerator
+        window: dict[str, list[float]] = {}
+        started, samples = time.perf_counter(), 0
+        with ui.progress_bar(self.description, self.total_steps) as (progress, task):
+            progress.update(task, completed=self.state.step)
+            while self.state.step < self.total_steps:
+                self.loader.set_epoch(self.state.epoch)
+                batches = self.loader
+                if self.state.batches_done_in_epoch:
+                    batches = acc.skip_first_batches(self.loader, self.state.batches_done_in_epoch)
+                for batch in batches:
+                    self.state.batches_done_in_epoch += 1
+                    stepped = self._train_batch(batch, window)
+                    samples += len(next(iter(batch.values()))) * acc.num_processes
+                    if not stepped:
+                        continue
+                    step = self.state.step
+                    if step % settings.log_every == 0 or step == self.total_steps:
+                        rate = samples / max(time.perf_counter() - started, 1e-9)
+                        self._log(window, rate)
+                        progress.update(task, info=f"loss {self.last_logged['loss']:.4f} lr {self.last_logged['lr']:.2e} {rate:.0f} samples/s")
+                        window = {}
+                    if self.validate and (step % settings.eval_every == 0 or step == self.total_steps):
+                        self._validate()
+                    if step % settings.checkpoint_every == 0 and step < self.total_steps:
+                        self.save_checkpoint()
+                    progress.update(task, completed=step)
+                    if step >= self.total_steps:
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.state.batches_done_in_epoch = 0
+        if self.state.skipped_nonfinite:
+            ui.console.print(f"[yellow]Skipped {self.state.skipped_nonfinite} batches whose loss or gradients were not finite.")
+
+    def _train_batch(self, batch: dict, window: dict[str, list[float]]) -> bool:
+        """One micro-batch; returns True when an optimiser step was taken (or skipped for NaN)."""
+        acc = self.accelerator
+        with acc.accumulate(self.module):
+            loss, logs = self.loss_fn(self.module, batch)
+            if not torch.isfinite(loss.detach()).all():
+                self.state.skipped_nonfinite += 1
+                self.optimizer.zero_grad()
+                return False
+            acc.backward(loss)
+            if not acc.sync_gradients:
+                return False
+            norm = acc.clip_grad_norm_(self.module.parameters(), self.settings.grad_clip)
+            if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+                self.state.skipped_nonfinite += 1
+                self.optimizer.zero_grad()
+                return False
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        self.state.step += 1
+        for key, value in {"loss": loss, **logs}.items():
+            window.setdefault(key, []).append(float(value.detach().float().mean()))
+        return True
+
+    def _log(self, window: dict[str, list[float]], rate: float) -> None:
+        record = {"step": self.state.step, "epoch": self.state.epoch}
+        record.update({k: sum(v) / len(v) for k, v in window.items()})
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["samples_per_s"] = rate
+        self.last_logged = record
+        self._append(record)
+
+    def _append(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _validate(self) -> None:
+        module = self.accelerator.unwrap_model(self.module)
+        module.eval()
+        with torch.no_grad():
+            results = self.validate(module)
+        module.train()
+        self._append({"step": self.state.step, **results})
+        val_loss = results.get("val_loss")
+        if val_loss is not None and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
+            self.state.best_val_loss = val_loss
+            if self.save_best and self.accelerator.is_main_process:
+                self.save_best(module, self.run_dir / "best-loss")
+        if self.accelerator.is_main_process:
+            plot_curves(self.metrics_path, self.run_dir / "curves.png")
+
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.module)
+
+    def finish(self) -> None:
+        """Release distributed resources (needed under torchrun before exit)."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; biases, norms and scalars (e.g. the logit scale) are not decayed."""
+    decay, no_decay = [], []
+    for param in module.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
