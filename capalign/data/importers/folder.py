@@ -83,7 +83,7 @@ def _rows(meta: Path, caption_column: str | None):
             require(isinstance(row.get(fcol), str) and row[fcol] != "", meta, f"line {n}",
                     f"needs a {fcol!r} string")
             value = row.get(ccol)
-            yield n, row[fcol], value if isinstance(value, list) else [value]
+            yield n, row[fcol], value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _candidates(folder: Path, split: str | None, caption_column: str | None, log: SkipLog):

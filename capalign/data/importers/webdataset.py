@@ -74,11 +74,17 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
         raise UserError(f"{shard}: not a readable uncompressed tar shard ({e}); "
                         "decompress it or pass the right file.") from None
     samples: dict[str, dict] = {}
+    size = shard.stat().st_size
+    cut = False
     with tf:
         try:
             for m in tf:
                 if not m.isfile():
                     continue
+                if m.offset_data + m.size > size:
+                    log.skip(R.TRUNCATED_SHARD, f"{shard}:{m.name}", "member cut off by the end of the file")
+                    cut = True
+                    break
                 d, _, base = m.name.rpartition("/")
                 stem, dot, ext = base.partition(".")
                 if not dot:
@@ -95,6 +101,14 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
                         s["bad"] = f"{m.name}: {e}"
         except (tarfile.TarError, EOFError, OSError) as e:
             log.skip(R.TRUNCATED_SHARD, str(shard), f"stopped after {len(samples)} samples: {e}")
+            cut = True
+        if not cut:  # tarfile stops silently at a cut header: insist on the end-of-archive zero block
+            with open(shard, "rb") as f:
+                f.seek(tf.offset)
+                tail = f.read(512)
+            if len(tail) < 512 or tail.strip(b"\0"):
+                log.skip(R.TRUNCATED_SHARD, str(shard),
+                         f"no end-of-archive marker at byte {tf.offset}: later samples are lost")
     cands = []
     for key, s in samples.items():
         ref = f"{shard.name}:{key}"
