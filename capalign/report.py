@@ -38,30 +38,33 @@ img.thumb{width:%dpx;height:auto;image-rendering:pixelated} .sig{font-weight:bol
 
 
 def bar_chart(rows: list[Row], path: Path) -> None:
-    """Grouped bar chart of each metric's value per system with its bootstrap interval."""
+    """One bar panel per metric (own y scale), a bar per system with its 95% bootstrap interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = list(dict.fromkeys(r.metric for r in rows if r.metric not in {"Vocabulary"}))
+    metrics = list(dict.fromkeys(r.metric for r in rows))
     systems = list(dict.fromkeys(r.system for r in rows))
     by = {(r.metric, r.system): r for r in rows}
-    width = 0.8 / max(len(systems), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(metrics) * max(1, len(systems) / 2)), 4))
-    x = np.arange(len(metrics))
-    for k, system in enumerate(systems):
-        vals, errs = [], [[], []]
-        for m in metrics:
-            r = by.get((m, system))
-            v = r.value if r else np.nan
-            vals.append(v)
-            errs[0].append(max(v - r.ci_low, 0) if r and r.ci_low is not None else 0)
-            errs[1].append(max(r.ci_high - v, 0) if r and r.ci_high is not None else 0)
-        ax.bar(x + (k - (len(systems) - 1) / 2) * width, vals, width, yerr=errs, capsize=2, label=system)
-    ax.set_xticks(x, metrics, rotation=30, ha="right")
-    ax.set_ylabel("score (95% bootstrap CI)")
-    ax.legend(fontsize=8)
+    cols = min(4, max(len(metrics), 1))
+    nrows = -(-max(len(metrics), 1) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes.flat, metrics):
+        for k, system in enumerate(systems):
+            r = by.get((metric, system))
+            if r is None:
+                continue
+            err = None
+            if r.ci_low is not None:
+                err = [[max(r.value - r.ci_low, 0)], [max(r.ci_high - r.value, 0)]]
+            ax.bar(k, r.value, yerr=err, capsize=3, color=colours[k % len(colours)])
+        ax.set_title(metric, fontsize=10)
+        ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right", fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle("metrics with 95% bootstrap intervals", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

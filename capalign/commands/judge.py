@@ -269,14 +269,13 @@ def compare(
     rows = compare_systems(results, names, n_boot=bootstrap, n_perm=bootstrap, seed=seed, ids=ids)
     table = []
     for r in rows:
-        ci = f"[{r.ci_low:.4f}, {r.ci_high:.4f}]" if r.ci_low is not None else "—"
-        delta = "" if r.delta is None else f"{r.delta:+.4f}" + (
-            f" [{r.delta_low:+.4f}, {r.delta_high:+.4f}]" if r.delta_low is not None else "")
+        ci = f"{r.ci_low:.3f}–{r.ci_high:.3f}" if r.ci_low is not None else "—"
+        delta = "" if r.delta is None else f"{r.delta:+.4f}"  # its CI is in --output / the report
         p = "" if r.p_value is None else f"{r.p_value:.3f}"
         wtl = "" if r.win is None else f"{r.win:.0%}/{r.tie:.0%}/{r.loss:.0%}"
         table.append([r.metric, r.system, r.value, ci, delta, p, wtl])
     print_table(f"{len(ids)} images of {data or 'shapes'}/{split}; baseline {labels[0]}",
-                ["metric", "system", "value", "95% CI", f"Δ vs {labels[0]} [95% CI]", "p", "win/tie/loss"], table)
+                ["metric", "system", "value", "95% CI", f"Δ vs {labels[0]}", "p", "win/tie/loss"], table)
     for note in NOTES:
         console.print(f"[dim]{note}[/dim]", highlight=False)
     payload = {
