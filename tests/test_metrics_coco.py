@@ -32,16 +32,29 @@ def synthetic(n_images: int = 300, seed: int = 0):
     return cands, refs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def meteor():
+    """One METEOR Java process (~10 s to warm up on 2 cores) for the module: the direct calls below and
+    capalign's wrapper both talk to it, so the comparison is of what each sends and reads back."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    import capalign.metrics.coco as coco
+
+    instance = Meteor()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(coco, "meteor_scorer", lambda: instance)
+        yield instance
+
+
 @pytest.fixture(scope="module")
 def synthetic_scores():
     cands, refs = synthetic()
     return cands, refs, evaluate_captions(cands, refs, COCO)
 
 
-def test_equals_pycocoevalcap_called_directly(synthetic_scores):
+def test_equals_pycocoevalcap_called_directly(synthetic_scores, meteor):
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -52,8 +65,8 @@ def test_equals_pycocoevalcap_called_directly(synthetic_scores):
     ids = list(gts)
     bleu, bleu_per = Bleu(4).compute_score(gts, res, verbose=0)
     direct = {f"BLEU-{k + 1}": (bleu[k], bleu_per[k]) for k in range(4)}
-    meteor = Meteor()
     direct["METEOR"] = meteor.compute_score(gts, res)
+    assert meteor.compute_score(gts, res) == direct["METEOR"]  # the process keeps no state between requests
     direct["ROUGE-L"] = Rouge().compute_score(gts, res)
     direct["CIDEr"] = Cider().compute_score(gts, res)
     assert len(ids) == 300
