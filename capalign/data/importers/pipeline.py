@@ -25,6 +25,7 @@ from .splits import SPLITS, carve, seeded_split, split_caps
 
 FEATURES = Features({"image_id": Value("string"), "image": Image(), "captions": List(Value("string"))})
 REPORT_NAME = "fetch_report.json"
+SHARD_SIZE = "16MB"  # small shards keep save_to_disk memory low
 Plan = dict[str, tuple[Iterable[Candidate], int | None]]
 
 
@@ -136,7 +137,8 @@ def write_prepared(*, source: str, fmt: str, out: Path, gens: dict[str, Callable
             rows[split], caps[split] = counts["rows"], counts["captions"]
         staged = work / "prepared"
         # an empty split needs one explicit shard, or it cannot be loaded back
-        DatasetDict(built).save_to_disk(str(staged), num_shards={s: 1 for s, n in rows.items() if n == 0} or None)
+        DatasetDict(built).save_to_disk(str(staged), max_shard_size=SHARD_SIZE,
+                                        num_shards={s: 1 for s, n in rows.items() if n == 0} or None)
         del built
         report = FetchReport(source=source, format=fmt, out=out, rows=rows,
                              captions=caps if count_key == "captions" else {},
