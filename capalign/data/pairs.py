@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 from capalign.data import shapes
 
@@ -45,17 +46,19 @@ def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> st
 
 
 def shapes_pairs(split, policy_captions: list[str] | None, seed: int) -> list[PreferencePair]:
-    """One pair per image: chosen = a reference caption; rejected = the policy's own caption when it
-    is wrong about the image, otherwise a corrupted reference (swapped colour, shape, size, position
-    or count)."""
+    """One pair per image. When the policy's own caption is wrong about the image it is rejected, and
+    the reference phrased most like it is chosen, so the pair differs in what is wrong rather than in
+    wording. Otherwise chosen = a random reference and rejected = that reference corrupted (swapped
+    colour, shape, size, position or count)."""
     rng = random.Random(seed)
     pairs = []
     for row, (captions, objects) in enumerate(zip(split["captions"], split["objects"])):
-        chosen = rng.choice(captions)
         own = policy_captions[row] if policy_captions else None
         if own and shapes.find_hallucinations(own, objects):
-            pairs.append(PreferencePair(row, chosen, own, "policy"))
+            closest = max(captions, key=lambda ref: SequenceMatcher(None, ref.split(), own.split()).ratio())
+            pairs.append(PreferencePair(row, closest, own, "policy"))
             continue
+        chosen = rng.choice(captions)
         rejected = corrupt_caption(chosen, objects, rng)
         if rejected is not None:
             pairs.append(PreferencePair(row, chosen, rejected, "corrupted"))

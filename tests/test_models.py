@@ -1,0 +1,43 @@
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, VisionEncoderDecoderModel, pipeline
+
+from capalign.generate import DecodeOptions, caption_images
+from capalign.models.captioner import load_captioner
+from capalign.models.tokenizer import train_word_tokenizer
+
+
+def test_tokenizer_round_trip_and_reload(tmp_path):
+    tokenizer = train_word_tokenizer(["a red circle on the left", "two shapes : a blue square and a red circle"])
+    ids = tokenizer("A Red circle : on the left", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == "a red circle : on the left"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("a blue square", add_special_tokens=False)["input_ids"] == tokenizer("a blue square", add_special_tokens=False)["input_ids"]
+    assert again.eos_token == tokenizer.eos_token
+
+
+def test_run_folder_loads_in_plain_transformers_and_pipeline(pretrained_run, workspace):
+    from datasets import load_from_disk
+
+    images = load_from_disk(str(workspace / "data" / "shapes"))["test"]["image"][:3]
+    captioner, tokenizer, processor = load_captioner(pretrained_run)
+    ours = caption_images(captioner, tokenizer, processor, images, DecodeOptions(max_length=12))
+
+    plain = VisionEncoderDecoderModel.from_pretrained(pretrained_run)
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        generated = plain.generate(pixel_values=pixels, max_new_tokens=12, do_sample=False)
+    assert [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)] == ours
+
+    captioner_pipe = pipeline("image-to-text", model=str(pretrained_run))
+    piped = [out[0]["generated_text"].strip() for out in captioner_pipe(list(images), generate_kwargs={"max_new_tokens": 12})]
+    assert piped == ours
+
+
+def test_contrastive_head_is_saved_with_the_run(pretrained_run):
+    captioner, _, _ = load_captioner(pretrained_run)
+    assert captioner.head is not None
+    assert captioner.head.image_proj.out_features == 16

@@ -1,0 +1,71 @@
+import random
+
+import numpy as np
+
+from capalign.data import shapes
+from capalign.data.pairs import corrupt_caption, shapes_pairs
+from capalign.data.store import prepare_shapes
+
+
+def test_generation_is_deterministic_from_seed(tmp_path):
+    a = prepare_shapes(tmp_path / "a", limit=20, seed=3)
+    b = prepare_shapes(tmp_path / "b", limit=20, seed=3)
+    c = prepare_shapes(tmp_path / "c", limit=20, seed=4)
+    assert a["train"]["captions"] == b["train"]["captions"]
+    assert np.array_equal(np.asarray(a["test"][0]["image"]), np.asarray(b["test"][0]["image"]))
+    assert a["train"]["captions"] != c["train"]["captions"]
+
+
+def test_splits_sizes_and_held_out_combinations(workspace):
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(workspace / "data" / "shapes"))
+    assert set(data) == {"train", "validation", "test", "novel"}
+    assert sum(len(s) for s in data.values()) == 40
+    for name, split in data.items():
+        for objects in split["objects"]:
+            combos = {(o["colour"], o["shape"]) for o in objects}
+            if name == "novel":
+                assert combos & shapes.NOVEL_COMBINATIONS
+            else:
+                assert not combos & shapes.NOVEL_COMBINATIONS
+    assert len({r for s in data.values() for r in s["image_id"]}) == 40
+
+
+def test_every_image_has_five_distinct_true_captions(workspace):
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(workspace / "data" / "shapes"))
+    for split in data.values():
+        for captions, objects in zip(split["captions"], split["objects"]):
+            assert len(set(captions)) >= 5
+            assert all(shapes.find_hallucinations(c, objects) == [] for c in captions)
+
+
+def test_hallucination_checker_names_what_is_wrong():
+    scene = [{"colour": "red", "shape": "circle", "size": "large", "position": "left"},
+             {"colour": "blue", "shape": "square", "size": "small", "position": "right"}]
+    assert shapes.find_hallucinations("a red circle on the left and a blue square on the right", scene) == []
+    assert shapes.find_hallucinations("a green circle on the left", scene) == ["no green circle left"]
+    assert shapes.find_hallucinations("a red circle on the right", scene) == ["no red circle right"]
+    assert shapes.find_hallucinations("two red circles", scene) == ["only 1 red circle"]
+    assert shapes.find_hallucinations("a small red circle", scene) == ["no small red circle"]
+    assert shapes.find_hallucinations("a triangle", scene) == ["no triangle"]
+    single = scene[:1]
+    assert shapes.find_hallucinations("two shapes : a red circle and a red circle", single)
+
+
+def test_corruptions_are_wrong_and_pairs_prefer_truth(workspace):
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(workspace / "data" / "shapes"))["train"]
+    rng = random.Random(0)
+    for captions, objects in zip(train["captions"], train["objects"]):
+        wrong = corrupt_caption(captions[0], objects, rng)
+        assert wrong is not None and wrong != captions[0]
+        assert shapes.find_hallucinations(wrong, objects)
+    own = ["a purple triangle"] * len(train)  # wrong unless the scene has one
+    for pair in shapes_pairs(train, own, seed=0):
+        objects = train[pair.row]["objects"]
+        assert shapes.find_hallucinations(pair.chosen, objects) == []
+        assert shapes.find_hallucinations(pair.rejected, objects)
