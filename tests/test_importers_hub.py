@@ -206,11 +206,12 @@ def test_url_list_parallel_download_skips_and_resume(tmp_path, server):
     assert rep.skipped == {R.DEAD_LINK: 2, R.NOT_IMAGE: 1, R.EMPTY_CAPTION: 1, R.NO_CAPTIONS: 1}
     assert server.hits["/flaky.jpg"] == 2 and server.hits["/ok/99.jpg"] == 0
     check_schema(load(tmp_path / "cc" / "out"))
-    before = sum(server.hits.values())
-    again = import_source(str(tsv), tmp_path / "cc" / "out")  # resume: everything cached or known dead
-    assert sum(server.hits.values()) == before
+    before = Counter(server.hits)
+    again = import_source(str(tsv), tmp_path / "cc" / "out")  # resume: only the timed-out URL is asked again
+    assert server.hits - before == Counter({"/slow.jpg": 2})  # first try + 1 retry
     assert again.rows == rep.rows and again.skipped == rep.skipped
-    assert (tmp_path / "cc" / "out.downloads" / "failed.jsonl").exists()
+    failed = (tmp_path / "cc" / "out.downloads" / "failed.jsonl").read_text()
+    assert "/gone.jpg" in failed and "/slow.jpg" not in failed
 
 
 def test_url_list_limit_counts_good_images(tmp_path, server):

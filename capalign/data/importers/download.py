@@ -2,7 +2,8 @@
 
 requests + urllib3's Retry give retries with back-off and per-request timeouts; a thread pool with a
 bounded window keeps results in source order and memory flat. Finished files are cached by URL hash
-and dead links are remembered in `failed.jsonl`, so re-running the same fetch resumes.
+and definite dead links (HTTP 4xx) are remembered in `failed.jsonl`, so re-running the same fetch
+resumes; timeouts and connection errors are tried again on the next run.
 """
 
 from __future__ import annotations
@@ -93,25 +94,28 @@ class Downloader:
             with self._session().get(url, timeout=(self.opt.connect_timeout, self.opt.read_timeout),
                                      stream=True) as r:
                 if r.status_code != 200:
-                    return self._fail(url, R.DEAD_LINK, f"HTTP {r.status_code}")
+                    return self._fail(url, R.DEAD_LINK, f"HTTP {r.status_code}", remember=r.status_code < 500)
                 chunks, size = [], 0
                 for chunk in r.iter_content(64 * 1024):
                     size += len(chunk)
                     if size > self.opt.max_bytes:
                         return self._fail(url, R.TOO_LARGE, f"more than {self.opt.max_bytes} bytes")
                     chunks.append(chunk)
-        except requests.RequestException as e:
-            return self._fail(url, R.DEAD_LINK, f"{type(e).__name__}: {e}")
+        except requests.RequestException as e:  # network trouble may pass: retried on the next run
+            return self._fail(url, R.DEAD_LINK, f"{type(e).__name__}: {e}", remember=False)
         tmp = dest.with_name(dest.name + f".{os.getpid()}.{threading.get_ident()}.part")
         tmp.write_bytes(b"".join(chunks))
         os.replace(tmp, dest)  # atomic: an interrupted run never leaves a half file under the final name
         return dest
 
-    def _fail(self, url: str, reason: str, detail: str) -> tuple[str, str]:
-        with self._lock:
-            self.failed[url] = detail
-            with open(self.failed_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"url": url, "reason": reason, "error": detail}) + "\n")
+    def _fail(self, url: str, reason: str, detail: str, remember: bool = True) -> tuple[str, str]:
+        """Report a failure; definite ones (HTTP 4xx, too large) are remembered so a resumed run
+        does not ask again, while timeouts, connection errors and 5xx are retried next time."""
+        if remember:
+            with self._lock:
+                self.failed[url] = detail
+                with open(self.failed_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"url": url, "reason": reason, "error": detail}) + "\n")
         return reason, detail
 
     def fetch(self, cands: Iterable[Candidate], log: SkipLog) -> Iterator[tuple[Candidate, Path]]:

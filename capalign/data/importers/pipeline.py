@@ -20,12 +20,14 @@ from capalign.errors import UserError
 from .download import Downloader
 from .images import BadImage, normalize_image, resolve_inside
 from .records import Candidate
+from . import report as R
 from .report import FetchReport, SkipLog, write_report
 from .splits import SPLITS, carve, seeded_split, split_caps
 
 FEATURES = Features({"image_id": Value("string"), "image": Image(), "captions": List(Value("string"))})
 REPORT_NAME = "fetch_report.json"
-SHARD_SIZE = "16MB"  # small shards keep save_to_disk memory low
+SHARD_BYTES = 16 * 2**20  # target shard size on disk
+MAX_MEMBER_BYTES = 256 * 2**20  # a tar member larger than this is not read into memory
 Plan = dict[str, tuple[Iterable[Candidate], int | None]]
 
 
@@ -53,6 +55,8 @@ def _locate(c: Candidate, shards: dict) -> bytes | Path:
         return c.data
     if c.tar is not None:
         shard, offset, size = c.tar
+        if size > MAX_MEMBER_BYTES:
+            raise BadImage(R.TOO_LARGE, f"{size} bytes")
         f = shards.get(shard) or shards.setdefault(shard, open(shard, "rb"))
         f.seek(offset)
         return f.read(size)
@@ -136,9 +140,9 @@ def write_prepared(*, source: str, fmt: str, out: Path, gens: dict[str, Callable
                                   work / "cache", counts)
             rows[split], caps[split] = counts["rows"], counts["captions"]
         staged = work / "prepared"
-        # an empty split needs one explicit shard, or it cannot be loaded back
-        DatasetDict(built).save_to_disk(str(staged), max_shard_size=SHARD_SIZE,
-                                        num_shards={s: 1 for s, n in rows.items() if n == 0} or None)
+        # small shards keep save_to_disk's memory low; an empty split needs one explicit shard
+        shards = {s: max(1, -(-d.data.nbytes // SHARD_BYTES)) for s, d in built.items()}
+        DatasetDict(built).save_to_disk(str(staged), num_shards=shards)
         del built
         report = FetchReport(source=source, format=fmt, out=out, rows=rows,
                              captions=caps if count_key == "captions" else {},
