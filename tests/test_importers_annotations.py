@@ -70,7 +70,7 @@ def test_coco_limit_and_seed_are_deterministic(tmp_path):
     ann.write_text(json.dumps({"images": images, "annotations": anns}))
     r1 = import_source(str(ann), tmp_path / "o1", images=imgs, limit=20, seed=3)
     r2 = import_source(str(ann), tmp_path / "o2", images=imgs, limit=20, seed=3)
-    assert r1.rows == {"train": 18, "validation": 1, "test": 1}
+    assert r1.rows == r2.rows == {"train": 18, "validation": 1, "test": 1}
     assert [r["image_id"] for r in load(tmp_path / "o1")["train"]] == [r["image_id"] for r in load(tmp_path / "o2")["train"]]
     full = import_source(str(ann), tmp_path / "o3", images=imgs)
     assert full.rows == {"train": 36, "validation": 2, "test": 2}

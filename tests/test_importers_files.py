@@ -65,6 +65,7 @@ def test_folder_metadata_csv_several_rows_per_image(tmp_path):
     assert sum(rep.captions.values()) == 30 and rep.skipped == {R.EMPTY_CAPTION: 1}
     assert all_rows(load(tmp_path / "out"))["5.png"]["captions"] == ["picture 5, first", "picture 5 second"]
     other = import_source(str(root), tmp_path / "out_seed2", seed=2)
+    assert other.rows == rep.rows
     assert load(tmp_path / "out")["test"]["image_id"] != load(tmp_path / "out_seed2")["test"]["image_id"]
 
 

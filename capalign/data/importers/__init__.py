@@ -11,7 +11,7 @@ from pathlib import Path
 
 from capalign.errors import UserError
 
-from .hub import fetch_model, hub_reachable, load_hub_dataset
+from .hub import fetch_model
 from .report import FetchReport, SkipLog
 
 __all__ = ["import_source", "fetch_model", "FetchReport", "HUB_NAMES"]
