@@ -95,12 +95,13 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
 
 
 def _load_head(run_dir: Path):
-    """The run's contrastive scorer (embed_images / embed_texts), or None."""
+    """(the run's contrastive scorer with embed_images / embed_texts, or None; why it is None)."""
     try:
         from capalign.models.contrastive import load_scorer
     except ImportError:
-        return None
-    return load_scorer(run_dir)
+        return None, "capalign.models.contrastive.load_scorer is not available in this installation"
+    head = load_scorer(run_dir)
+    return head, (None if head is not None else f"run {Path(run_dir).name} has no contrastive head")
 
 
 def metric_options(system: System, *, clip_model: str, bertscore_model: str | None, bertscore_layer: int | None,
@@ -113,19 +114,19 @@ def metric_options(system: System, *, clip_model: str, bertscore_model: str | No
     options = MetricOptions(clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
                             batch_size=batch_size, device=device)
     if system.run_dir is not None and need_head:
-        options.contrastive_scorer = _load_head(system.run_dir)
+        options.contrastive_scorer, options.contrastive_missing = _load_head(system.run_dir)
         options.contrastive_name = f"contrastive head of capalign run {system.run_dir.name}"
     if clip_model == "self":
         if system.run_dir is None:
             raise UserError("--clip-model self needs a capalign run (a results file has no contrastive head)")
-        head = options.contrastive_scorer or _load_head(system.run_dir)
+        head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir)
         if head is None:
-            raise UserError(f"run {system.run_dir} has no contrastive head to use as --clip-model self")
+            raise UserError(f"--clip-model self: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {system.run_dir.name}"
     elif Path(clip_model).is_dir() and is_run_dir(Path(clip_model)):
-        head = _load_head(Path(clip_model))
+        head, why = _load_head(Path(clip_model))
         if head is None:
-            raise UserError(f"run {clip_model} has no contrastive head to use as --clip-model")
+            raise UserError(f"--clip-model {clip_model}: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {Path(clip_model).name}"
     return options
 

@@ -99,6 +99,7 @@ class MetricOptions:
     device: str | None = None
     contrastive_scorer: Any = None
     contrastive_name: str | None = None
+    contrastive_missing: str | None = None  # why there is no contrastive scorer, for the report
     hallucination_checker: Callable[[str, list[dict]], list[str]] | None = None
 
 

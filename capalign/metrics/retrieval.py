@@ -42,7 +42,7 @@ def score_retrieval(
     ids = list(references)
     if options.contrastive_scorer is None:
         for m in metrics:
-            result.missing[m] = "retrieval needs a capalign run whose contrastive head can be loaded (a results file has none)"
+            result.missing[m] = options.contrastive_missing or "retrieval needs a capalign run with a contrastive head (a results file has none)"
         return
     if not images or any(i not in images for i in ids):
         for m in metrics:
