@@ -273,10 +273,10 @@ def compare(
         ci = f"{r.ci_low:.3f}–{r.ci_high:.3f}" if r.ci_low is not None else "—"
         delta = "" if r.delta is None else f"{r.delta:+.4f}"  # its CI is in --output / the report
         p = "" if r.p_value is None else f"{r.p_value:.3f}"
-        wtl = "" if r.win is None else f"{r.win:.0%}/{r.tie:.0%}/{r.loss:.0%}"
+        wtl = "" if r.win is None else f"{100 * r.win:.0f}/{100 * r.tie:.0f}/{100 * r.loss:.0f}"
         table.append([r.metric, r.system, r.value, ci, delta, p, wtl])
     print_table(f"{len(ids)} images of {data or 'shapes'}/{split}; baseline {labels[0]}",
-                ["metric", "system", "value", "95% CI", f"Δ vs {labels[0]}", "p", "win/tie/loss"], table)
+                ["metric", "system", "value", "95% CI", f"Δ vs {labels[0]}", "p", "win/tie/loss %"], table)
     for note in NOTES:
         console.print(f"[dim]{note}[/dim]", highlight=False)
     payload = {
