@@ -133,3 +133,24 @@ def test_a_contrastive_head_as_scorer_is_named():
                                options=MetricOptions(clip_scorer=Head(), clip_model="contrastive head of run r1"))
     assert result.per_image["a"]["CLIPScore"] == pytest.approx(2.5) and result.per_image["b"]["CLIPScore"] == 0.0
     assert "run r1" in result.scorers["CLIPScore"] and "not CLIP" in result.scorers["CLIPScore"]
+
+
+def test_published_clipscore_example_when_the_default_model_is_cached():
+    """jmhessel/clipscore README: good captions CLIPScore 0.8585 on CPU (0.8584 GPU), RefCLIPScore 0.8450;
+    bad 0.7153 / 0.7253. Runs only where openai/clip-vit-base-patch32 is cached (fetch it first).
+    Tolerance 1e-3: transformers' CLIP image processor and OpenAI's torchvision pipeline resize slightly
+    differently."""
+    from pathlib import Path
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache("openai/clip-vit-base-patch32", "config.json"), str):
+        pytest.skip("openai/clip-vit-base-patch32 is not cached (capalign fetch --model openai/clip-vit-base-patch32)")
+    folder = Path("/work/shared/refdata/clipscore_example")
+    images = {p.stem: Image.open(p) for p in (folder / "images").glob("*.jpg")}
+    refs = json.loads((folder / "refs.json").read_text())
+    for which, clip_s, refclip_s in (("good", 0.8585, 0.8450), ("bad", 0.7153, 0.7253)):
+        cands = json.loads((folder / f"{which}_captions.json").read_text())
+        result = evaluate_captions(cands, refs, ["CLIPScore", "RefCLIPScore"], images=images)
+        assert result.summary["CLIPScore"] == pytest.approx(clip_s, abs=1e-3)
+        assert result.summary["RefCLIPScore"] == pytest.approx(refclip_s, abs=1e-3)
