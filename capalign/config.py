@@ -22,9 +22,9 @@ class ModelConfig:
     freeze_vision: bool = False
     freeze_decoder: bool = False
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16
     vision_hidden: int = 128
-    vision_layers: int = 3
+    vision_layers: int = 4
     decoder_hidden: int = 128
     decoder_layers: int = 3
     heads: int = 4

@@ -96,10 +96,8 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
 
 def _load_head(run_dir: Path):
     """(the run's contrastive scorer with embed_images / embed_texts, or None; why it is None)."""
-    try:
-        from capalign.models.contrastive import load_scorer
-    except ImportError:
-        return None, "capalign.models.contrastive.load_scorer is not available in this installation"
+    from capalign.models.contrastive import load_scorer
+
     head = load_scorer(run_dir)
     return head, (None if head is not None else f"run {Path(run_dir).name} has no contrastive head")
 

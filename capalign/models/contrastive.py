@@ -50,3 +50,45 @@ def pool_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     """The hidden state at each sequence's last real token (the EOS the caption ends with)."""
     last = attention_mask.long().sum(dim=1) - 1
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+class RunScorer:
+    """A run's own image–text scorer (its contrastive head on the captioner's features), with the
+    interface the metrics use: L2-normalised `embed_images` / `embed_texts`."""
+
+    def __init__(self, captioner, tokenizer, processor, batch_size: int = 64):
+        self.captioner, self.tokenizer, self.processor, self.batch_size = captioner, tokenizer, processor, batch_size
+        self.captioner.eval()
+
+    @torch.no_grad()
+    def embed_images(self, images: list) -> torch.Tensor:
+        from capalign.data.collate import pixel_values
+
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = pixel_values(self.processor, images[start : start + self.batch_size])
+            pooled = self.captioner.encode_images(pixels).pooler_output
+            chunks.append(self.captioner.head.embed_image(pooled))
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        from capalign.data.collate import tokenize_captions
+
+        max_tokens = self.captioner.model.generation_config.max_new_tokens or 32
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = tokenize_captions(self.tokenizer, texts[start : start + self.batch_size], max_tokens)
+            pooled = self.captioner.text_features(batch["input_ids"], batch["attention_mask"])
+            chunks.append(self.captioner.head.embed_text(pooled))
+        return torch.cat(chunks)
+
+
+def load_scorer(run_dir: Path) -> RunScorer | None:
+    """The run's contrastive scorer, or None when the run has no contrastive head."""
+    from capalign.models.captioner import load_captioner
+
+    captioner, tokenizer, processor = load_captioner(run_dir)
+    if captioner.head is None:
+        return None
+    return RunScorer(captioner, tokenizer, processor)

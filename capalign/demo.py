@@ -1,0 +1,48 @@
+"""`capalign demo`: the whole job on the embedded default, as a user would type it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from capalign import ui
+
+DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity"
+
+
+def demo_steps(workdir: Path) -> list[tuple[str, list[str]]]:
+    """The commands the demo runs, in order (each one is a plain `capalign` command line)."""
+    pretrained, aligned = workdir / "pretrain", workdir / "align"
+    examples = Path(__file__).resolve().parent.parent / "examples" / "images"
+    steps = [
+        ("fetch", ["fetch", "shapes"]),
+        ("pretrain", ["pretrain", "--out", str(pretrained)]),
+        ("align", ["align", "--model", str(pretrained), "--beta", "0.1", "--out", str(aligned)]),
+    ]
+    if examples.is_dir():
+        steps.append(("caption", ["caption", str(examples), "--model", str(aligned), "--output", str(workdir / "examples.jsonl")]))
+    for name, run in (("pretrained", pretrained), ("aligned", aligned)):
+        steps.append((f"evaluate {name}", ["evaluate", "--model", str(run), "--metrics", DEMO_METRICS,
+                                          "--output", str(workdir / f"eval-{name}.json")]))
+    steps.append(("compare", ["compare", str(pretrained), str(aligned), "--metrics", DEMO_METRICS,
+                               "--report", str(workdir / "report"), "--output", str(workdir / "compare.json")]))
+    return steps
+
+
+def run_demo(workdir: Path) -> None:
+    """Run every step; the data is generated only if it is not there yet."""
+    import typer
+
+    from capalign.cli import app
+    from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared
+
+    command = typer.main.get_command(app)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name, args in demo_steps(workdir):
+        if name == "fetch" and is_prepared(DEFAULT_DATA_ROOT / "shapes"):
+            ui.console.rule("fetch: data/shapes is already prepared")
+            continue
+        ui.console.rule(f"capalign {' '.join(args)}")
+        command.main(args=args, prog_name="capalign", standalone_mode=False)
+    ui.console.rule(f"demo finished in {time.perf_counter() - started:.0f} s; report: {workdir / 'report' / 'index.html'}")
