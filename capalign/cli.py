@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from capalign import ui
 from capalign.errors import UserError
@@ -24,9 +24,12 @@ app = typer.Typer(
 
 def _quiet_libraries() -> None:
     """Keep library chatter (progress bars of saving, backend fallbacks) off the user's screen."""
+    import logging
+
     import datasets
     import transformers
 
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # "Removed shared tensor" on tied weights
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -210,10 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         ui.err_console.print(f"capalign: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.UsageError as exc:
-        ui.err_console.print(f"capalign: error: {exc.format_message()} (see --help)", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
+    except TyperException as exc:  # typer's own (vendored click) usage errors: bad option, bad value
+        if exc.format_message():  # empty after `capalign` alone has printed the help
+            ui.err_console.print(f"capalign: error: {exc.format_message()} (see --help)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)

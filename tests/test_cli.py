@@ -59,9 +59,29 @@ def test_pretrain_align_caption_evaluate_compare(in_workspace, capsys, pretraine
     assert {"BLEU-4", "CIDEr", "Hallucination"} <= set(metrics)
     assert 0.0 <= metrics["Hallucination"] <= 1.0
 
-    code, out, err = run_cli(["compare", "runs/p", "runs/a", "--metrics", "cider,hallucination"], capsys)
+    code, out, err = run_cli(["compare", "runs/p", "runs/a", "--metrics", "cider,hallucination", "--output", "cmp.json"], capsys)
     assert code == 0, err
-    assert "runs/p" in out and "runs/a" in out
+    assert "baseline p" in out
+    compared = json.loads((in_workspace / "cmp.json").read_text())
+    assert set(compared["systems"]) == {"p", "a"} and compared["baseline"] == "p"
+
+
+def test_fetch_local_folder_and_offline_hub_name(in_workspace, capsys, monkeypatch):
+    folder = in_workspace / "mine"
+    folder.mkdir(exist_ok=True)
+    for i in range(4):
+        Image.new("RGB", (32, 24), (i * 40, 0, 0)).save(folder / f"im{i}.png")
+    rows = [{"file_name": f"im{i}.png", "text": f"a red picture number {i}"} for i in range(4)]
+    rows.append({"file_name": "absent.png", "text": "gone"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(["fetch", str(folder), "--out", "mine_prepared"], capsys)
+    assert code == 0, err
+    report = json.loads((in_workspace / "mine_prepared" / "fetch_report.json").read_text())
+    assert sum(report["rows"].values()) == 4 and report["skipped"] == {"missing_file": 1}
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = run_cli(["fetch", "flickr8k", "--out", "f8k"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "connected machine" in err
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, VisionEncoderDecoderModel, pipeline
+from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
 from capalign.generate import DecodeOptions, caption_images
 from capalign.models.captioner import load_captioner
@@ -19,7 +19,7 @@ def test_tokenizer_round_trip_and_reload(tmp_path):
     assert again.eos_token == tokenizer.eos_token
 
 
-def test_run_folder_loads_in_plain_transformers_and_pipeline(pretrained_run, workspace):
+def test_run_folder_loads_in_plain_transformers(pretrained_run, workspace):
     from datasets import load_from_disk
 
     images = load_from_disk(str(workspace / "data" / "shapes"))["test"]["image"][:3]
@@ -27,14 +27,11 @@ def test_run_folder_loads_in_plain_transformers_and_pipeline(pretrained_run, wor
     ours = caption_images(captioner, tokenizer, processor, images, DecodeOptions(max_length=12))
 
     plain = VisionEncoderDecoderModel.from_pretrained(pretrained_run)
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    plain_tokenizer = AutoTokenizer.from_pretrained(pretrained_run)
+    pixels = AutoImageProcessor.from_pretrained(pretrained_run)(images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         generated = plain.generate(pixel_values=pixels, max_new_tokens=12, do_sample=False)
-    assert [t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)] == ours
-
-    captioner_pipe = pipeline("image-to-text", model=str(pretrained_run))
-    piped = [out[0]["generated_text"].strip() for out in captioner_pipe(list(images), generate_kwargs={"max_new_tokens": 12})]
-    assert piped == ours
+    assert [t.strip() for t in plain_tokenizer.batch_decode(generated, skip_special_tokens=True)] == ours
 
 
 def test_contrastive_head_is_saved_with_the_run(pretrained_run):

@@ -1,8 +1,10 @@
 """The cross-attention captioner: a transformers VisionEncoderDecoderModel plus a contrastive head.
 
 Saved run folders are plain transformers folders (config.json, model.safetensors, tokenizer,
-preprocessor_config.json), so they load in `VisionEncoderDecoderModel.from_pretrained` and in
-`pipeline("image-to-text")` without capalign; the head sits beside them in its own file.
+preprocessor_config.json), so they load in `VisionEncoderDecoderModel.from_pretrained` without
+capalign; the head sits beside them in its own file. (transformers 5 folded the "image-to-text"
+pipeline into "image-text-to-text", which needs a text prompt and does not drive encoder–decoder
+captioners, so no pipeline is promised.)
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class Captioner(nn.Module):
 
 
 def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) -> None:
-    """Write a plain transformers folder (+ the head) that pipeline('image-to-text') can load."""
+    """Write a plain transformers folder (+ the head) that loads without capalign."""
     run_dir = Path(run_dir)
     captioner.model.save_pretrained(run_dir)
     tokenizer.save_pretrained(run_dir)

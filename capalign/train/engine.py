@@ -104,6 +104,7 @@ class Engine:
             module, optimizer, loader, scheduler
         )
         self.state = EngineState()
+        self._rng_to_restore: torch.Tensor | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoints = self.run_dir / "checkpoints"
 
@@ -136,6 +137,9 @@ class Engine:
             return False
         path = self.checkpoints / json.loads(pointer.read_text())["path"]
         self.accelerator.load_state(str(path))
+        # Starting the data iterator draws from the global torch RNG; re-apply the checkpoint's
+        # state after that draw so dropout continues exactly as in an uninterrupted run.
+        self._rng_to_restore = torch.get_rng_state()
         self.state = EngineState(**json.loads((path / "engine_state.json").read_text()))
         if self.accelerator.is_main_process and self.metrics_path.is_file():
             kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.state.step]
@@ -165,9 +169,13 @@ class Engine:
                 batches = self.loader
                 if self.state.batches_done_in_epoch:
                     batches = acc.skip_first_batches(self.loader, self.state.batches_done_in_epoch)
+                batches = iter(batches)
+                if self._rng_to_restore is not None:
+                    torch.set_rng_state(self._rng_to_restore)
+                    self._rng_to_restore = None
                 for batch in batches:
-                    self.state.batches_done_in_epoch += 1
                     stepped = self._train_batch(batch, window)
+                    self.state.batches_done_in_epoch += 1
                     samples += len(next(iter(batch.values()))) * acc.num_processes
                     if not stepped:
                         continue
@@ -247,8 +255,11 @@ class Engine:
         return self.accelerator.unwrap_model(self.module)
 
     def finish(self) -> None:
-        """Release distributed resources (needed under torchrun before exit)."""
+        """Drop the resume checkpoints of a run that completed, and release distributed resources
+        (needed under torchrun before exit)."""
         self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
         self.accelerator.end_training()
 
 

@@ -7,6 +7,7 @@ import resource
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 
 from capalign import ui
@@ -78,6 +79,7 @@ def build_run(config: RunConfig, run_dir: Path):
 def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False) -> Path:
     """Train stage 1 and write a run folder; returns its path."""
     run_dir = new_run_dir("pretrain", out)
+    set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
     data, tokenizer, processor, captioner = build_run(config, run_dir)
     collate = CaptionCollator(tokenizer, processor, config.model.max_caption_tokens)
     loss_fn = pretrain_loss(config.train.contrastive_weight)
