@@ -3,7 +3,8 @@ import random
 import numpy as np
 
 from capalign.data import shapes
-from capalign.data.pairs import corrupt_caption, shapes_pairs
+from capalign.data.pairs import best_and_worst_pairs, corrupt_caption, corrupted_pairs
+from capalign.train.judge import judge_candidates
 from capalign.data.store import prepare_shapes
 
 
@@ -64,8 +65,28 @@ def test_corruptions_are_wrong_and_pairs_prefer_truth(workspace):
         wrong = corrupt_caption(captions[0], objects, rng)
         assert wrong is not None and wrong != captions[0]
         assert shapes.find_hallucinations(wrong, objects)
-    own = ["a purple triangle"] * len(train)  # wrong unless the scene has one
-    for pair in shapes_pairs(train, own, seed=0):
+    for pair in corrupted_pairs(train, seed=0):
         objects = train[pair.row]["objects"]
         assert shapes.find_hallucinations(pair.chosen, objects) == []
         assert shapes.find_hallucinations(pair.rejected, objects)
+
+
+def test_judge_prefers_true_captions_and_never_chooses_a_hallucination(workspace):
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(workspace / "data" / "shapes"))["train"].select(range(6))
+    truth = [captions[0] for captions in train["captions"]]
+    candidates = [[t, "a purple triangle and a purple triangle", t] for t in truth]
+    one_wrong = corrupt_caption(truth[0], train[0]["objects"], random.Random(0))
+    candidates[0] = ["a purple triangle and a purple triangle", one_wrong]  # both wrong, one less so
+    judged = judge_candidates(candidates, train["captions"], train["objects"])
+    for row in judged[1:]:
+        assert row[0].hallucinations == 0 and row[1].hallucinations > 0
+        assert row[0].score > row[1].score + 5
+    pairs = best_and_worst_pairs(train, judged, min_gap=0.1)
+    assert len(pairs) == 6  # identical best/worst would be dropped; none are here
+    for pair in pairs:
+        objects = train[pair.row]["objects"]
+        assert shapes.find_hallucinations(pair.chosen, objects) == []
+        assert shapes.find_hallucinations(pair.rejected, objects)
+    assert pairs[0].source == "judged+reference"

@@ -23,7 +23,7 @@ class PreferencePair:
     row: int
     chosen: str
     rejected: str
-    source: str  # "policy" (the policy's own wrong caption) or "corrupted" (an edited reference)
+    source: str  # "judged", "judged+reference", "corrupted" or "file"
 
 
 def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> str | None:
@@ -45,19 +45,32 @@ def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> st
     return None
 
 
-def shapes_pairs(split, policy_captions: list[str] | None, seed: int) -> list[PreferencePair]:
-    """One pair per image. When the policy's own caption is wrong about the image it is rejected, and
-    the reference phrased most like it is chosen, so the pair differs in what is wrong rather than in
-    wording. Otherwise chosen = a random reference and rejected = that reference corrupted (swapped
-    colour, shape, size, position or count)."""
+def best_and_worst_pairs(split, judged, min_gap: float) -> list[PreferencePair]:
+    """chosen = the judge's best candidate, rejected = its worst; pairs closer than `min_gap` are
+    dropped as ties. On shapes, when even the best candidate is wrong about the image, the reference
+    phrased most like the worst one is chosen instead, so a chosen caption is never a hallucination."""
+    pairs = []
+    has_objects = "objects" in split.column_names
+    for row, candidates in enumerate(judged):
+        best = max(candidates, key=lambda c: c.score)
+        worst = min(candidates, key=lambda c: c.score)
+        if best.score - worst.score < min_gap or best.caption == worst.caption:
+            continue
+        chosen, source = best.caption, "judged"
+        if has_objects and best.hallucinations:
+            refs = split[row]["captions"]
+            chosen = max(refs, key=lambda ref: SequenceMatcher(None, ref.split(), worst.caption.split()).ratio())
+            source = "judged+reference"
+        pairs.append(PreferencePair(row, chosen, worst.caption, source))
+    return pairs
+
+
+def corrupted_pairs(split, seed: int) -> list[PreferencePair]:
+    """One reference-versus-corrupted pair per image (shapes): a true caption against a copy with one
+    colour, shape, size, position or count word changed so that it is wrong."""
     rng = random.Random(seed)
     pairs = []
     for row, (captions, objects) in enumerate(zip(split["captions"], split["objects"])):
-        own = policy_captions[row] if policy_captions else None
-        if own and shapes.find_hallucinations(own, objects):
-            closest = max(captions, key=lambda ref: SequenceMatcher(None, ref.split(), own.split()).ratio())
-            pairs.append(PreferencePair(row, closest, own, "policy"))
-            continue
         chosen = rng.choice(captions)
         rejected = corrupt_caption(chosen, objects, rng)
         if rejected is not None:

@@ -6,6 +6,7 @@ before training, and stored with the pairs: the reference is never run inside th
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +16,19 @@ from torch.utils.data import DataLoader, Dataset
 from capalign import ui
 from capalign.config import RunConfig, load_config, save_config
 from capalign.data.collate import pixel_values, tokenize_captions
-from capalign.data.pairs import PreferencePair, shapes_pairs
+from capalign.data.pairs import PreferencePair, best_and_worst_pairs, corrupted_pairs
 from capalign.data.store import get_split, load_prepared
 from capalign.errors import UserError
 from capalign.generate import DecodeOptions, caption_images
 from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.captioner import load_captioner, save_captioner
+from capalign.models.contrastive import RunScorer
 from capalign.train.engine import Engine, EngineSettings
+from capalign.train.judge import judge_candidates
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
-HELD_OUT_PAIRS = 256
+HELD_OUT_IMAGES = 256
+MIN_JUDGE_GAP = 0.1  # judge-score difference below which best and worst count as a tie
 
 
 @dataclass
@@ -143,14 +147,51 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
     return run
 
 
-def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int) -> list[PreferencePair]:
-    """Pairs for `--pairs auto`: the policy's own wrong captions, else corrupted references."""
+def sample_candidates(captioner, tokenizer, processor, images, samples: int, seed: int) -> list[list[str]]:
+    """The policy's greedy caption plus `samples` sampled ones (temperature 1) per image, deduplicated."""
+    torch.manual_seed(seed)
+    runs = [caption_images(captioner, tokenizer, processor, images, DecodeOptions())]
+    runs += [caption_images(captioner, tokenizer, processor, images, DecodeOptions(temperature=1.0)) for _ in range(samples)]
+    return [list(dict.fromkeys(per_image)) for per_image in zip(*runs)]
+
+
+def head_similarity(captioner, tokenizer, processor, images, candidates: list[list[str]]) -> list[list[float]] | None:
+    """Cosine between each image and each of its candidates under the run's contrastive head."""
+    if captioner.head is None:
+        return None
+    scorer = RunScorer(captioner, tokenizer, processor)
+    image_emb = scorer.embed_images(images)
+    flat = [c for cands in candidates for c in cands]
+    text_emb = scorer.embed_texts(flat)
+    owners = torch.tensor([i for i, cands in enumerate(candidates) for _ in cands])
+    cosines = (image_emb[owners] * text_emb).sum(-1).tolist()
+    out, start = [], 0
+    for cands in candidates:
+        out.append(cosines[start : start + len(cands)])
+        start += len(cands)
+    return out
+
+
+def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, samples: int = 4) -> list[PreferencePair]:
+    """Preference pairs for one split.
+
+    auto: the policy's candidates ranked by the judge (best vs worst, near-ties dropped), plus on
+    shapes one reference-versus-corrupted pair per image; corrupted: only the latter."""
+    has_objects = "objects" in split.column_names
+    if source == "corrupted":
+        if not has_objects:
+            raise UserError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
+        return corrupted_pairs(split, seed)
     if source != "auto":
-        raise UserError(f"--pairs {source} is not supported yet; use --pairs auto.")
-    if "objects" not in split.column_names:
-        raise UserError("--pairs auto needs a dataset with ground-truth objects (shapes); pass a pairs file instead.")
-    own = caption_images(captioner, tokenizer, processor, list(split["image"]), DecodeOptions())
-    return shapes_pairs(split, own, seed)
+        raise UserError(f"--pairs {source} is not supported; use auto or corrupted.")
+    images = list(split["image"])
+    candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed)
+    similarity = head_similarity(captioner, tokenizer, processor, images, candidates)
+    judged = judge_candidates(candidates, split["captions"], split["objects"] if has_objects else None, similarity)
+    pairs = best_and_worst_pairs(split, judged, MIN_JUDGE_GAP)
+    if has_objects:
+        pairs += corrupted_pairs(split, seed)
+    return pairs
 
 
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:
@@ -172,12 +213,12 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         attach_reference_logps(reference, train_pairs, collate, a.batch_size, average)
         held_out = None
         if "validation" in dataset and len(dataset["validation"]):
-            val_split = dataset["validation"]
-            held_out = PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, a.pairs, config.train.seed + 1)[:HELD_OUT_PAIRS])
+            val_split = dataset["validation"].select(range(min(HELD_OUT_IMAGES, len(dataset["validation"]))))
+            held_out = PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, a.pairs, config.train.seed + 1))
             attach_reference_logps(reference, held_out, collate, a.batch_size, average)
     del reference
-    from_policy = sum(p.source == "policy" for p in train_pairs.pairs)
-    ui.console.print(f"{len(train_pairs)} training pairs ({from_policy} with the policy's own wrong caption as rejected).")
+    sources = Counter(p.source for p in train_pairs.pairs)
+    ui.console.print(f"{len(train_pairs)} training pairs (" + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
     run_dir = new_run_dir("align", out)
     save_config(config, run_dir / CONFIG_NAME)
     loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)

@@ -1,0 +1,59 @@
+"""The caption judge behind `--pairs auto`: ranks a policy's candidate captions for one image.
+
+Score = CIDEr-D against the image's references (pycocoevalcap, PTB-tokenised)
+        + the run's contrastive image–text cosine, when the run has a head
+        - HALLUCINATION_PENALTY x the number of exact hallucinations (shapes data only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HALLUCINATION_PENALTY = 10.0
+
+
+@dataclass
+class JudgedCaption:
+    caption: str
+    score: float
+    hallucinations: int
+
+
+def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]) -> list[list[float]]:
+    """CIDEr-D of every candidate of every image against that image's references, in one pass.
+
+    Repeating an image's references once per candidate leaves CIDEr's document frequencies in the
+    same proportion, so each candidate scores as it would alone against the same reference set."""
+    from pycocoevalcap.cider.cider import Cider
+
+    from capalign.metrics.coco import tokenize
+
+    keys = [f"{i}/{k}" for i, cands in enumerate(candidates) for k in range(len(cands))]
+    refs = tokenize({f"{i}/{k}": references[i] for i, cands in enumerate(candidates) for k in range(len(cands))})
+    cands = tokenize({f"{i}/{k}": [c] for i, cs in enumerate(candidates) for k, c in enumerate(cs)})
+    _, scores = Cider().compute_score({k: refs[k] for k in keys}, {k: cands[k] for k in keys})
+    by_key = dict(zip(keys, scores))
+    return [[float(by_key[f"{i}/{k}"]) for k in range(len(cs))] for i, cs in enumerate(candidates)]
+
+
+def judge_candidates(
+    candidates: list[list[str]],
+    references: list[list[str]],
+    objects: list[list[dict]] | None = None,
+    similarity: list[list[float]] | None = None,
+) -> list[list[JudgedCaption]]:
+    """Score each image's candidates; higher is better."""
+    from capalign.data.shapes import find_hallucinations
+
+    cider = cider_per_candidate(candidates, references)
+    judged = []
+    for i, cands in enumerate(candidates):
+        row = []
+        for k, caption in enumerate(cands):
+            wrong = len(find_hallucinations(caption, objects[i])) if objects is not None else 0
+            score = cider[i][k] - HALLUCINATION_PENALTY * wrong
+            if similarity is not None:
+                score += similarity[i][k]
+            row.append(JudgedCaption(caption, score, wrong))
+        judged.append(row)
+    return judged
