@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from pathlib import Path
 
 from capalign.data import shapes
 
@@ -18,12 +19,14 @@ _SWAPS = {
 
 @dataclass
 class PreferencePair:
-    """One preference: for image `row` of a split, `chosen` is preferred over `rejected`."""
+    """One preference: for image `row` of a split (or the file `image`; neither for a text-only
+    pair), `chosen` is preferred over `rejected`."""
 
-    row: int
+    row: int | None
     chosen: str
     rejected: str
     source: str  # "judged", "judged+reference", "corrupted" or "file"
+    image: Path | None = None
 
 
 def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> str | None:

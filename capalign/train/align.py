@@ -6,6 +6,7 @@ before training, and stored with the pairs: the reference is never run inside th
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +17,24 @@ from torch.utils.data import DataLoader, Dataset
 from capalign import ui
 from capalign.config import RunConfig, load_config, save_config
 from capalign.data.collate import pixel_values, tokenize_captions
+from capalign.data.pair_sources import load_pair_source
 from capalign.data.pairs import PreferencePair, best_and_worst_pairs, corrupted_pairs
 from capalign.data.store import get_split, load_prepared
 from capalign.errors import UserError
 from capalign.generate import DecodeOptions, caption_images
+from capalign.images import open_rgb
 from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.captioner import load_captioner, save_captioner
 from capalign.models.contrastive import RunScorer
+from capalign.train.align_report import alignment_report
 from capalign.train.engine import Engine, EngineSettings
 from capalign.train.judge import judge_candidates
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
 HELD_OUT_IMAGES = 256
+HELD_OUT_SHARE = 0.05
+GENERATED_PAIRS = ("auto", "corrupted")
+REPORT_IMAGES = 1000
 MIN_JUDGE_GAP = 0.1  # judge-score difference below which best and worst count as a tie
 
 
@@ -43,11 +50,9 @@ class PairBatchMaker:
         images = [item["image"] for item in items]
         chosen = tokenize_captions(self.tokenizer, [item["chosen"] for item in items], self.max_tokens)
         rejected = tokenize_captions(self.tokenizer, [item["rejected"] for item in items], self.max_tokens)
-        batch = {
-            "pixel_values": pixel_values(self.processor, images),
-            "chosen_labels": chosen["labels"],
-            "rejected_labels": rejected["labels"],
-        }
+        batch = {"chosen_labels": chosen["labels"], "rejected_labels": rejected["labels"]}
+        if images[0] is not None:  # image-free pairs (a text preference dataset) have none at all
+            batch["pixel_values"] = pixel_values(self.processor, images)
         if "ref_chosen" in items[0]:
             batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
             batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
@@ -55,7 +60,8 @@ class PairBatchMaker:
 
 
 class PairSet(Dataset):
-    """Pairs with their images; reference log-probs are attached by `attach_reference_logps`."""
+    """Pairs with their images (a split row, an image file, or none for text-only pairs);
+    reference log-probs are attached by `attach_reference_logps`."""
 
     def __init__(self, split, pairs: list[PreferencePair]):
         self.split, self.pairs = split, pairs
@@ -64,24 +70,45 @@ class PairSet(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def image(self, pair: PreferencePair):
+        if pair.row is not None:
+            return self.split[pair.row]["image"]
+        return open_rgb(pair.image) if pair.image is not None else None
+
     def __getitem__(self, i: int) -> dict:
         pair = self.pairs[i]
-        item = {"image": self.split[pair.row]["image"], "chosen": pair.chosen, "rejected": pair.rejected}
+        item = {"image": self.image(pair), "chosen": pair.chosen, "rejected": pair.rejected}
         if self.reference is not None:
             item["ref_chosen"], item["ref_rejected"] = self.reference[i]
         return item
 
 
-def policy_logps(module, batch, average: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probs of chosen and rejected captions (image encoded once) and the chosen captions' logits."""
-    encoded = module.encode_images(batch["pixel_values"])
+def policy_logps(module, batch, average: bool):
+    """Log-probs of chosen and rejected captions (image encoded once; text-only without images), and
+    the chosen captions' logits with their labels padded to the same width (for the supervised term)."""
     n = batch["chosen_labels"].size(0)
     width = max(batch["chosen_labels"].size(1), batch["rejected_labels"].size(1))
     labels = torch.cat([_pad_to(batch["chosen_labels"], width), _pad_to(batch["rejected_labels"], width)])
-    encoded.last_hidden_state = encoded.last_hidden_state.repeat(2, 1, 1)
-    logits = module.caption_logits(encoded, labels)
+    if "pixel_values" in batch:
+        encoded = module.encode_images(batch["pixel_values"])
+        encoded.last_hidden_state = encoded.last_hidden_state.repeat(2, 1, 1)
+        logits = module.caption_logits(encoded, labels)
+    else:
+        logits = decoder_prior_logits(module, labels)
     logps = sequence_logps(logits, labels, average=average)
-    return logps[:n], logps[n:], logits[:n]
+    return logps[:n], logps[n:], logits[:n], labels[:n]
+
+
+def decoder_prior_logits(module, labels: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced logits of the decoder alone, with no image (its language prior); the decoder
+    input is `labels` shifted right after the decoder start token, as VisionEncoderDecoder does."""
+    config = module.model.config
+    inputs = labels.new_full(labels.shape, config.pad_token_id)
+    inputs[:, 0] = config.decoder_start_token_id
+    inputs[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, config.pad_token_id)
+    attention = torch.ones_like(inputs)
+    attention[:, 1:] = (labels[:, :-1] != -100).long()
+    return module.model.decoder(input_ids=inputs, attention_mask=attention).logits
 
 
 def _pad_to(labels: torch.Tensor, width: int) -> torch.Tensor:
@@ -96,7 +123,7 @@ def attach_reference_logps(reference, pair_set: PairSet, collate, batch_size: in
     values: list[tuple[float, float]] = []
     for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
-        chosen, rejected, _ = policy_logps(reference, batch, average)
+        chosen, rejected, _, _ = policy_logps(reference, batch, average)
         values.extend(zip(chosen.tolist(), rejected.tolist()))
     pair_set.reference = values
 
@@ -106,13 +133,13 @@ def dpo_loss_fn(beta: float, loss_type: str, label_smoothing: float, sft_weight:
     average = loss_type == "ipo"
 
     def loss_fn(module, batch):
-        chosen, rejected, chosen_logits = policy_logps(module, batch, average)
+        chosen, rejected, chosen_logits, chosen_labels = policy_logps(module, batch, average)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta, loss_type, label_smoothing
         )
         loss = losses.mean()
         if sft_weight:
-            loss = loss + sft_weight * token_cross_entropy(chosen_logits, batch["chosen_labels"])
+            loss = loss + sft_weight * token_cross_entropy(chosen_logits, chosen_labels)
         logs = {
             "rewards/chosen": chosen_rewards.mean(),
             "rewards/rejected": rejected_rewards.mean(),
@@ -136,7 +163,7 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
         for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, logs = loss_fn(module, batch)
-            size = batch["pixel_values"].size(0)
+            size = batch["chosen_labels"].size(0)
             for key, value in {"loss": loss, **logs}.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * size
             count += size
@@ -183,7 +210,11 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
             raise UserError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
         return corrupted_pairs(split, seed)
     if source != "auto":
-        raise UserError(f"--pairs {source} is not supported; use auto or corrupted.")
+        loaded = load_pair_source(source)
+        ui.console.print(f"--pairs {source}: {loaded.summary()}")
+        if not loaded.pairs:
+            raise UserError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
+        return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
     images = list(split["image"])
     candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed)
     similarity = head_similarity(captioner, tokenizer, processor, images, candidates)
@@ -192,6 +223,22 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
     if has_objects:
         pairs += corrupted_pairs(split, seed)
     return pairs
+
+
+def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: int) -> tuple[PairSet, PairSet | None]:
+    """Training pairs and held-out pairs. Generated pairs come from the train and validation
+    splits; pairs read from a file or dataset are split, seeded, with HELD_OUT_SHARE held out."""
+    train_split = get_split(dataset, "train")
+    if source in GENERATED_PAIRS:
+        train = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, source, seed))
+        if "validation" not in dataset or not len(dataset["validation"]):
+            return train, None
+        val_split = dataset["validation"].select(range(min(HELD_OUT_IMAGES, len(dataset["validation"]))))
+        return train, PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, source, seed + 1))
+    pairs = make_pairs(train_split, policy, tokenizer, processor, source, seed)
+    random.Random(seed).shuffle(pairs)
+    held = min(HELD_OUT_IMAGES, int(len(pairs) * HELD_OUT_SHARE))
+    return PairSet(train_split, pairs[held:]), (PairSet(train_split, pairs[:held]) if held else None)
 
 
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:
@@ -205,17 +252,11 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     reference, _, _ = load_captioner(model_dir)
     if policy.head is not None:
         policy.head.requires_grad_(False)
-    train_split = get_split(dataset, "train")
     collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
-    average = a.loss == "ipo"
     with ui.console.status("Making preference pairs and reference log-probs"):
-        train_pairs = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, a.pairs, config.train.seed))
-        attach_reference_logps(reference, train_pairs, collate, a.batch_size, average)
-        held_out = None
-        if "validation" in dataset and len(dataset["validation"]):
-            val_split = dataset["validation"].select(range(min(HELD_OUT_IMAGES, len(dataset["validation"]))))
-            held_out = PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, a.pairs, config.train.seed + 1))
-            attach_reference_logps(reference, held_out, collate, a.batch_size, average)
+        train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, config.train.seed)
+        for pair_set in filter(None, (train_pairs, held_out)):
+            attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     del reference
     sources = Counter(p.source for p in train_pairs.pairs)
     ui.console.print(f"{len(train_pairs)} training pairs (" + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
@@ -239,5 +280,9 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     if engine.accelerator.is_main_process:
         save_captioner(run_dir, engine.unwrapped(), tokenizer, processor)
         mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=engine.state.step)
+        report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
+        if report_split is not None:
+            reference, _, _ = load_captioner(model_dir)
+            alignment_report(engine.unwrapped(), reference, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))), run_dir)
     engine.finish()
     return run_dir

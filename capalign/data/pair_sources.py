@@ -1,0 +1,147 @@
+"""Preference pairs from files and prepared preference datasets (everything but `--pairs auto`).
+
+- A pairs file: JSONL, JSON (a list) or CSV with `image`, `chosen`, `rejected`; image paths are
+  relative to the file. Pairwise human judgments (PASCAL-50S style) are read from the same formats
+  with `image`, `caption_a`, `caption_b`, `votes_a`, `votes_b`: the caption with more votes is
+  chosen, ties are skipped.
+- A prepared preference dataset (`capalign fetch ultrafeedback`): `prompt` / `chosen` / `rejected`
+  text without images, filtered to caption-length answers, used as image-free pairs that shape the
+  decoder's language prior only.
+Bad records are skipped and counted by reason, never fatal; a malformed file exits 2 naming the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capalign.errors import UserError
+
+MAX_CAPTION_WORDS = 30  # an image-free pair is kept only when both answers are caption-length
+
+
+@dataclass
+class LoadedPairs:
+    """Pairs read from one source plus the records skipped, by reason."""
+
+    pairs: list[dict]  # {"image": Path | None, "chosen": str, "rejected": str}
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        return f"{len(self.pairs)} pairs; skipped: {skipped}"
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) for every record of a JSONL, JSON or CSV file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} line {number} is not valid JSON ({exc.msg}).") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path} line {number} must be a JSON object.")
+            records.append((f"line {number}", record))
+        return records
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise UserError(f"{path} must hold a JSON list of objects.")
+        return [(f"item {i}", r) for i, r in enumerate(data)]
+    if path.suffix == ".csv":
+        return [(f"line {i + 2}", dict(r)) for i, r in enumerate(csv.DictReader(text.splitlines()))]
+    raise UserError(f"Pairs file {path} must end in .jsonl, .json or .csv.")
+
+
+def _choose(record: dict, where: str, path: Path) -> tuple[str, str] | None:
+    """(chosen, rejected) from either form; None for a tie in votes."""
+    if "chosen" in record and "rejected" in record:
+        return str(record["chosen"] or "").strip(), str(record["rejected"] or "").strip()
+    if {"caption_a", "caption_b", "votes_a", "votes_b"} <= set(record):
+        try:
+            a, b = float(record["votes_a"]), float(record["votes_b"])
+        except (TypeError, ValueError):
+            raise UserError(f"{path} {where}: votes_a / votes_b must be numbers.") from None
+        if a == b:
+            return None
+        first, second = str(record["caption_a"]).strip(), str(record["caption_b"]).strip()
+        return (first, second) if a > b else (second, first)
+    raise UserError(f"{path} {where}: needs chosen and rejected (or caption_a, caption_b, votes_a, votes_b).")
+
+
+def load_pairs_file(path: Path) -> LoadedPairs:
+    """Read image–caption preference pairs; images must lie inside the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Pairs file {path} does not exist.")
+    root = path.parent.resolve()
+    loaded = LoadedPairs([])
+    for where, record in _records(path):
+        if "image" not in record:
+            raise UserError(f"{path} {where}: missing the 'image' field.")
+        choice = _choose(record, where, path)
+        if choice is None:
+            loaded.skipped["tied_votes"] += 1
+            continue
+        chosen, rejected = choice
+        if not chosen or not rejected:
+            loaded.skipped["empty_caption"] += 1
+            continue
+        if chosen == rejected:
+            loaded.skipped["chosen_equals_rejected"] += 1
+            continue
+        image = (root / str(record["image"])).resolve()
+        if not image.is_relative_to(root):
+            loaded.skipped["path_escapes_folder"] += 1
+            continue
+        if not image.is_file():
+            loaded.skipped["missing_image"] += 1
+            continue
+        loaded.pairs.append({"image": image, "chosen": chosen, "rejected": rejected})
+    return loaded
+
+
+def load_text_pairs(path: Path) -> LoadedPairs:
+    """Image-free pairs from a prepared preference dataset, kept when both answers are caption-length."""
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    split = data["train"] if isinstance(data, datasets.DatasetDict) else data
+    missing = {"chosen", "rejected"} - set(split.column_names)
+    if missing:
+        raise UserError(f"{path} is not a preference dataset (no {', '.join(sorted(missing))} column).")
+    loaded = LoadedPairs([])
+    for chosen, rejected in zip(split["chosen"], split["rejected"]):
+        chosen, rejected = (chosen or "").strip(), (rejected or "").strip()
+        if not chosen or not rejected or chosen == rejected:
+            loaded.skipped["bad_pair"] += 1
+        elif max(len(chosen.split()), len(rejected.split())) > MAX_CAPTION_WORDS:
+            loaded.skipped["longer_than_a_caption"] += 1
+        else:
+            loaded.pairs.append({"image": None, "chosen": chosen, "rejected": rejected})
+    return loaded
+
+
+def load_pair_source(source: str) -> LoadedPairs:
+    """A pairs file, or a prepared preference dataset folder (or its name under data/)."""
+    from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared
+
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json", ".csv"):
+        return load_pairs_file(path)
+    for candidate in (path, DEFAULT_DATA_ROOT / source):
+        if is_prepared(candidate) or (candidate / "dataset_info.json").is_file():
+            return load_text_pairs(candidate)
+    raise UserError(f"--pairs {source}: not auto, corrupted, a pairs file (.jsonl/.json/.csv) or a prepared preference dataset; "
+                    f"for UltraFeedback run `capalign fetch ultrafeedback` first.")

@@ -1,0 +1,65 @@
+"""Stage 2: reference log-probs are computed once, and a very large beta keeps the policy at its reference."""
+
+from pathlib import Path
+
+import torch
+
+from capalign.config import build_config
+from capalign.models.captioner import load_captioner
+from capalign.train import align as align_module
+from capalign.train.align import PairBatchMaker, PairSet, make_pairs, policy_logps
+
+
+def _align(pretrained_run: Path, out: Path, **align_options) -> Path:
+    config = build_config(None, pretrained_run.parent.parent / "tiny.yaml", {"align": {"batch_size": 8, **align_options}})
+    return align_module.align(pretrained_run, config, out=out)
+
+
+def test_reference_logps_are_computed_once_however_long_training_runs(pretrained_run, in_workspace, monkeypatch):
+    calls = {"reference": 0, "loaded": 0}
+    real_load = align_module.load_captioner
+
+    def counting_load(run_dir):
+        captioner, tokenizer, processor = real_load(run_dir)
+        calls["loaded"] += 1
+        if calls["loaded"] == 2:  # align loads the policy first, then the reference
+            encode = captioner.encode_images
+
+            def counted(pixel_values):
+                calls["reference"] += 1
+                return encode(pixel_values)
+
+            captioner.encode_images = counted
+        return captioner, tokenizer, processor
+
+    monkeypatch.setattr(align_module, "load_captioner", counting_load)
+    counts = []
+    for steps in (2, 6):
+        calls.update(reference=0, loaded=0)
+        _align(pretrained_run, Path(f"runs/once-{steps}"), max_steps=steps)
+        counts.append(calls["reference"])
+    assert counts[0] == counts[1] > 0
+
+
+def _drift(run: Path, reference: Path, workspace: Path) -> float:
+    """Mean absolute difference of caption log-probs between a run and its reference on validation pairs."""
+    from datasets import load_from_disk
+
+    split = load_from_disk(str(workspace / "data" / "shapes"))["validation"]
+    ref_model, tokenizer, processor = load_captioner(reference)
+    pairs = PairSet(split, make_pairs(split, ref_model, tokenizer, processor, "corrupted", seed=0))
+    batch = PairBatchMaker(tokenizer, processor, 20)([pairs[i] for i in range(len(pairs))])
+    policy, _, _ = load_captioner(run)
+    with torch.no_grad():
+        ref_c, ref_r, _, _ = policy_logps(ref_model.eval(), batch, average=False)
+        pol_c, pol_r, _, _ = policy_logps(policy.eval(), batch, average=False)
+    return float(torch.cat([pol_c - ref_c, pol_r - ref_r]).abs().mean())
+
+
+def test_very_large_beta_stays_close_to_the_reference(pretrained_run, in_workspace):
+    options = dict(max_steps=8, lr=1e-3, sft_weight=0.0, pairs="corrupted")
+    small = _align(pretrained_run, Path("runs/beta-small"), beta=0.1, **options)
+    large = _align(pretrained_run, Path("runs/beta-large"), beta=1000.0, **options)
+    small_drift = _drift(small, pretrained_run, in_workspace)
+    large_drift = _drift(large, pretrained_run, in_workspace)
+    assert large_drift < 0.5 * small_drift
