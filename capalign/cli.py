@@ -89,6 +89,16 @@ def pretrain(
     lr: Optional[float] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16"),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimiser step."),
+    vision: Optional[str] = typer.Option(None, help="Vision encoder: Hugging Face name or local folder."),
+    decoder: Optional[str] = typer.Option(None, help="Caption decoder (causal LM): Hugging Face name or local folder."),
+    text_encoder: Optional[str] = typer.Option(None, help="Frozen CLIP text tower for caption features: name or folder."),
+    arch: Optional[str] = typer.Option(None, help="cross-attention | prefix | contrastive"),
+    freeze_vision: Optional[bool] = typer.Option(None, "--freeze-vision/--no-freeze-vision", help="Keep the vision encoder fixed (its features are cached)."),
+    freeze_decoder: Optional[bool] = typer.Option(None, "--freeze-decoder/--no-freeze-decoder", help="Keep the decoder fixed (cross-attention layers still train)."),
+    select: Optional[str] = typer.Option(None, help="Validation metric for best-metric/: cider (default), cider+0.5*bleu4, top1, none."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many validations without a lower validation loss."),
+    tracker: Optional[str] = typer.Option(None, help="tensorboard | wandb (through accelerate)."),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in --out."),
     dry_run: bool = typer.Option(False, help="Build data, model and one batch; report sizes; do not train."),
 ) -> None:
@@ -99,7 +109,10 @@ def pretrain(
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = _overrides(train=dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
-                                      mixed_precision=mixed_precision))
+                                      mixed_precision=mixed_precision, grad_accum=grad_accum, select=select,
+                                      patience=patience, tracker=tracker),
+                           model=dict(vision=vision, decoder=decoder, text_encoder=text_encoder, arch=arch,
+                                      freeze_vision=freeze_vision, freeze_decoder=freeze_decoder))
     if data is not None:
         overrides["data"] = data
     run_dir = run_pretrain(build_config(preset, config, overrides), out, resume=resume, dry_run=dry_run)

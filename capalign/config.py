@@ -30,6 +30,16 @@ class ModelConfig:
     heads: int = 4
     projection_dim: int = 64
     max_caption_tokens: int = 24
+    # A frozen CLIP text tower (name or path) for caption features (vit-scratch, mobilenet-gpt2).
+    text_encoder: str | None = None
+    freeze_text: bool = True
+    # Prefix (ClipCap) architecture: mapping network mlp | transformer, prefix embeddings, mapper depth.
+    mapper: str = "mlp"
+    prefix_length: int = 10
+    mapper_layers: int = 8
+    mapper_heads: int = 8
+    # Dropout of the parts built from configs (None: the transformers defaults).
+    dropout: float | None = None
 
 
 @dataclass
@@ -47,6 +57,22 @@ class TrainConfig:
     mixed_precision: str = "no"
     seed: int = 0
     contrastive_weight: float = 0.5
+    # Optional terms (seed 003's CLIP-guided objectives); weight 0 turns a term off.
+    caption_weight: float = 1.0
+    cosine_weight: float = 0.0
+    diversity_weight: float = 0.0
+    # Seed 002's augmentations (flip, colour jitter, rotation) on training images.
+    augment: bool = False
+    # Cache a frozen vision encoder's outputs on disk (per dataset, encoder and preprocessing).
+    feature_cache: bool = True
+    # Best-model selection by a validation metric: e.g. "cider", "cider+0.5*bleu4", "top1"
+    # (None: CIDEr for captioners, top-1 retrieval for contrastive-only models); "none" turns it off.
+    select: str | None = None
+    val_images: int = 100
+    # Early stopping: stop after this many validations without a lower validation loss.
+    patience: int | None = None
+    # Experiment tracker through accelerate: tensorboard | wandb.
+    tracker: str | None = None
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 200
@@ -78,11 +104,65 @@ class RunConfig:
 
 
 # Each preset sets model fields and, where its scale needs them, train/align defaults.
+CLIP_B32 = "openai/clip-vit-base-patch32"
+
 PRESETS: dict[str, dict] = {
     # A from-scratch model this small needs a large stage-2 step size; the supervised term on the
     # chosen caption keeps DPO from degrading fluency (measured on shapes, see CHANGELOG).
     "tiny": {"align": {"lr": 1e-3, "sft_weight": 1.0, "epochs": 4}},
+    # Seeds 000 and 001: frozen CLIP ViT-B/32 + GPT-2 with cross-attention.
+    "clip-gpt2": {
+        "model": {"arch": "cross-attention", "vision": CLIP_B32, "decoder": "gpt2", "freeze_vision": True,
+                  "image_size": 224, "projection_dim": 512, "max_caption_tokens": 32},
+        "train": {"lr": 5e-5, "batch_size": 32, "epochs": 10, "contrastive_weight": 0.5},
+        "align": {"lr": 1e-5, "batch_size": 8, "epochs": 5},
+    },
+    # Seed 000's text side: GPT-2 Medium.
+    "clip-gpt2-medium": {
+        "model": {"arch": "cross-attention", "vision": CLIP_B32, "decoder": "gpt2-medium", "freeze_vision": True,
+                  "image_size": 224, "projection_dim": 512, "max_caption_tokens": 32},
+        "train": {"lr": 5e-5, "batch_size": 8, "grad_accum": 4, "epochs": 10, "contrastive_weight": 0.5},
+        "align": {"lr": 1e-5, "batch_size": 8, "epochs": 5},
+    },
+    # Seed 004 (ClipCap, transformer mapper): CLIP → 10 prefix embeddings → frozen GPT-2.
+    "clipcap": {
+        "model": {"arch": "prefix", "vision": CLIP_B32, "decoder": "gpt2", "freeze_vision": True,
+                  "freeze_decoder": True, "mapper": "transformer", "prefix_length": 10, "mapper_layers": 8,
+                  "image_size": 224, "max_caption_tokens": 32},
+        "train": {"lr": 2e-5, "batch_size": 40, "epochs": 10, "contrastive_weight": 0.0},
+        "align": {"lr": 1e-5, "batch_size": 8},
+    },
+    # ClipCap's other variant: MLP mapper, GPT-2 tuned.
+    "clipcap-mlp": {
+        "model": {"arch": "prefix", "vision": CLIP_B32, "decoder": "gpt2", "freeze_vision": True,
+                  "freeze_decoder": False, "mapper": "mlp", "prefix_length": 10, "image_size": 224,
+                  "max_caption_tokens": 32},
+        "train": {"lr": 2e-5, "batch_size": 40, "epochs": 10, "contrastive_weight": 0.0},
+        "align": {"lr": 1e-5, "batch_size": 8},
+    },
+    # Seed 003: MobileNetV2 features → prefix mapper → DistilGPT2, with CLIP-guided terms (cosine
+    # alignment and contrastive against a frozen CLIP text tower, caption diversity) and early stopping.
+    "mobilenet-gpt2": {
+        "model": {"arch": "prefix", "vision": "google/mobilenet_v2_1.0_224", "decoder": "distilgpt2",
+                  "text_encoder": CLIP_B32, "freeze_vision": True, "freeze_decoder": False, "mapper": "mlp",
+                  "prefix_length": 10, "image_size": 224, "projection_dim": 512, "max_caption_tokens": 32},
+        "train": {"lr": 1e-4, "batch_size": 32, "epochs": 50, "contrastive_weight": 1.0, "cosine_weight": 1.0,
+                  "diversity_weight": 0.1, "patience": 5},
+        "align": {"lr": 1e-5, "batch_size": 8},
+    },
+    # Seed 002: a ViT trained from scratch against a frozen CLIP text encoder, contrastive only,
+    # with flip / colour-jitter / rotation augmentation; judged by retrieval top-1/10/100.
+    "vit-scratch": {
+        "model": {"arch": "contrastive", "vision": None, "decoder": None, "text_encoder": CLIP_B32,
+                  "image_size": 64, "patch_size": 8, "vision_hidden": 768, "vision_layers": 6, "heads": 12,
+                  "projection_dim": 512},
+        "train": {"lr": 1e-4, "batch_size": 32, "epochs": 20, "warmup_ratio": 0.1, "contrastive_weight": 1.0,
+                  "caption_weight": 0.0, "augment": True, "select": "top1"},
+    },
 }
+
+ARCHS = ("cross-attention", "prefix", "contrastive")
+TRACKERS = ("tensorboard", "wandb")
 
 LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 
@@ -145,6 +225,15 @@ def validate(config: RunConfig) -> None:
         (0 <= config.align.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
         (config.align.sft_weight >= 0, "--sft-weight must not be negative"),
         (config.train.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
+        (config.model.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {config.model.arch})"),
+        (config.model.mapper in ("mlp", "transformer"), f"model.mapper must be mlp or transformer (got {config.model.mapper})"),
+        (config.model.prefix_length > 0, "model.prefix_length must be positive"),
+        (config.model.arch != "contrastive" or config.model.text_encoder is not None,
+         "the contrastive architecture needs a CLIP text tower: pass --text-encoder NAME_OR_PATH"),
+        (config.train.tracker in (None, *TRACKERS), f"--tracker must be one of {', '.join(TRACKERS)}"),
+        (config.train.patience is None or config.train.patience > 0, "--patience must be positive"),
+        (config.train.grad_accum > 0, "--grad-accum must be positive"),
+        (config.train.val_images > 0, "train.val_images must be positive"),
     ]
     for ok, message in checks:
         if not ok:

@@ -31,13 +31,12 @@ class DecodeOptions:
 @torch.no_grad()
 def caption_images(captioner, tokenizer, processor, images, options: DecodeOptions = DecodeOptions()) -> list[str]:
     """Caption PIL images in batches; returns one caption per image, in order."""
-    model = captioner.model
-    model.eval()
-    device = next(model.parameters()).device
+    captioner.eval()
+    device = next(captioner.parameters()).device
     captions: list[str] = []
     for start in range(0, len(images), options.batch_size):
         chunk = images[start : start + options.batch_size]
-        output = model.generate(pixel_values=pixel_values(processor, chunk).to(device), **options.generate_kwargs())
+        output = captioner.generate(pixel_values(processor, chunk).to(device), **options.generate_kwargs())
         captions.extend(t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True))
     return captions
 

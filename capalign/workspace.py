@@ -29,9 +29,10 @@ def new_run_dir(kind: str, out: Path | None) -> Path:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A finished run folder holds a run.json and a model config."""
+    """A finished run folder holds a run.json and a model config (prefix / contrastive runs:
+    capalign_model.json beside their vision/ and decoder/ folders)."""
     path = Path(path)
-    return (path / RUN_INFO).is_file() and (path / "config.json").is_file()
+    return (path / RUN_INFO).is_file() and ((path / "config.json").is_file() or (path / "capalign_model.json").is_file())
 
 
 def mark_finished(run_dir: Path, kind: str, **info) -> None:

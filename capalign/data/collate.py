@@ -41,14 +41,46 @@ def pixel_values(processor, images) -> torch.Tensor:
     return processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
 
 
-class CaptionCollator:
-    """Batches of (image, caption) pairs for the captioning + contrastive objective."""
+def augment_image(image):
+    """Seed 002's augmentations with PIL (torchvision from PyPI does not fit the CPU torch build):
+    horizontal flip (p=0.5), brightness / contrast / saturation jitter (factor in [0.8, 1.2], in
+    random order) and rotation by up to ±10 degrees. Draws from torch's RNG, so --seed fixes them and
+    checkpoints resume them."""
+    from PIL import Image, ImageEnhance, ImageOps
 
-    def __init__(self, tokenizer, processor, max_tokens: int):
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand(()))
+
+    image = image.convert("RGB")
+    if float(torch.rand(())) < 0.5:
+        image = ImageOps.mirror(image)
+    for k in torch.randperm(3).tolist():
+        enhancer = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[k]
+        image = enhancer(image).enhance(uniform(0.8, 1.2))
+    return image.rotate(uniform(-10.0, 10.0), resample=Image.BILINEAR)
+
+
+class CaptionCollator:
+    """Batches of (image, caption) pairs for the captioning + contrastive objective.
+
+    Items may carry cached encoder outputs (a dict of tensors) instead of an image; `text_inputs`
+    adds `text_input_ids` / `text_attention_mask` for a separate text tower; `augment` applies
+    `augment_image` to each training image."""
+
+    def __init__(self, tokenizer, processor, max_tokens: int, text_inputs=None, augment: bool = False):
         self.tokenizer, self.processor, self.max_tokens = tokenizer, processor, max_tokens
+        self.text_inputs, self.augment = text_inputs, augment
 
     def __call__(self, items):
         images, captions = zip(*items)
         batch = tokenize_captions(self.tokenizer, list(captions), self.max_tokens)
-        batch["pixel_values"] = pixel_values(self.processor, images)
+        if isinstance(images[0], dict):
+            for key in images[0]:
+                batch[key] = torch.stack([features[key] for features in images])
+        else:
+            if self.augment:
+                images = [augment_image(im) for im in images]
+            batch["pixel_values"] = pixel_values(self.processor, images)
+        if self.text_inputs is not None:
+            batch.update({f"text_{k}": v for k, v in self.text_inputs(list(captions)).items()})
         return batch

@@ -73,12 +73,9 @@ class RunScorer:
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        from capalign.data.collate import tokenize_captions
-
-        max_tokens = self.captioner.model.generation_config.max_new_tokens or 32
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            batch = tokenize_captions(self.tokenizer, texts[start : start + self.batch_size], max_tokens)
+            batch = self.captioner.tokenize_texts(self.tokenizer, texts[start : start + self.batch_size])
             pooled = self.captioner.text_features(batch["input_ids"], batch["attention_mask"])
             chunks.append(self.captioner.head.embed_text(pooled))
         return torch.cat(chunks)

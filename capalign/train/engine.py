@@ -3,7 +3,13 @@
 It owns devices and mixed precision (accelerate), AdamW with decoupled weight decay, cosine schedule
 with warm-up, gradient clipping and accumulation, deterministic data order, skipping of batches whose
 loss or gradients are not finite, metrics.jsonl, atomic checkpoints with resume, Ctrl-C saving,
-periodic validation with best-model keeping, and a learning-curve PNG.
+periodic validation with best-model keeping (by validation loss in `best-loss/`, by a validation
+metric in `best-metric/`), early stopping with patience, optional trackers (TensorBoard, Weights &
+Biases) through accelerate, and a learning-curve PNG.
+
+`batch_size` is the global batch: with N processes (`torchrun` / `accelerate launch`) each process
+gets 1/N of every batch of the same seeded order (accelerate's `split_batches`), so N processes train
+on the same examples in the same order as one process; see capalign.distributed for the loss side.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from capalign import ui
+from capalign.errors import UserError
 from capalign.train.curves import plot_curves
 from capalign.workspace import atomic_write_text
 
@@ -46,6 +53,8 @@ class EngineSettings:
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 200
+    patience: int | None = None
+    tracker: str | None = None
 
 
 @dataclass
@@ -57,6 +66,9 @@ class EngineState:
     batches_done_in_epoch: int = 0
     skipped_nonfinite: int = 0
     best_val_loss: float | None = None
+    best_metric: float | None = None
+    validations_without_improvement: int = 0
+    stopped_early: bool = False
 
 
 class Engine:
@@ -74,6 +86,7 @@ class Engine:
         validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         save_best: Callable[[torch.nn.Module, Path], None] | None = None,
         description: str = "train",
+        tracker_config: dict | None = None,
     ):
         self.settings = settings
         self.run_dir = Path(run_dir)
@@ -83,8 +96,16 @@ class Engine:
             cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
             mixed_precision=settings.mixed_precision,
             gradient_accumulation_steps=settings.grad_accum,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),
+            log_with=_tracker(settings.tracker),
+            project_dir=str(self.run_dir),
         )
+        processes = self.accelerator.num_processes
+        if settings.batch_size % processes:
+            raise UserError(f"--batch-size ({settings.batch_size}) is the global batch and must be divisible by the "
+                            f"number of processes ({processes}).")
+        if settings.tracker:
+            self.accelerator.init_trackers(self.run_dir.name, config=_flat(tracker_config or {}))
         set_seed(settings.seed)
         loader = DataLoader(
             train_set,
@@ -164,7 +185,7 @@ class Engine:
         started, samples = time.perf_counter(), 0
         with ui.progress_bar(self.description, self.total_steps) as (progress, task):
             progress.update(task, completed=self.state.step)
-            while self.state.step < self.total_steps:
+            while self.state.step < self.total_steps and not self.state.stopped_early:
                 self.loader.set_epoch(self.state.epoch)
                 batches = self.loader
                 if self.state.batches_done_in_epoch:
@@ -187,14 +208,17 @@ class Engine:
                         window = {}
                     if self.validate and (step % settings.eval_every == 0 or step == self.total_steps):
                         self._validate()
-                    if step % settings.checkpoint_every == 0 and step < self.total_steps:
+                    if step % settings.checkpoint_every == 0 and step < self.total_steps and not self.state.stopped_early:
                         self.save_checkpoint()
                     progress.update(task, completed=step)
-                    if step >= self.total_steps:
+                    if step >= self.total_steps or self.state.stopped_early:
                         break
                 else:
                     self.state.epoch += 1
                     self.state.batches_done_in_epoch = 0
+        if self.state.stopped_early:
+            ui.console.print(f"Stopped early at step {self.state.step}: validation loss did not improve in "
+                             f"{settings.patience} validations (best {self.state.best_val_loss:.4f}).")
         if self.state.skipped_nonfinite:
             ui.console.print(f"[yellow]Skipped {self.state.skipped_nonfinite} batches whose loss or gradients were not finite.")
 
@@ -220,7 +244,10 @@ class Engine:
             self.optimizer.zero_grad()
         self.state.step += 1
         for key, value in {"loss": loss, **logs}.items():
-            window.setdefault(key, []).append(float(value.detach().float().mean()))
+            value = value.detach().float().mean()
+            if acc.num_processes > 1:  # the global-batch value (each process holds its share)
+                value = acc.reduce(value, "mean")
+            window.setdefault(key, []).append(float(value))
         return True
 
     def _log(self, window: dict[str, list[float]], rate: float) -> None:
@@ -235,6 +262,9 @@ class Engine:
         if self.accelerator.is_main_process:
             with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        if self.settings.tracker:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                                 step=record["step"])
 
     def _validate(self) -> None:
         module = self.accelerator.unwrap_model(self.module)
@@ -244,10 +274,23 @@ class Engine:
         module.train()
         self._append({"step": self.state.step, **results})
         val_loss = results.get("val_loss")
-        if val_loss is not None and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
-            self.state.best_val_loss = val_loss
+        if val_loss is not None:
+            if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+                self.state.best_val_loss = val_loss
+                self.state.validations_without_improvement = 0
+                if self.save_best and self.accelerator.is_main_process:
+                    self.save_best(module, self.run_dir / "best-loss")
+            else:
+                self.state.validations_without_improvement += 1
+                if self.settings.patience and self.state.validations_without_improvement >= self.settings.patience:
+                    self.state.stopped_early = True
+        score = results.get("val_select")
+        if score is not None and (self.state.best_metric is None or score > self.state.best_metric):
+            self.state.best_metric = score
             if self.save_best and self.accelerator.is_main_process:
-                self.save_best(module, self.run_dir / "best-loss")
+                self.save_best(module, self.run_dir / "best-metric")
+                atomic_write_text(self.run_dir / "best-metric" / "selection.json",
+                                  json.dumps({"step": self.state.step, **results}, indent=1))
         if self.accelerator.is_main_process:
             plot_curves(self.metrics_path, self.run_dir / "curves.png")
 
@@ -261,6 +304,31 @@ class Engine:
         if self.accelerator.is_main_process:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
         self.accelerator.end_training()
+
+
+def _tracker(name: str | None) -> str | None:
+    """The accelerate tracker for --tracker, if its package is installed."""
+    if name is None:
+        return None
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
+    if package is None:
+        raise UserError(f"--tracker must be tensorboard or wandb, got {name}.")
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"--tracker {name} needs the {package} package; install it with `pip install {package}`.")
+    return name
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested config → flat {'train.lr': ...} of scalars (what trackers accept as hyperparameters)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:

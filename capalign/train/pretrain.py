@@ -1,4 +1,4 @@
-"""Stage 1: captioning loss + image–text InfoNCE on the prepared dataset."""
+"""Stage 1: captioning loss + image–text InfoNCE (and seed 003's optional terms) on the prepared dataset."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import resource
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 
 from capalign import ui
-from capalign.config import RunConfig, save_config
+from capalign.config import RunConfig, TrainConfig, save_config, to_dict
 from capalign.data.collate import CaptionCollator, CaptionPairs
 from capalign.data.store import get_split, load_prepared
-from capalign.models.captioner import Captioner, build_image_processor, build_tiny_model, save_captioner
-from capalign.models.tokenizer import train_word_tokenizer
+from capalign.errors import UserError
+from capalign.models.build import build_captioner
+from capalign.models.captioner import save_captioner
 from capalign.train.engine import Engine, EngineSettings
+from capalign.train.objectives import RETRIEVAL, composite, cosine_alignment_loss, diversity_loss, parse_select, retrieval_topk
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
 VALIDATION_PAIRS = 512
@@ -28,26 +31,36 @@ def engine_settings(config: RunConfig) -> EngineSettings:
         lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
         warmup_ratio=t.warmup_ratio, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
         mixed_precision=t.mixed_precision, seed=t.seed, log_every=t.log_every,
-        checkpoint_every=t.checkpoint_every, eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, patience=t.patience, tracker=t.tracker,
     )
 
 
-def pretrain_loss(contrastive_weight: float):
-    """Captioning cross-entropy plus `contrastive_weight` x InfoNCE; logs both parts."""
+def pretrain_loss(train: TrainConfig):
+    """Weighted sum of the parts the captioner returns (captioning, InfoNCE) and the optional cosine
+    alignment and diversity terms; logs every part."""
 
     def loss_fn(module, batch):
         parts = module(**batch)
-        loss = parts["caption_loss"]
-        if "contrastive_loss" in parts:
-            loss = loss + contrastive_weight * parts["contrastive_loss"]
-        return loss, parts
+        loss = torch.zeros((), device=batch["labels"].device)
+        logs: dict[str, torch.Tensor] = {}
+        for name, weight in (("caption_loss", train.caption_weight), ("contrastive_loss", train.contrastive_weight)):
+            if name in parts:
+                logs[name] = parts[name]
+                if weight:
+                    loss = loss + weight * parts[name]
+        if train.cosine_weight and "_image_emb" in parts:
+            logs["cosine_loss"] = cosine_alignment_loss(parts["_image_emb"], parts["_text_emb"])
+            loss = loss + train.cosine_weight * logs["cosine_loss"]
+        if train.diversity_weight and "_logits" in parts:
+            logs["diversity_loss"] = diversity_loss(parts["_logits"], batch["labels"])
+            loss = loss + train.diversity_weight * logs["diversity_loss"]
+        return loss, logs
 
     return loss_fn
 
 
-def validation_loss(dataset, collate, loss_fn, batch_size: int):
+def validation_loss(pairs, collate, loss_fn, batch_size: int):
     """Mean loss (and parts) over a fixed subset of validation pairs."""
-    pairs = CaptionPairs(dataset)
     subset = Subset(pairs, range(min(VALIDATION_PAIRS, len(pairs))))
 
     def run(module) -> dict[str, float]:
@@ -65,15 +78,68 @@ def validation_loss(dataset, collate, loss_fn, batch_size: int):
     return run
 
 
-def build_run(config: RunConfig, run_dir: Path):
+def validation_metric(split, tokenizer, processor, spec: str, n_images: int, max_tokens: int):
+    """The selection score on the first `n_images` validation images: caption metrics (CIDEr by
+    default; pycocoevalcap on greedy captions) or retrieval top-K for contrastive-only models."""
+    terms = parse_select(spec)
+    names = sorted({name for _, name in terms})
+    if set(names) & RETRIEVAL and not set(names) <= RETRIEVAL:
+        raise UserError(f"--select {spec}: combine caption metrics or retrieval top-K, not both.")
+    rows = split.select(range(min(n_images, len(split))))
+    images, ids, references = list(rows["image"]), [str(i) for i in rows["image_id"]], list(rows["captions"])
+
+    def run(module) -> dict[str, float]:
+        if set(names) <= RETRIEVAL:
+            values = _retrieval(module, tokenizer, processor, images, references)
+        else:
+            from capalign.generate import DecodeOptions, caption_images
+            from capalign.metrics import evaluate_captions
+
+            captions = caption_images(module, tokenizer, processor, images, DecodeOptions(max_length=max_tokens))
+            result = evaluate_captions(dict(zip(ids, captions)), dict(zip(ids, references)), names)
+            missing = [n for n in names if n not in result.summary]
+            if missing:
+                ui.err_console.print(f"note: validation metric(s) {', '.join(missing)} unavailable: "
+                                     + "; ".join(result.missing.get(n, "?") for n in missing))
+                return {}
+            values = {n: result.summary[n] for n in names}
+        out = {f"val_{n}": v for n, v in values.items()}
+        out["val_select"] = composite(terms, values)
+        return out
+
+    return run
+
+
+def _retrieval(module, tokenizer, processor, images, references) -> dict[str, float]:
+    from capalign.models.contrastive import RunScorer
+
+    scorer = RunScorer(module, tokenizer, processor)
+    texts = [r for refs in references for r in refs]
+    owner = [k for k, refs in enumerate(references) for _ in refs]
+    result = retrieval_topk(scorer.embed_images(images), scorer.embed_texts(texts), owner)
+    module.eval()
+    return result
+
+
+def build_run(config: RunConfig, run_dir: Path | None = None):
     """Data, tokenizer, processor and model for a fresh (or resumed) pretraining run."""
     data = load_prepared(config.data)
     train = get_split(data, "train")
-    tokenizer = train_word_tokenizer(itertools.chain.from_iterable(train["captions"]))
-    processor = build_image_processor(config.model)
-    model = build_tiny_model(config.model, tokenizer)
-    captioner = Captioner.with_new_head(model, config.model.projection_dim)
+    t = config.train
+    captioner, tokenizer, processor = build_captioner(
+        config.model, itertools.chain.from_iterable(train["captions"]), with_head=bool(t.contrastive_weight or t.cosine_weight))
     return data, tokenizer, processor, captioner
+
+
+def _pairs(split, name: str, captioner, processor, use_cache: bool):
+    if not use_cache:
+        return CaptionPairs(split)
+    from capalign.train.feature_cache import CachedCaptionPairs, cached_features
+
+    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.arch == "cross-attention")
+    if store.computed:
+        ui.console.print(f"Cached frozen-encoder features of {name} ({len(store)} images) in {store.folder}")
+    return CachedCaptionPairs(split, store)
 
 
 def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False) -> Path:
@@ -81,22 +147,47 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     run_dir = new_run_dir("pretrain", out)
     set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
     data, tokenizer, processor, captioner = build_run(config, run_dir)
-    collate = CaptionCollator(tokenizer, processor, config.model.max_caption_tokens)
-    loss_fn = pretrain_loss(config.train.contrastive_weight)
+    text_inputs = None
+    if captioner.text_tower is not None:
+        text_inputs = lambda texts: captioner.tokenize_texts(tokenizer, texts)  # noqa: E731
+    collate = CaptionCollator(tokenizer, processor, config.model.max_caption_tokens, text_inputs=text_inputs,
+                              augment=config.train.augment)
+    plain_collate = CaptionCollator(tokenizer, processor, config.model.max_caption_tokens, text_inputs=text_inputs)
+    loss_fn = pretrain_loss(config.train)
     if dry_run:
         report_dry_run(captioner, CaptionPairs(data["train"]), collate, loss_fn, config.train.batch_size)
         return run_dir
-    save_config(config, run_dir / CONFIG_NAME)
+    if PartialState().is_main_process:
+        save_config(config, run_dir / CONFIG_NAME)
 
     def save(module, where: Path) -> None:
         save_captioner(where, module, tokenizer, processor)
 
+    use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment
+    train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache)
     validate = None
     if "validation" in data and len(data["validation"]):
-        validate = validation_loss(data["validation"], collate, loss_fn, config.train.batch_size)
+        val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache)
+        checks = [validation_loss(val_pairs, plain_collate, loss_fn, config.train.batch_size)]
+        spec = config.train.select or ("top1" if captioner.arch == "contrastive" else "cider")
+        retrieval = spec.lower() != "none" and {n for _, n in parse_select(spec)} <= RETRIEVAL
+        if spec.lower() != "none" and retrieval and captioner.head is None:
+            raise UserError(f"--select {spec} needs a contrastive head; set a contrastive weight above 0.")
+        if spec.lower() != "none" and not retrieval and captioner.arch == "contrastive":
+            raise UserError(f"--select {spec}: a contrastive-only model writes no captions; use top1, top10 or top100.")
+        if spec.lower() != "none":
+            checks.append(validation_metric(data["validation"], tokenizer, processor, spec, config.train.val_images,
+                                            config.model.max_caption_tokens))
+
+        def validate(module) -> dict[str, float]:
+            results: dict[str, float] = {}
+            for check in checks:
+                results.update(check(module))
+            return results
+
     engine = Engine(
-        captioner, loss_fn, CaptionPairs(data["train"]), collate, engine_settings(config), run_dir,
-        validate=validate, save_best=save, description="pretrain",
+        captioner, loss_fn, train_pairs, collate, engine_settings(config), run_dir,
+        validate=validate, save_best=save, description="pretrain", tracker_config=to_dict(config),
     )
     if resume and engine.resume():
         ui.console.print(f"Resumed from step {engine.state.step}.")
@@ -104,7 +195,8 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     if engine.accelerator.is_main_process:
         save(engine.unwrapped(), run_dir)
         mark_finished(run_dir, "pretrain", data=str(config.data), steps=engine.state.step,
-                      skipped_nonfinite=engine.state.skipped_nonfinite)
+                      skipped_nonfinite=engine.state.skipped_nonfinite, stopped_early=engine.state.stopped_early,
+                      best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric)
     engine.finish()
     return run_dir
 
@@ -117,9 +209,11 @@ def report_dry_run(captioner, pairs, collate, loss_fn, batch_size: int) -> None:
     total = sum(p.numel() for p in captioner.parameters())
     trainable = sum(p.numel() for p in captioner.parameters() if p.requires_grad)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    frozen = ", ".join(k for k, v in captioner.frozen.items() if v) or "nothing"
     ui.print_table(
         "dry run",
         ["what", "value"],
-        [["training pairs", len(pairs)], ["parameters", f"{total:,}"], ["trainable", f"{trainable:,}"],
+        [["architecture", captioner.arch], ["frozen", frozen], ["training pairs", len(pairs)],
+         ["parameters", f"{total:,}"], ["trainable", f"{trainable:,}"],
          ["batch", str(tuple(batch["pixel_values"].shape))], ["first loss", float(loss)], ["peak RSS (MiB)", f"{peak_mib:.0f}"]],
     )

@@ -1,0 +1,52 @@
+"""Loss reductions that give the same gradients on N processes as on one process with the same
+global batch.
+
+With `split_batches`, each process sees 1/N of the global batch and DDP averages gradients. Two kinds
+of terms then need care:
+
+- token-averaged terms (captioning cross-entropy): the global mean is sum(all tokens) / count(all
+  tokens), not the mean of per-process means when processes hold different token counts. Each process
+  returns `N * local_sum / global_count`; DDP's average of those is the global mean.
+- batch-coupled terms (InfoNCE, where every caption is a negative for every image): each process
+  gathers all embeddings with an autograd-aware all_gather and computes the full-batch loss, identical
+  on every process. The gather's backward sums the gradient over processes (N x each local slice's
+  share), and DDP's average divides by N again: the gradient is exactly the single-process one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All processes' rows, in rank order, with gradients flowing back to each local slice."""
+    if world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def global_count(count: torch.Tensor) -> torch.Tensor:
+    """Sum of a (non-differentiable) count over processes."""
+    if world_size() == 1:
+        return count
+    total = count.detach().clone().float()
+    dist.all_reduce(total)
+    return total
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, distributed: bool = False) -> torch.Tensor:
+    """Mean cross-entropy over real (non -100) tokens; logits[t] predicts labels[t]. Distributed: the
+    per-process share of the global-batch mean (see the module docstring)."""
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    count = (labels != -100).sum()
+    if distributed and world_size() > 1:
+        return total * world_size() / global_count(count).clamp(min=1)
+    return total / count.clamp(min=1)

@@ -1,0 +1,117 @@
+"""Build a Captioner for a run from its ModelConfig: each part loaded by name or path, or built from
+the config (random initialisation) when none is given.
+
+| arch | vision | decoder | text side |
+|---|---|---|---|
+| cross-attention | `--vision` or a small CLIP ViT | `--decoder` with cross-attention switched on, or a small GPT-2 | decoder text-only pass, or `--text-encoder` |
+| prefix | `--vision` (any AutoModel vision: CLIP, MobileNetV2, ...) | `--decoder` (any causal LM) | same |
+| contrastive | `--vision` or a ViT from scratch | none | `--text-encoder` (frozen CLIP text tower) |
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from PIL import Image
+from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
+
+from capalign import ui
+from capalign.config import ModelConfig
+from capalign.errors import UserError
+from capalign.models import backbones
+from capalign.models.captioner import Captioner, build_image_processor, build_tiny_model, configure_special_tokens
+from capalign.models.contrastive import ContrastiveHead
+from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel, PrefixMapper
+from capalign.models.tokenizer import train_word_tokenizer
+
+
+def tiny_vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
+    extra = {} if cfg.dropout is None else {"dropout": cfg.dropout, "attention_dropout": cfg.dropout}
+    return CLIPVisionConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.vision_hidden,
+                            intermediate_size=cfg.vision_hidden * 4, num_hidden_layers=cfg.vision_layers,
+                            num_attention_heads=cfg.heads, **extra)
+
+
+def tiny_decoder_config(cfg: ModelConfig, tokenizer, cross_attention: bool) -> GPT2Config:
+    extra = {} if cfg.dropout is None else {"resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}
+    prefix = cfg.prefix_length if cfg.arch == "prefix" else 0
+    return GPT2Config(vocab_size=len(tokenizer), n_positions=max(64, cfg.max_caption_tokens + prefix + 2),
+                      n_embd=cfg.decoder_hidden, n_layer=cfg.decoder_layers, n_head=cfg.heads,
+                      add_cross_attention=cross_attention, is_decoder=cross_attention,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def processed_size(processor) -> int:
+    """The side of the pixel tensors the processor produces."""
+    from capalign.data.collate import pixel_values
+
+    return int(pixel_values(processor, [Image.new("RGB", (8, 8))]).shape[-1])
+
+
+def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
+    """(Captioner, tokenizer, image processor) for a new run."""
+    text_tower = text_tokenizer = None
+    if cfg.text_encoder:
+        text_tower = backbones.load_text_tower(cfg.text_encoder)
+        text_tokenizer = backbones.load_tokenizer(cfg.text_encoder)
+    if cfg.arch == "contrastive":
+        tokenizer = text_tokenizer
+    elif cfg.decoder:
+        tokenizer = backbones.load_tokenizer(cfg.decoder)
+    else:
+        tokenizer = train_word_tokenizer(captions)
+
+    processor = backbones.load_image_processor(cfg.vision) if cfg.vision else None
+    if processor is None:
+        if cfg.vision:
+            ui.err_console.print(f"note: {cfg.vision} has no preprocessor_config.json; using CLIP preprocessing at {cfg.image_size}px.")
+        processor = build_image_processor(cfg)
+    size = processed_size(processor)
+
+    if cfg.arch == "cross-attention" and not cfg.vision and not cfg.decoder:
+        model = build_tiny_model(cfg, tokenizer)  # the embedded default, unchanged
+    else:
+        vision = backbones.load_vision(cfg.vision) if cfg.vision else CLIPVisionModel(tiny_vision_config(cfg))
+        if cfg.arch == "cross-attention":
+            if not backbones.is_sequence_encoder(vision, size):
+                raise UserError(f"{cfg.vision} yields a convolutional feature map, not a token sequence; "
+                                "use it with --arch prefix.")
+            if cfg.decoder:
+                # transformers 5 reads `is_decoder` off the decoder config, which hub GPT-2 configs lack:
+                # pass the config with cross-attention switched on (what the method would do itself).
+                path = backbones.resolve(cfg.decoder)
+                decoder_config = AutoConfig.from_pretrained(path, local_files_only=True)
+                decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+                model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
+                    encoder_model=vision, decoder_pretrained_model_name_or_path=path,
+                    decoder_config=decoder_config, decoder_local_files_only=True)
+            else:
+                model = VisionEncoderDecoderModel(encoder=vision, decoder=GPT2LMHeadModel(tiny_decoder_config(cfg, tokenizer, True)))
+            configure_special_tokens(model, tokenizer, cfg.max_caption_tokens)
+        elif cfg.arch == "prefix":
+            decoder = backbones.load_decoder(cfg.decoder) if cfg.decoder else GPT2LMHeadModel(tiny_decoder_config(cfg, tokenizer, False))
+            mapper = PrefixMapper(backbones.output_dim(vision, size), decoder.config.hidden_size, cfg.prefix_length,
+                                  cfg.mapper, cfg.mapper_layers, cfg.mapper_heads)
+            model = PrefixCaptionModel(vision, decoder, mapper)
+            configure_prefix_generation(decoder, tokenizer, cfg.max_caption_tokens)
+        else:
+            model = ImageEncoderModel(vision)
+    captioner = Captioner(model, None, text_tower=text_tower, text_tokenizer=text_tokenizer)
+    if with_head:
+        captioner.head = ContrastiveHead(captioner.image_dim, captioner.text_dim, cfg.projection_dim)
+    captioner.freeze(vision=cfg.freeze_vision, decoder=cfg.freeze_decoder if captioner.decoder is not None else None,
+                     text=cfg.freeze_text if text_tower is not None else None)
+    return captioner, tokenizer, processor
+
+
+def configure_prefix_generation(decoder, tokenizer, max_new_tokens: int) -> None:
+    """Pad/EOS ids and the default caption length go with the decoder (saved with it)."""
+    from transformers import GenerationConfig
+
+    decoder.config.pad_token_id = tokenizer.pad_token_id
+    decoder.config.eos_token_id = tokenizer.eos_token_id
+    decoder.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
+    )

@@ -1,0 +1,138 @@
+"""The prefix (ClipCap) architecture: pooled image embedding → mapping network → prefix embeddings →
+a causal language model (GPT-2, DistilGPT2, ...) fed through `inputs_embeds`.
+
+Mapping networks, as in ClipCap (Mokady et al., 2021):
+- `mlp`: Linear(image, L*D/2) → Tanh → Linear(L*D); used with a tuned language model.
+- `transformer`: Linear(image, L*D) → L tokens, concatenated with L learned constants → a transformer
+  encoder → the outputs at the constants' positions; used with a frozen language model.
+
+The loss covers caption tokens only (the prefix has no labels). Generation is
+`decoder.generate(inputs_embeds=prefix, ...)`, which returns only the new tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MAPPER_WEIGHTS = "mapper.safetensors"
+MAPPERS = ("mlp", "transformer")
+
+
+def _heads_for(width: int, wanted: int) -> int:
+    """The largest head count <= `wanted` that divides `width`."""
+    return max(h for h in range(1, max(1, wanted) + 1) if width % h == 0)
+
+
+class PrefixMapper(nn.Module):
+    """Pooled image features (B, image_dim) → prefix embeddings (B, prefix_length, text_dim)."""
+
+    def __init__(self, image_dim: int, text_dim: int, prefix_length: int = 10, kind: str = "mlp",
+                 layers: int = 8, heads: int = 8):
+        super().__init__()
+        if kind not in MAPPERS:
+            raise ValueError(f"mapper must be one of {MAPPERS}, got {kind}")
+        self.settings = {"image_dim": image_dim, "text_dim": text_dim, "prefix_length": prefix_length,
+                         "kind": kind, "layers": layers, "heads": heads}
+        self.prefix_length, self.text_dim, self.kind = prefix_length, text_dim, kind
+        if kind == "mlp":
+            hidden = max(1, text_dim * prefix_length // 2)
+            self.net = nn.Sequential(nn.Linear(image_dim, hidden), nn.Tanh(), nn.Linear(hidden, text_dim * prefix_length))
+        else:
+            self.project = nn.Linear(image_dim, prefix_length * text_dim)
+            self.constants = nn.Parameter(torch.randn(prefix_length, text_dim))
+            layer = nn.TransformerEncoderLayer(text_dim, _heads_for(text_dim, heads), dim_feedforward=2 * text_dim,
+                                               dropout=0.0, batch_first=True, norm_first=True)
+            self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        n = pooled.size(0)
+        if self.kind == "mlp":
+            return self.net(pooled).view(n, self.prefix_length, self.text_dim)
+        tokens = self.project(pooled).view(n, self.prefix_length, self.text_dim)
+        both = torch.cat([tokens, self.constants.unsqueeze(0).expand(n, -1, -1)], dim=1)
+        return self.transformer(both)[:, self.prefix_length :]
+
+
+class PrefixCaptionModel(nn.Module):
+    """Vision encoder + mapper + causal LM; `encoder`/`decoder` names as in VisionEncoderDecoderModel."""
+
+    arch = "prefix"
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, mapper: PrefixMapper):
+        super().__init__()
+        self.encoder, self.decoder, self.mapper = encoder, decoder, mapper
+
+    @property
+    def generation_config(self):
+        return self.decoder.generation_config
+
+    def caption_logits(self, prefix: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Logits aligned with `labels` (logits[:, t] predicts labels[:, t]); -100 marks padding."""
+        length = prefix.size(1)
+        pad = self.decoder.config.pad_token_id
+        if pad is None:
+            pad = self.decoder.config.eos_token_id or 0
+        tokens = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad)
+        embeds = self.decoder.get_input_embeddings()(tokens)
+        inputs = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        mask = torch.cat([torch.ones(labels.size(0), length, dtype=torch.long, device=labels.device),
+                          (labels[:, :-1] != -100).long()], dim=1)
+        return self.decoder(inputs_embeds=inputs, attention_mask=mask).logits[:, length - 1 :]
+
+    def generate(self, prefix: torch.Tensor, **kwargs) -> torch.Tensor:
+        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        return self.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+
+    def save_pretrained(self, run_dir: Path) -> None:
+        run_dir = Path(run_dir)
+        self.encoder.save_pretrained(run_dir / "vision")
+        self.decoder.save_pretrained(run_dir / "decoder")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}, str(run_dir / MAPPER_WEIGHTS))
+
+    def describe(self) -> dict:
+        return {"arch": self.arch, "mapper": self.mapper.settings}
+
+    @classmethod
+    def from_pretrained(cls, run_dir: Path, description: dict) -> "PrefixCaptionModel":
+        from transformers import AutoModelForCausalLM
+
+        from capalign.models.backbones import load_vision
+
+        run_dir = Path(run_dir)
+        encoder = load_vision(str(run_dir / "vision"))
+        decoder = AutoModelForCausalLM.from_pretrained(run_dir / "decoder", local_files_only=True)
+        mapper = PrefixMapper(**description["mapper"])
+        mapper.load_state_dict(load_file(str(run_dir / MAPPER_WEIGHTS)))
+        return cls(encoder, decoder, mapper)
+
+
+class ImageEncoderModel(nn.Module):
+    """The image side of a contrastive-only model (vit-scratch): a vision encoder, no decoder."""
+
+    arch = "contrastive"
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def save_pretrained(self, run_dir: Path) -> None:
+        self.encoder.save_pretrained(Path(run_dir) / "vision")
+
+    def describe(self) -> dict:
+        return {"arch": self.arch}
+
+    @classmethod
+    def from_pretrained(cls, run_dir: Path, description: dict) -> "ImageEncoderModel":
+        from capalign.models.backbones import load_vision
+
+        return cls(load_vision(str(Path(run_dir) / "vision")))
+
+
+def read_description(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "capalign_model.json"
+    return json.loads(path.read_text()) if path.is_file() else None

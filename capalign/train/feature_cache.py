@@ -1,0 +1,143 @@
+"""Frozen means computed once: a frozen vision encoder's outputs, cached on disk per image.
+
+Key: the dataset split (its `datasets` fingerprint, name and length), the encoder (class and a hash
+of its weights) and the preprocessing (the image processor's full config, hence the image size), and
+whether token states are kept. The same key is reused by every epoch and every later run, and by
+`align` on the same data with the same encoder. Each image is encoded once, however many captions it
+has (ClipCap's feature script encodes it once per caption).
+
+Layout: `data/.cache/features/<key>/shard-00000.safetensors ...` (tensors `pooled` [n, D] and, for
+cross-attention, `hidden` [n, L, D]) plus `meta.json`, written into a `.partial` folder and renamed
+into place, so a crash never leaves a half cache that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from capalign.data.collate import pixel_values
+from capalign.data.store import DEFAULT_DATA_ROOT
+from capalign.models.backbones import pooled, weights_digest
+
+CACHE_ROOT = DEFAULT_DATA_ROOT / ".cache" / "features"
+SHARD_ROWS = 4096
+IN_MEMORY_BYTES = 1 << 30
+
+
+def cache_key(split, split_name: str, vision: torch.nn.Module, processor, keep_hidden: bool) -> str:
+    digest = hashlib.sha256()
+    for part in (getattr(split, "_fingerprint", ""), split_name, str(len(split)), type(vision).__name__,
+                 weights_digest(vision), processor.to_json_string(), str(keep_hidden)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+class FeatureStore:
+    """Read access to one cached split: `rows(indices)` → {"vision_pooled": ..., "vision_hidden": ...}."""
+
+    def __init__(self, folder: Path, computed: bool):
+        self.folder, self.computed = Path(folder), computed
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.shards = sorted(self.folder.glob("shard-*.safetensors"))
+        self._memory: dict[str, torch.Tensor] | None = None
+        if self.meta["bytes"] <= IN_MEMORY_BYTES:
+            from safetensors.torch import load_file
+
+            parts = [load_file(str(p)) for p in self.shards]
+            self._memory = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        else:
+            self._handles = [safe_open(str(p), framework="pt") for p in self.shards]
+
+    def __len__(self) -> int:
+        return self.meta["rows"]
+
+    def row(self, index: int) -> dict[str, torch.Tensor]:
+        names = {"pooled": "vision_pooled", "hidden": "vision_hidden"}
+        if self._memory is not None:
+            return {names[k]: v[index] for k, v in self._memory.items()}
+        handle = self._handles[index // SHARD_ROWS]
+        local = index % SHARD_ROWS
+        return {names[k]: handle.get_slice(k)[local : local + 1][0] for k in handle.keys()}
+
+
+@torch.no_grad()
+def encode_split(split, vision: torch.nn.Module, processor, keep_hidden: bool, folder: Path, batch_size: int = 64) -> None:
+    """Encode every image of `split` once and write the shards and meta.json into `folder`."""
+    device = next(vision.parameters()).device
+    was_training = vision.training
+    vision.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    total_bytes, shard, buffer = 0, 0, {"pooled": [], "hidden": []}
+
+    def flush() -> None:
+        nonlocal shard, total_bytes, buffer
+        tensors = {k: torch.cat(v) for k, v in buffer.items() if v}
+        if tensors:
+            save_file(tensors, str(folder / f"shard-{shard:05d}.safetensors"))
+            total_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+            shard += 1
+        buffer = {"pooled": [], "hidden": []}
+
+    rows_in_buffer = 0
+    for start in range(0, len(split), batch_size):
+        images = split[start : min(start + batch_size, len(split))]["image"]
+        out = vision(pixel_values=pixel_values(processor, images).to(device))
+        buffer["pooled"].append(pooled(out).float().cpu())
+        if keep_hidden:
+            buffer["hidden"].append(out.last_hidden_state.float().cpu())
+        rows_in_buffer += len(images)
+        if rows_in_buffer >= SHARD_ROWS:  # SHARD_ROWS is a multiple of any sane batch size
+            flush()
+            rows_in_buffer = 0
+    flush()
+    vision.train(was_training)
+    (folder / "meta.json").write_text(json.dumps({"rows": len(split), "bytes": total_bytes, "keep_hidden": keep_hidden}))
+
+
+def cached_features(split, split_name: str, vision: torch.nn.Module, processor, keep_hidden: bool,
+                    root: Path | None = None, batch_size: int = 64) -> FeatureStore:
+    """The split's cached encoder outputs, computed now if no earlier run did."""
+    from accelerate import PartialState
+
+    root = Path(root or CACHE_ROOT)
+    key = cache_key(split, split_name, vision, processor, keep_hidden)
+    final = root / key
+    computed = False
+    with PartialState().main_process_first():  # one process encodes; the others then read
+        if not (final / "meta.json").is_file():
+            partial = root / f"{key}.partial-{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            encode_split(split, vision, processor, keep_hidden, partial, batch_size)
+            if (final / "meta.json").is_file():  # another run finished first
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                shutil.rmtree(final, ignore_errors=True)
+                partial.rename(final)
+            computed = True
+    return FeatureStore(final, computed)
+
+
+class CachedCaptionPairs(torch.utils.data.Dataset):
+    """Every (cached image features, reference caption) pair of a split, in CaptionPairs' order;
+    images are never decoded."""
+
+    def __init__(self, split, store: FeatureStore):
+        self.store = store
+        self.index = [(row, k) for row, captions in enumerate(split["captions"]) for k in range(len(captions))]
+        self.captions = list(split["captions"])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        row, k = self.index[i]
+        return self.store.row(row), self.captions[row][k]
