@@ -20,6 +20,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+def process_state():
+    """accelerate's process state with the same device choice as the Engine's Accelerator. (A bare
+    `PartialState()` under torchrun on a CPU-only machine settles on one process, and the Accelerator
+    created after it inherits that: pass cpu=True there too.)"""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available())
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

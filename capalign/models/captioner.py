@@ -57,6 +57,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer) -> VisionEncoderDecoderModel:
         intermediate_size=cfg.vision_hidden * 4,
         num_hidden_layers=cfg.vision_layers,
         num_attention_heads=cfg.heads,
+        **({} if cfg.dropout is None else {"dropout": cfg.dropout, "attention_dropout": cfg.dropout}),
     )
     decoder = GPT2Config(
         vocab_size=len(tokenizer),
@@ -69,6 +70,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer) -> VisionEncoderDecoderModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **({} if cfg.dropout is None else {"resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}),
     )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(vision, decoder)
     model = VisionEncoderDecoderModel(config=config)

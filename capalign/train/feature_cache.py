@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from capalign.data.collate import pixel_values
+from capalign.distributed import process_state
 from capalign.data.store import DEFAULT_DATA_ROOT
 from capalign.models.backbones import pooled, weights_digest
 
@@ -106,13 +107,11 @@ def encode_split(split, vision: torch.nn.Module, processor, keep_hidden: bool, f
 def cached_features(split, split_name: str, vision: torch.nn.Module, processor, keep_hidden: bool,
                     root: Path | None = None, batch_size: int = 64) -> FeatureStore:
     """The split's cached encoder outputs, computed now if no earlier run did."""
-    from accelerate import PartialState
-
     root = Path(root or CACHE_ROOT)
     key = cache_key(split, split_name, vision, processor, keep_hidden)
     final = root / key
     computed = False
-    with PartialState().main_process_first():  # one process encodes; the others then read
+    with process_state().main_process_first():  # one process encodes; the others then read
         if not (final / "meta.json").is_file():
             partial = root / f"{key}.partial-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)

@@ -7,11 +7,11 @@ import resource
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 
 from capalign import ui
+from capalign.distributed import process_state
 from capalign.config import RunConfig, TrainConfig, save_config, to_dict
 from capalign.data.collate import CaptionCollator, CaptionPairs
 from capalign.data.store import get_split, load_prepared
@@ -157,7 +157,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     if dry_run:
         report_dry_run(captioner, CaptionPairs(data["train"]), collate, loss_fn, config.train.batch_size)
         return run_dir
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         save_config(config, run_dir / CONFIG_NAME)
 
     def save(module, where: Path) -> None:

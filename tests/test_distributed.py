@@ -1,0 +1,43 @@
+"""Two CPU processes (torchrun, gloo) give the same loss curve as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_MODEL
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun is not installed")
+def test_two_processes_match_one_process_at_the_same_global_batch(in_workspace):
+    config = {"model": {**TINY_MODEL, "dropout": 0.0},  # dropout draws differ per process; everything else is equal
+              "train": {"batch_size": 16, "max_steps": 4, "log_every": 1, "eval_every": 100, "checkpoint_every": 100,
+                        "select": "none", "lr": 3e-3}}
+    (in_workspace / "dist.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    common = ["pretrain", "--config", "dist.yaml"]
+    one = subprocess.run([sys.executable, "-m", "capalign", *common, "--out", "runs/one"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "capalign", *common, "--out", "runs/two"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, "\n".join(l for l in two.stderr.splitlines() if "Warning" not in l)[-6000:]
+    single, double = _losses(in_workspace / "runs/one"), _losses(in_workspace / "runs/two")
+    assert sorted(single) == sorted(double) == [1, 2, 3, 4]
+    for step in single:
+        assert double[step] == pytest.approx(single[step], rel=1e-4, abs=1e-5), (step, single, double)
+    print("one process:", single, "\ntwo processes:", double)
