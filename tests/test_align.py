@@ -63,3 +63,13 @@ def test_very_large_beta_stays_close_to_the_reference(pretrained_run, in_workspa
     small_drift = _drift(small, pretrained_run, in_workspace)
     large_drift = _drift(large, pretrained_run, in_workspace)
     assert large_drift < 0.5 * small_drift
+
+
+def test_lora_alignment_changes_only_the_decoder_and_saves_a_plain_model(pretrained_run, in_workspace):
+    from safetensors.torch import load_file
+
+    run = _align(pretrained_run, Path("runs/lora"), max_steps=3, lr=1e-2, lora_rank=2, pairs="corrupted")
+    before, after = load_file(str(pretrained_run / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert set(before) == set(after)  # merged: no adapter weights left in the saved model
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("decoder.") for name in changed)

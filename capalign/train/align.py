@@ -225,6 +225,26 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
     return pairs
 
 
+def add_lora(policy, rank: int) -> None:
+    """Freeze the captioner and train rank-`rank` LoRA adapters on its decoder (peft's default
+    target modules for the decoder's architecture)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("--lora-rank needs peft: pip install peft.") from None
+    policy.requires_grad_(False)
+    try:
+        policy.model.decoder = get_peft_model(policy.model.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0))
+    except ValueError as exc:
+        raise UserError(f"LoRA cannot wrap this decoder: {str(exc).splitlines()[0]}") from None
+
+
+def merge_lora(policy) -> None:
+    """Fold trained adapters back into the decoder, so the run folder is a plain model again."""
+    if hasattr(policy.model.decoder, "merge_and_unload"):
+        policy.model.decoder = policy.model.decoder.merge_and_unload()
+
+
 def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: int) -> tuple[PairSet, PairSet | None]:
     """Training pairs and held-out pairs. Generated pairs come from the train and validation
     splits; pairs read from a file or dataset are split, seeded, with HELD_OUT_SHARE held out."""
@@ -258,6 +278,8 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         for pair_set in filter(None, (train_pairs, held_out)):
             attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     del reference
+    if a.lora_rank:
+        add_lora(policy, a.lora_rank)
     sources = Counter(p.source for p in train_pairs.pairs)
     ui.console.print(f"{len(train_pairs)} training pairs (" + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
     run_dir = new_run_dir("align", out)
@@ -278,6 +300,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         ui.console.print(f"Resumed from step {engine.state.step}.")
     engine.fit()
     if engine.accelerator.is_main_process:
+        merge_lora(engine.unwrapped())
         save_captioner(run_dir, engine.unwrapped(), tokenizer, processor)
         mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=engine.state.step)
         report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
