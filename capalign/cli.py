@@ -130,6 +130,7 @@ def align(
     label_smoothing: Optional[float] = typer.Option(None, help="Robust / conservative DPO noise rate."),
     sft_weight: Optional[float] = typer.Option(None, help="Weight of a supervised loss on the chosen caption."),
     lora_rank: Optional[int] = typer.Option(None, help="Train rank-N LoRA adapters on the decoder only (0 = full tuning)."),
+    rounds: Optional[int] = typer.Option(None, help="Iterative DPO: rounds of fresh on-policy pairs (default 1)."),
     lr: Optional[float] = typer.Option(None),
     epochs: Optional[int] = typer.Option(None),
     max_steps: Optional[int] = typer.Option(None),
@@ -146,7 +147,7 @@ def align(
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = _overrides(align=dict(pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing,
-                                      sft_weight=sft_weight, lora_rank=lora_rank, lr=lr, epochs=epochs, max_steps=max_steps,
+                                      sft_weight=sft_weight, lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps,
                                       batch_size=batch_size))
     run_config = build_config(None, config, overrides)
     model_dir = resolve_model(model, kind="pretrain")

@@ -92,6 +92,7 @@ class AlignConfig:
     max_steps: int | None = None
     batch_size: int = 32
     lora_rank: int = 0  # > 0: train LoRA adapters on the decoder only (peft), merged when saved
+    rounds: int = 1  # > 1: iterative DPO, fresh on-policy pairs and reference each round
 
 
 @dataclass
@@ -226,6 +227,7 @@ def validate(config: RunConfig) -> None:
         (0 <= config.align.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
         (config.align.sft_weight >= 0, "--sft-weight must not be negative"),
         (config.align.lora_rank >= 0, "--lora-rank must not be negative"),
+        (config.align.rounds >= 1, "--rounds must be at least 1"),
         (config.train.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
         (config.model.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {config.model.arch})"),
         (config.model.mapper in ("mlp", "transformer"), f"model.mapper must be mlp or transformer (got {config.model.mapper})"),

@@ -73,3 +73,16 @@ def test_lora_alignment_changes_only_the_decoder_and_saves_a_plain_model(pretrai
     assert set(before) == set(after)  # merged: no adapter weights left in the saved model
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith("decoder.") for name in changed)
+
+
+def test_iterative_rounds_log_continuing_steps_and_report(pretrained_run, in_workspace):
+    import json
+
+    run = _align(pretrained_run, Path("runs/rounds"), max_steps=2, rounds=2, pairs="corrupted")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if "rewards/margins" in r]
+    assert [(r["round"], r["step"]) for r in trained] == [(1, 2), (2, 4)]
+    assert json.loads((run / "run.json").read_text())["rounds"] == 2
+    report = json.loads((run / "alignment_report.json").read_text())
+    assert 0.0 <= report["aligned"]["Hallucination"] <= 1.0
+    assert abs(report["win_rate"] + report["tie_rate"] + report["loss_rate"] - 1.0) < 1e-9

@@ -6,6 +6,7 @@ before training, and stored with the pairs: the reference is never run inside th
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.pair_sources import load_pair_source
 from capalign.data.pairs import PreferencePair, best_and_worst_pairs, corrupted_pairs
 from capalign.data.store import get_split, load_prepared
+from capalign.distributed import process_state
 from capalign.errors import UserError
 from capalign.generate import DecodeOptions, caption_images
 from capalign.images import open_rgb
@@ -262,50 +264,72 @@ def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: in
 
 
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:
-    """Align a pretrained run with preference pairs; writes a new run folder and returns it."""
+    """Align a pretrained run with preference pairs; writes a new run folder and returns it.
+
+    With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy and uses
+    the previous round's policy as its frozen reference."""
     pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
     config.model = pretrained_config.model
     config.data = data or pretrained_config.data
-    dataset = load_prepared(config.data)
     a = config.align
+    if resume and a.rounds > 1:
+        raise UserError("--resume works for single-round alignment only; rerun with --rounds 1 or start afresh.")
+    dataset = load_prepared(config.data)
     policy, tokenizer, processor = load_captioner(model_dir)
     reference, _, _ = load_captioner(model_dir)
     if policy.head is not None:
         policy.head.requires_grad_(False)
-    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
-    with ui.console.status("Making preference pairs and reference log-probs"):
-        train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, config.train.seed)
-        for pair_set in filter(None, (train_pairs, held_out)):
-            attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
-    del reference
     if a.lora_rank:
         add_lora(policy, a.lora_rank)
-    sources = Counter(p.source for p in train_pairs.pairs)
-    ui.console.print(f"{len(train_pairs)} training pairs (" + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
     run_dir = new_run_dir("align", out)
     save_config(config, run_dir / CONFIG_NAME)
+    steps = 0
+    for round_index in range(a.rounds):
+        engine = _align_round(policy, reference, tokenizer, processor, dataset, config, run_dir, round_index, steps, resume)
+        steps += engine.state.step
+        policy = engine.unwrapped()
+        if round_index + 1 < a.rounds:
+            reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        engine.finish()
+    if not process_state().is_main_process:
+        return run_dir
+    merge_lora(policy)
+    save_captioner(run_dir, policy, tokenizer, processor)
+    mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=steps, rounds=a.rounds)
+    report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
+    if report_split is not None:
+        original, _, _ = load_captioner(model_dir)
+        alignment_report(policy, original, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))), run_dir)
+    return run_dir
+
+
+def _align_round(policy, reference, tokenizer, processor, dataset, config: RunConfig, run_dir: Path,
+                 round_index: int, steps_before: int, resume: bool) -> Engine:
+    """One round: pairs from the current policy, reference log-probs once, then training."""
+    a = config.align
+    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
+    seed = config.train.seed + 1000 * round_index
+    with ui.console.status(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs"):
+        train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed)
+        for pair_set in filter(None, (train_pairs, held_out)):
+            attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
+    sources = Counter(p.source for p in train_pairs.pairs)
+    ui.console.print(f"Round {round_index + 1}: {len(train_pairs)} training pairs ("
+                     + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
     loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
     settings = EngineSettings(
         lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps, weight_decay=0.0,
         warmup_ratio=0.1, grad_clip=config.train.grad_clip, grad_accum=config.train.grad_accum,
-        mixed_precision=config.train.mixed_precision, seed=config.train.seed, log_every=5,
+        mixed_precision=config.train.mixed_precision, seed=seed, log_every=5,
         checkpoint_every=config.train.checkpoint_every, eval_every=50,
     )
     engine = Engine(
         policy, loss_fn, train_pairs, collate, settings, run_dir,
         validate=held_out_metrics(held_out, collate, loss_fn, a.batch_size) if held_out else None,
-        description="align",
+        description=f"align {round_index + 1}/{a.rounds}" if a.rounds > 1 else "align",
+        step_offset=steps_before, log_extra={"round": round_index + 1} if a.rounds > 1 else None,
     )
     if resume and engine.resume():
         ui.console.print(f"Resumed from step {engine.state.step}.")
     engine.fit()
-    if engine.accelerator.is_main_process:
-        merge_lora(engine.unwrapped())
-        save_captioner(run_dir, engine.unwrapped(), tokenizer, processor)
-        mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=engine.state.step)
-        report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
-        if report_split is not None:
-            reference, _, _ = load_captioner(model_dir)
-            alignment_report(engine.unwrapped(), reference, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))), run_dir)
-    engine.finish()
-    return run_dir
+    return engine

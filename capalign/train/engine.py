@@ -87,11 +87,16 @@ class Engine:
         save_best: Callable[[torch.nn.Module, Path], None] | None = None,
         description: str = "train",
         tracker_config: dict | None = None,
+        step_offset: int = 0,
+        log_extra: dict | None = None,
     ):
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.loss_fn, self.validate, self.save_best = loss_fn, validate, save_best
         self.description = description
+        # Logged steps continue across consecutive engines on one run (align rounds), which also
+        # tag their records (e.g. {"round": 2}).
+        self.step_offset, self.log_extra = step_offset, log_extra or {}
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
             mixed_precision=settings.mixed_precision,
@@ -251,7 +256,7 @@ class Engine:
         return True
 
     def _log(self, window: dict[str, list[float]], rate: float) -> None:
-        record = {"step": self.state.step, "epoch": self.state.epoch}
+        record = {"step": self.state.step + self.step_offset, **self.log_extra, "epoch": self.state.epoch}
         record.update({k: sum(v) / len(v) for k, v in window.items()})
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["samples_per_s"] = rate
@@ -272,7 +277,7 @@ class Engine:
         with torch.no_grad():
             results = self.validate(module)
         module.train()
-        self._append({"step": self.state.step, **results})
+        self._append({"step": self.state.step + self.step_offset, **self.log_extra, **results})
         val_loss = results.get("val_loss")
         if val_loss is not None:
             if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
