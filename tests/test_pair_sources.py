@@ -79,7 +79,7 @@ def test_text_pairs_keep_only_caption_length_answers(tmp_path):
 
 
 def test_align_from_pairs_file_and_from_text_pairs(pretrained_run, in_workspace, capsys):
-    from tests.test_cli import run_cli
+    from test_cli import run_cli
 
     from datasets import load_from_disk
 
