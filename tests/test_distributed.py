@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_MODEL
+from conftest import TINY_MODEL
 
 
 def _losses(run: Path) -> dict[int, float]:

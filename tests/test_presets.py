@@ -12,8 +12,8 @@ import yaml
 from safetensors.torch import load_file
 
 from capalign.config import PRESETS, build_config
-from tests.test_cli import run_cli
-from tests.tiny_backbones import build_tiny_backbones
+from test_cli import run_cli
+from tiny_backbones import build_tiny_backbones
 
 SMALL = {
     "model": {"mapper_layers": 1, "vision_hidden": 32, "vision_layers": 1, "heads": 2, "patch_size": 16,
