@@ -7,7 +7,6 @@ import html
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from capalign.compare import Row
 

@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoImageProcessor,

@@ -29,7 +29,7 @@ from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.captioner import load_captioner, save_captioner
 from capalign.models.contrastive import RunScorer
 from capalign.train.align_report import alignment_report
-from capalign.train.engine import Engine, EngineSettings
+from capalign.train.engine import Engine, EngineSettings, average_losses
 from capalign.train.judge import judge_candidates
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
@@ -159,17 +159,7 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
     """Loss and reward metrics on held-out pairs, as TRL names them (eval_ prefix)."""
 
     def run(module) -> dict[str, float]:
-        device = next(module.parameters()).device
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, logs = loss_fn(module, batch)
-            size = batch["chosen_labels"].size(0)
-            for key, value in {"loss": loss, **logs}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * size
-            count += size
-        results = {f"eval_{k}": v / count for k, v in sums.items()}
+        results = average_losses(module, pair_set, collate, loss_fn, batch_size, "eval_")
         results["val_loss"] = results["eval_loss"]
         return results
 
@@ -284,8 +274,10 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     run_dir = new_run_dir("align", out)
     save_config(config, run_dir / CONFIG_NAME)
     steps = 0
+    first_held_out = None  # round 1's held-out pairs, scored against the pretrained reference
     for round_index in range(a.rounds):
-        engine = _align_round(policy, reference, tokenizer, processor, dataset, config, run_dir, round_index, steps, resume)
+        engine, held_out = _align_round(policy, reference, tokenizer, processor, dataset, config, run_dir, round_index, steps, resume)
+        first_held_out = first_held_out or held_out
         steps += engine.state.step
         policy = engine.unwrapped()
         if round_index + 1 < a.rounds:
@@ -297,15 +289,23 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     save_captioner(run_dir, policy, tokenizer, processor)
     mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=steps, rounds=a.rounds)
     report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
+    held_out_scores = None
+    if first_held_out is not None:
+        collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
+        loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
+        with torch.no_grad():
+            held_out_scores = held_out_metrics(first_held_out, collate, loss_fn, a.batch_size)(policy.eval())
     if report_split is not None:
         original, _, _ = load_captioner(model_dir)
-        alignment_report(policy, original, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))), run_dir)
+        alignment_report(policy, original, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))),
+                         run_dir, held_out_scores)
     return run_dir
 
 
 def _align_round(policy, reference, tokenizer, processor, dataset, config: RunConfig, run_dir: Path,
-                 round_index: int, steps_before: int, resume: bool) -> Engine:
-    """One round: pairs from the current policy, reference log-probs once, then training."""
+                 round_index: int, steps_before: int, resume: bool) -> tuple[Engine, PairSet | None]:
+    """One round: pairs from the current policy, reference log-probs once, then training; returns
+    the engine and the round's held-out pairs."""
     a = config.align
     collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
     seed = config.train.seed + 1000 * round_index
@@ -332,4 +332,4 @@ def _align_round(policy, reference, tokenizer, processor, dataset, config: RunCo
     if resume and engine.resume():
         ui.console.print(f"Resumed from step {engine.state.step}.")
     engine.fit()
-    return engine
+    return engine, held_out

@@ -24,9 +24,10 @@ def _summary(captions: dict[str, str], split) -> dict[str, float]:
     return summary
 
 
-def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Path) -> dict:
-    """Greedy captions of both models on `split`, their metrics, and the aligned model's win rate
-    under the same judge that ranked the training pairs; written to alignment_report.json."""
+def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Path, held_out: dict | None = None) -> dict:
+    """Greedy captions of both models on `split`, their metrics, the aligned model's win rate under
+    the same judge that ranked the training pairs, and (if given) its reward metrics on the first
+    round's held-out pairs against the pretrained reference; written to alignment_report.json."""
     images = list(split["image"])
     ids = list(split["image_id"])
     aligned = dict(zip(ids, caption_images(policy, tokenizer, processor, images, DecodeOptions())))
@@ -42,9 +43,12 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
         "win_rate": wins / len(ids),
         "tie_rate": ties / len(ids),
         "loss_rate": (len(ids) - wins - ties) / len(ids),
+        "held_out_pairs": held_out,
     }
     atomic_write_text(Path(run_dir) / "alignment_report.json", json.dumps(report, indent=2))
     rows = [[name, report["reference"][name], report["aligned"][name]] for name in report["aligned"]]
+    if held_out is not None:
+        rows.append(["held-out pair accuracy", "", held_out["eval_rewards/accuracies"]])
     rows.append(["judge win / tie / loss", "", f"{report['win_rate']:.0%} / {report['tie_rate']:.0%} / {report['loss_rate']:.0%}"])
     ui.print_table(f"aligned vs reference on {len(ids)} evaluation images", ["metric", "reference", "aligned"], rows)
     return report

@@ -343,3 +343,18 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def average_losses(module, dataset, collate, loss_fn: LossFn, batch_size: int, prefix: str) -> dict[str, float]:
+    """Sample-weighted means of `loss_fn`'s loss and logged parts over `dataset`, keys prefixed."""
+    device = next(module.parameters()).device
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss, logs = loss_fn(module, batch)
+        size = len(next(iter(batch.values())))
+        for key, value in {"loss": loss, **logs}.items():
+            sums[key] = sums.get(key, 0.0) + float(value) * size
+        count += size
+    return {f"{prefix}{key}": total / count for key, total in sums.items()}

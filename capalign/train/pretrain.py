@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from capalign import ui
 from capalign.distributed import process_state
@@ -18,7 +18,7 @@ from capalign.data.store import get_split, load_prepared
 from capalign.errors import UserError
 from capalign.models.build import build_captioner
 from capalign.models.captioner import save_captioner
-from capalign.train.engine import Engine, EngineSettings
+from capalign.train.engine import Engine, EngineSettings, average_losses
 from capalign.train.objectives import RETRIEVAL, composite, cosine_alignment_loss, diversity_loss, parse_select, retrieval_topk
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
@@ -64,16 +64,7 @@ def validation_loss(pairs, collate, loss_fn, batch_size: int):
     subset = Subset(pairs, range(min(VALIDATION_PAIRS, len(pairs))))
 
     def run(module) -> dict[str, float]:
-        device = next(module.parameters()).device
-        totals: dict[str, float] = {}
-        batches = 0
-        for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, parts = loss_fn(module, batch)
-            for key, value in {"loss": loss, **parts}.items():
-                totals[f"val_{key}"] = totals.get(f"val_{key}", 0.0) + float(value)
-            batches += 1
-        return {k: v / batches for k, v in totals.items()}
+        return average_losses(module, subset, collate, loss_fn, batch_size, "val_")
 
     return run
 
