@@ -6,7 +6,7 @@ BLEU through its sufficient statistics, which is what makes BLEU intervals exact
 - CI: percentile bootstrap over images (default 1000 resamples, 95 %). Metrics that are means of
   per-image scores are resampled as means; BLEU from summed n-gram statistics (pycocoevalcap's
   formula); CHAIR-i as a ratio of sums. METEOR's corpus score is not a mean of its per-image scores:
-  its interval is that of the per-image mean (said in `notes`). Corpus-only metrics (Distinct-n,
+  its interval is the per-image mean's, rescaled by corpus score / per-image mean (said in `notes`). Corpus-only metrics (Distinct-n,
   Vocabulary) get no interval.
 - p-value vs the first system: paired approximate-randomisation (permutation) test, swapping the two
   systems' outputs per image at random; two-sided, (1 + #|Δ*| >= |Δ|) / (1 + R). Uncorrected for
@@ -63,7 +63,13 @@ def statistic(result: EvaluationResult, metric: str, ids: list[str]) -> tuple[np
         return np.array([result.stats["CHAIR-i"][i] for i in ids]), _ratio
     if metric in CORPUS_ONLY or any(metric not in result.per_image.get(i, {}) for i in ids):
         return None
-    return np.array([[result.per_image[i][metric]] for i in ids], dtype=np.float64), _mean
+    x = np.array([[result.per_image[i][metric]] for i in ids], dtype=np.float64)
+    if metric == "METEOR" and x.mean() > 0:
+        # The corpus score comes from summed alignment statistics, not the per-image mean: hold their
+        # ratio fixed, so resamples vary like the mean and the full sample gives the corpus score.
+        scale = result.summary[metric] / x.mean()
+        return x, lambda totals, n: _mean(totals, n) * scale
+    return x, _mean
 
 
 def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -153,6 +159,6 @@ def rows_to_json(rows: list[Row]) -> list[dict]:
 
 NOTES = [
     "CI: percentile bootstrap over images; BLEU resampled via n-gram statistics, CHAIR-i as a ratio of sums.",
-    "METEOR CI is that of the per-image mean (its corpus score is computed from summed alignment statistics).",
+    "METEOR CI: the per-image mean's interval rescaled by corpus score / per-image mean (its corpus score comes from summed alignment statistics).",
     "p: paired permutation test against the first system, two-sided, uncorrected for multiple comparisons.",
 ]

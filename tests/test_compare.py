@@ -73,3 +73,14 @@ def test_compare_systems_rows():
     bleu = by[("BLEU-4", "base")]
     assert bleu.ci_low <= bleu.value <= bleu.ci_high and bleu.ci_low < bleu.ci_high  # exact BLEU resampling
     assert by[("BLEU-4", "better")].p_value is not None and by[("CIDEr", "base")].p_value is None
+
+
+def test_meteor_interval_contains_its_corpus_score():
+    rng = np.random.default_rng(7)
+    ids = [str(k) for k in range(120)]
+    result = EvaluationResult()
+    result.add_per_image("METEOR", {i: float(v) for i, v in zip(ids, rng.uniform(0.6, 1.0, size=len(ids)))})
+    result.summary["METEOR"] = 0.55  # a corpus score well below the per-image mean, as METEOR gives
+    (row,) = compare_systems({"a": result}, ["METEOR"], ids=ids)
+    assert row.ci_low < 0.55 < row.ci_high
+    assert row.ci_high - row.ci_low < 0.05
