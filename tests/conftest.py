@@ -11,6 +11,10 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Published examples with their authors' scores: ../shared/refdata beside the repository
+# (CAPALIGN_REFDATA overrides it).
+REFDATA = Path(os.environ.get("CAPALIGN_REFDATA", Path(__file__).resolve().parents[2] / "shared" / "refdata"))
+
 TINY_MODEL = {
     "vision_hidden": 32,
     "vision_layers": 1,

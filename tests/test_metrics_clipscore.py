@@ -140,13 +140,13 @@ def test_published_clipscore_example_when_the_default_model_is_cached():
     bad 0.7153 / 0.7253. Runs only where openai/clip-vit-base-patch32 is cached (fetch it first).
     Tolerance 1e-3: transformers' CLIP image processor and OpenAI's torchvision pipeline resize slightly
     differently."""
-    from pathlib import Path
-
     from huggingface_hub import try_to_load_from_cache
 
     if not isinstance(try_to_load_from_cache("openai/clip-vit-base-patch32", "config.json"), str):
         pytest.skip("openai/clip-vit-base-patch32 is not cached (capalign fetch --model openai/clip-vit-base-patch32)")
-    folder = Path("/work/shared/refdata/clipscore_example")
+    from conftest import REFDATA
+
+    folder = REFDATA / "clipscore_example"
     images = {p.stem: Image.open(p) for p in (folder / "images").glob("*.jpg")}
     refs = json.loads((folder / "refs.json").read_text())
     for which, clip_s, refclip_s in (("good", 0.8585, 0.8450), ("bad", 0.7153, 0.7253)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from capalign.metrics import evaluate_captions
 from capalign.metrics.coco import bleu_from_stats
 
-REFDATA = Path("/work/shared/refdata")
+from conftest import REFDATA
 COCO = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
 
