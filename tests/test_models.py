@@ -1,5 +1,4 @@
 import torch
-from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
 from capalign.generate import DecodeOptions, caption_images
