@@ -99,8 +99,6 @@ def test_every_preset_trains_from_local_backbones(preset, backbones, small_yaml,
 
 
 def test_prefix_run_folder_reloads_and_captions_identically(backbones, tmp_path):
-    from datasets import load_from_disk  # noqa: F401
-
     from capalign.models.build import build_captioner
     from capalign.models.captioner import load_captioner, save_captioner
     from PIL import Image
