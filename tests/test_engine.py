@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from capalign.config import build_config
-from capalign.train.engine import Engine, EngineSettings
+from capalign.config import TrainConfig
+from capalign.train.engine import Engine
 from capalign.train.pretrain import pretrain
 
 
@@ -24,7 +25,7 @@ def test_nonfinite_batches_are_skipped_and_counted(tmp_path):
             loss = loss * float("nan")
         return loss, {}
 
-    settings = EngineSettings(lr=0.1, batch_size=2, max_steps=3, log_every=1, checkpoint_every=100, eval_every=100)
+    settings = TrainConfig(lr=0.1, batch_size=2, max_steps=3, log_every=1, checkpoint_every=100, eval_every=100)
     engine = Engine(module, loss_fn, data, lambda xs: {"x": torch.stack(xs)}, settings, tmp_path)
     before = [p.detach().clone() for p in module.parameters()]
     state = engine.fit()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from capalign.errors import UserError
-from capalign.train.engine import Engine, EngineSettings
+from capalign.config import TrainConfig
+from capalign.train.engine import Engine
 from capalign.train.objectives import composite, diversity_loss, parse_select
 
 
@@ -25,7 +26,7 @@ def _engine(tmp_path, losses, scores, patience=None, max_steps=8):
         where.mkdir(parents=True, exist_ok=True)
         (where / "step.txt").write_text(str(engine.state.step))
 
-    settings = EngineSettings(lr=0.01, batch_size=2, max_steps=max_steps, log_every=1, checkpoint_every=100,
+    settings = TrainConfig(lr=0.01, batch_size=2, max_steps=max_steps, log_every=1, checkpoint_every=100,
                               eval_every=1, patience=patience)
     engine = Engine(module, lambda m, b: (m(b["x"]).pow(2).mean(), {}), data, lambda xs: {"x": torch.stack(xs)},
                     settings, tmp_path, validate=validate, save_best=save_best)
@@ -64,7 +65,7 @@ def test_missing_tracker_package_is_a_user_error(tmp_path):
 
     if importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed")
-    settings = EngineSettings(lr=0.1, batch_size=2, max_steps=1, tracker="tensorboard")
+    settings = TrainConfig(lr=0.1, batch_size=2, max_steps=1, tracker="tensorboard")
     with pytest.raises(UserError, match="pip install tensorboard"):
         Engine(torch.nn.Linear(1, 1), None, [torch.zeros(1)] * 4, None, settings, tmp_path)
 

@@ -7,6 +7,7 @@ before training, and stored with the pairs: the reference is never run inside th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.captioner import load_captioner, save_captioner
 from capalign.models.contrastive import RunScorer
 from capalign.train.align_report import alignment_report
-from capalign.train.engine import Engine, EngineSettings, average_losses
+from capalign.train.engine import Engine, average_losses
 from capalign.train.judge import judge_candidates
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
@@ -317,11 +318,9 @@ def _align_round(policy, reference, tokenizer, processor, dataset, config: RunCo
     ui.console.print(f"Round {round_index + 1}: {len(train_pairs)} training pairs ("
                      + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
     loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
-    settings = EngineSettings(
-        lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps, weight_decay=0.0,
-        warmup_ratio=0.1, grad_clip=config.train.grad_clip, grad_accum=config.train.grad_accum,
-        mixed_precision=config.train.mixed_precision, seed=seed, log_every=5,
-        checkpoint_every=config.train.checkpoint_every, eval_every=50,
+    settings = dataclasses.replace(  # stage 2 keeps stage 1's engine settings but its own schedule
+        config.train, lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
+        weight_decay=0.0, warmup_ratio=0.1, seed=seed, log_every=5, eval_every=50, patience=None,
     )
     engine = Engine(
         policy, loss_fn, train_pairs, collate, settings, run_dir,

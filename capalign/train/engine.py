@@ -29,32 +29,12 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from capalign import ui
+from capalign.config import TrainConfig
 from capalign.errors import UserError
 from capalign.train.curves import plot_curves
 from capalign.workspace import atomic_write_text
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-@dataclass
-class EngineSettings:
-    """The optimisation knobs the engine needs (taken from TrainConfig or AlignConfig)."""
-
-    lr: float
-    batch_size: int
-    epochs: int = 1
-    max_steps: int | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 200
-    eval_every: int = 200
-    patience: int | None = None
-    tracker: str | None = None
 
 
 @dataclass
@@ -80,7 +60,7 @@ class Engine:
         loss_fn: LossFn,
         train_set,
         collate,
-        settings: EngineSettings,
+        settings: TrainConfig,
         run_dir: Path,
         *,
         validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,

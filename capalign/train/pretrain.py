@@ -18,21 +18,11 @@ from capalign.data.store import get_split, load_prepared
 from capalign.errors import UserError
 from capalign.models.build import build_captioner
 from capalign.models.captioner import save_captioner
-from capalign.train.engine import Engine, EngineSettings, average_losses
+from capalign.train.engine import Engine, average_losses
 from capalign.train.objectives import RETRIEVAL, composite, cosine_alignment_loss, diversity_loss, parse_select, retrieval_topk
 from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
 
 VALIDATION_PAIRS = 512
-
-
-def engine_settings(config: RunConfig) -> EngineSettings:
-    t = config.train
-    return EngineSettings(
-        lr=t.lr, batch_size=t.batch_size, epochs=t.epochs, max_steps=t.max_steps, weight_decay=t.weight_decay,
-        warmup_ratio=t.warmup_ratio, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
-        mixed_precision=t.mixed_precision, seed=t.seed, log_every=t.log_every,
-        checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, patience=t.patience, tracker=t.tracker,
-    )
 
 
 def pretrain_loss(train: TrainConfig):
@@ -177,7 +167,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
             return results
 
     engine = Engine(
-        captioner, loss_fn, train_pairs, collate, engine_settings(config), run_dir,
+        captioner, loss_fn, train_pairs, collate, config.train, run_dir,
         validate=validate, save_best=save, description="pretrain", tracker_config=to_dict(config),
     )
     if resume and engine.resume():
