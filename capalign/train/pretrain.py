@@ -102,7 +102,7 @@ def _retrieval(module, tokenizer, processor, images, references) -> dict[str, fl
     return result
 
 
-def build_run(config: RunConfig, run_dir: Path | None = None):
+def build_run(config: RunConfig):
     """Data, tokenizer, processor and model for a fresh (or resumed) pretraining run."""
     data = load_prepared(config.data)
     train = get_split(data, "train")
@@ -123,11 +123,10 @@ def _pairs(split, name: str, captioner, processor, use_cache: bool):
     return CachedCaptionPairs(split, store)
 
 
-def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False) -> Path:
-    """Train stage 1 and write a run folder; returns its path."""
-    run_dir = new_run_dir("pretrain", out)
+def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False) -> Path | None:
+    """Train stage 1 and write a run folder; returns its path (None for a dry run, which writes nothing)."""
     set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
-    data, tokenizer, processor, captioner = build_run(config, run_dir)
+    data, tokenizer, processor, captioner = build_run(config)
     text_inputs = None
     if captioner.text_tower is not None:
         text_inputs = lambda texts: captioner.tokenize_texts(tokenizer, texts)  # noqa: E731
@@ -137,7 +136,8 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     loss_fn = pretrain_loss(config.train)
     if dry_run:
         report_dry_run(captioner, CaptionPairs(data["train"]), collate, loss_fn, config.train.batch_size)
-        return run_dir
+        return None
+    run_dir = new_run_dir("pretrain", out)
     if process_state().is_main_process:
         save_config(config, run_dir / CONFIG_NAME)
 
