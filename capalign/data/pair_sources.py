@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capalign.data.importers.records import read_jsonl
 from capalign.errors import UserError
 
 MAX_CAPTION_WORDS = 30  # an image-free pair is kept only when both answers are caption-length
@@ -37,20 +38,9 @@ class LoadedPairs:
 
 def _records(path: Path) -> list[tuple[str, dict]]:
     """(where, record) for every record of a JSONL, JSON or CSV file."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {number} is not valid JSON ({exc.msg}).") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path} line {number} must be a JSON object.")
-            records.append((f"line {number}", record))
-        return records
+        return [(f"line {number}", record) for number, record in read_jsonl(path)]
+    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
             data = json.loads(text)

@@ -6,14 +6,13 @@ define splits. Image files that no metadata row names are counted as images with
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from capalign.errors import UserError
 
 from . import report as R
-from .records import Candidate, clean_captions, keep_with_captions, require
+from .records import Candidate, clean_captions, keep_with_captions, read_jsonl, require
 from .report import SkipLog
 from .splits import canonical_split
 
@@ -68,22 +67,14 @@ def _rows(meta: Path, caption_column: str | None):
                 yield n, row[fcol], [row.get(ccol)]
         return
     fcol = ccol = None
-    with open(meta, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{meta} line {n}: invalid JSON ({e.msg}); fix that line.") from None
-            require(isinstance(row, dict), meta, f"line {n}", "expected a JSON object")
-            if fcol is None:
-                fcol = _pick(row.keys(), None, FILE_COLUMNS, meta, "file name")
-                ccol = _pick(row.keys(), caption_column, CAPTION_COLUMNS, meta, "caption")
-            require(isinstance(row.get(fcol), str) and row[fcol] != "", meta, f"line {n}",
-                    f"needs a {fcol!r} string")
-            value = row.get(ccol)
-            yield n, row[fcol], value if isinstance(value, list) else [] if value is None else [value]
+    for n, row in read_jsonl(meta):
+        if fcol is None:
+            fcol = _pick(row.keys(), None, FILE_COLUMNS, meta, "file name")
+            ccol = _pick(row.keys(), caption_column, CAPTION_COLUMNS, meta, "caption")
+        require(isinstance(row.get(fcol), str) and row[fcol] != "", meta, f"line {n}",
+                f"needs a {fcol!r} string")
+        value = row.get(ccol)
+        yield n, row[fcol], value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _candidates(folder: Path, split: str | None, caption_column: str | None, log: SkipLog):

@@ -73,6 +73,21 @@ def load_json(path: Path) -> Any:
         raise UserError(f"{path}: not UTF-8 text ({e.reason}); is this the right annotation file?") from None
 
 
+def read_jsonl(path: Path):
+    """Yield (line number, object) for each non-blank line of a JSON Lines file; a line that is not
+    a JSON object is a UserError naming the file and line."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} line {number}: invalid JSON ({exc.msg}); fix that line.") from None
+            require(isinstance(record, dict), path, f"line {number}", "expected a JSON object")
+            yield number, record
+
+
 def require(cond: bool, path: Path, where: str, what: str) -> None:
     """Raise a UserError naming the file and key/line at fault when `cond` is false."""
     if not cond:
