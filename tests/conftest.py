@@ -15,6 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # (CAPALIGN_REFDATA overrides it).
 REFDATA = Path(os.environ.get("CAPALIGN_REFDATA", Path(__file__).resolve().parents[2] / "shared" / "refdata"))
 
+
+def refdata(example: str) -> Path:
+    """One published example's folder; the test is skipped, saying why, when the folder is absent."""
+    folder = REFDATA / example
+    if not folder.is_dir():
+        pytest.skip(f"published examples not found at {folder}; set CAPALIGN_REFDATA to the refdata folder")
+    return folder
+
 TINY_MODEL = {
     "vision_hidden": 32,
     "vision_layers": 1,

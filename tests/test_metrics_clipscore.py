@@ -144,9 +144,9 @@ def test_published_clipscore_example_when_the_default_model_is_cached():
 
     if not isinstance(try_to_load_from_cache("openai/clip-vit-base-patch32", "config.json"), str):
         pytest.skip("openai/clip-vit-base-patch32 is not cached (capalign fetch --model openai/clip-vit-base-patch32)")
-    from conftest import REFDATA
+    from conftest import refdata
 
-    folder = REFDATA / "clipscore_example"
+    folder = refdata("clipscore_example")
     images = {p.stem: Image.open(p) for p in (folder / "images").glob("*.jpg")}
     refs = json.loads((folder / "refs.json").read_text())
     for which, clip_s, refclip_s in (("good", 0.8585, 0.8450), ("bad", 0.7153, 0.7253)):

@@ -11,7 +11,7 @@ import pytest
 from capalign.metrics import evaluate_captions
 from capalign.metrics.coco import bleu_from_stats
 
-from conftest import REFDATA
+from conftest import refdata
 COCO = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
 
@@ -82,7 +82,7 @@ def test_bleu_from_statistics_matches_corpus_bleu(synthetic_scores):
 
 
 def _load(example: str, which: str):
-    folder = REFDATA / example
+    folder = refdata(example)
     return json.loads((folder / f"{which}_captions.json").read_text()), json.loads((folder / "refs.json").read_text())
 
 
@@ -96,7 +96,7 @@ def _load(example: str, which: str):
     ],
 )
 def test_reproduces_published_numbers(example, which, key):
-    expected_all = json.loads((REFDATA / example / "expected_outputs.json").read_text())
+    expected_all = json.loads((refdata(example) / "expected_outputs.json").read_text())
     expected = expected_all[key] if key else next(v for k, v in expected_all.items() if k.startswith(f"{which}_captions"))
     cands, refs = _load(example, which)
     ours = evaluate_captions(cands, refs, COCO).summary
