@@ -109,3 +109,15 @@ def test_bad_input_exits_2_with_one_line(in_workspace, capsys, args, message):
 def test_console_script_and_module_entry_points(tmp_path):
     done = subprocess.run([sys.executable, "-m", "capalign", "align", "--beta", "0"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and "--beta must be positive" in done.stderr
+
+
+def test_caption_folder_skips_unreadable_files_and_says_so(in_workspace, capsys, pretrained_run):
+    folder = in_workspace / "mixed"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (64, 64), (250, 250, 250)).save(folder / "good.png")
+    (folder / "broken.jpg").write_text("not an image")
+    code, out, err = run_cli(["caption", str(folder), "--model", str(pretrained_run), "--output", "mixed.jsonl"], capsys)
+    assert code == 0, err
+    lines = (in_workspace / "mixed.jsonl").read_text().splitlines()
+    assert [json.loads(line)["image"] for line in lines] == [str(folder / "good.png")]
+    assert "skipped:" in err and "broken.jpg" in err
