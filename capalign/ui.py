@@ -17,7 +17,7 @@ def print_table(title: str, columns: list[str], rows: list[list[object]]) -> Non
     """Print a simple table; floats are shown with 4 decimals."""
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrap long cells instead of cutting them
     for row in rows:
         table.add_row(*(f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in row))
     console.print(table)
