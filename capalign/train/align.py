@@ -274,11 +274,17 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         add_lora(policy, a.lora_rank)
     run_dir = new_run_dir("align", out)
     save_config(config, run_dir / CONFIG_NAME)
+    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
+    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
     steps = 0
     first_held_out = None  # round 1's held-out pairs, scored against the pretrained reference
     for round_index in range(a.rounds):
-        engine, held_out = _align_round(policy, reference, tokenizer, processor, dataset, config, run_dir, round_index, steps, resume)
-        first_held_out = first_held_out or held_out
+        seed = config.train.seed + 1000 * round_index
+        train_pairs, held_out = _round_pairs(policy, reference, tokenizer, processor, dataset, config, collate, round_index, seed)
+        reference = None  # its log-probs now travel with the pairs: free it before training
+        engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps, resume)
+        if first_held_out is None:
+            first_held_out = held_out
         steps += engine.state.step
         policy = engine.unwrapped()
         if round_index + 1 < a.rounds:
@@ -292,8 +298,6 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
     held_out_scores = None
     if first_held_out is not None:
-        collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
-        loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
         with torch.no_grad():
             held_out_scores = held_out_metrics(first_held_out, collate, loss_fn, a.batch_size)(policy.eval())
     if report_split is not None:
@@ -303,13 +307,11 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     return run_dir
 
 
-def _align_round(policy, reference, tokenizer, processor, dataset, config: RunConfig, run_dir: Path,
-                 round_index: int, steps_before: int, resume: bool) -> tuple[Engine, PairSet | None]:
-    """One round: pairs from the current policy, reference log-probs once, then training; returns
-    the engine and the round's held-out pairs."""
+def _round_pairs(policy, reference, tokenizer, processor, dataset, config: RunConfig, collate,
+                 round_index: int, seed: int) -> tuple[PairSet, PairSet | None]:
+    """A round's training and held-out pairs from the current policy, with the reference's
+    log-probabilities attached (the only time the reference runs)."""
     a = config.align
-    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
-    seed = config.train.seed + 1000 * round_index
     with ui.console.status(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs"):
         train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed)
         for pair_set in filter(None, (train_pairs, held_out)):
@@ -317,7 +319,13 @@ def _align_round(policy, reference, tokenizer, processor, dataset, config: RunCo
     sources = Counter(p.source for p in train_pairs.pairs)
     ui.console.print(f"Round {round_index + 1}: {len(train_pairs)} training pairs ("
                      + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
-    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
+    return train_pairs, held_out
+
+
+def _train_round(policy, train_pairs: PairSet, held_out: PairSet | None, collate, loss_fn, config: RunConfig,
+                 run_dir: Path, round_index: int, seed: int, steps_before: int, resume: bool) -> Engine:
+    """Train the policy on one round's pairs; logged steps continue from earlier rounds."""
+    a = config.align
     settings = dataclasses.replace(  # stage 2 keeps stage 1's engine settings but its own schedule
         config.train, lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
         weight_decay=0.0, warmup_ratio=0.1, seed=seed, log_every=5, eval_every=50, patience=None,
@@ -331,4 +339,4 @@ def _align_round(policy, reference, tokenizer, processor, dataset, config: RunCo
     if resume and engine.resume():
         ui.console.print(f"Resumed from step {engine.state.step}.")
     engine.fit()
-    return engine, held_out
+    return engine
