@@ -54,6 +54,7 @@ def best_and_worst_pairs(split, judged, min_gap: float) -> list[PreferencePair]:
     phrased most like the worst one is chosen instead, so a chosen caption is never a hallucination."""
     pairs = []
     has_objects = "objects" in split.column_names
+    references = split["captions"]  # the column alone: indexing a row would decode its image too
     for row, candidates in enumerate(judged):
         best = max(candidates, key=lambda c: c.score)
         worst = min(candidates, key=lambda c: c.score)
@@ -61,8 +62,7 @@ def best_and_worst_pairs(split, judged, min_gap: float) -> list[PreferencePair]:
             continue
         chosen, source = best.caption, "judged"
         if has_objects and best.hallucinations:
-            refs = split[row]["captions"]
-            chosen = max(refs, key=lambda ref: SequenceMatcher(None, ref.split(), worst.caption.split()).ratio())
+            chosen = max(references[row], key=lambda ref: SequenceMatcher(None, ref.split(), worst.caption.split()).ratio())
             source = "judged+reference"
         pairs.append(PreferencePair(row, chosen, worst.caption, source))
     return pairs
