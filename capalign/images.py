@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from capalign.data.importers.images import BadImage, decode_image
 from capalign.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Decode an image fully (EXIF orientation applied, RGB); raises ValueError when it is not one."""
+    """Decode an image at full size exactly as imports do (EXIF upright, any mode to RGB, bombs
+    refused); raises ValueError when it is not a usable image."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path} is not a readable image ({type(exc).__name__})") from None
+        return decode_image(Path(path), size=0)
+    except BadImage as exc:
+        raise ValueError(f"{path} is not a readable image ({exc.reason})") from None
 
 
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[Image.Image], list[str]]:

@@ -79,7 +79,14 @@ def _resize(img: Image.Image, size: int) -> Image.Image:
 
 
 def normalize_image(source: bytes | Path, size: int) -> bytes:
-    """Decode `source` once, apply EXIF orientation, convert to RGB, resize, return JPEG bytes.
+    """`decode_image`, re-encoded once as JPEG bytes for storage."""
+    buf = io.BytesIO()
+    decode_image(source, size).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def decode_image(source: bytes | Path, size: int) -> Image.Image:
+    """Decode `source` once, apply EXIF orientation, convert to RGB and resize (size <= 0 keeps it).
 
     Raises BadImage for empty, non-image, truncated/corrupt and decompression-bomb inputs (an image
     with more than PIL's `Image.MAX_IMAGE_PIXELS` pixels is refused from its header, never decoded).
@@ -117,9 +124,6 @@ def normalize_image(source: bytes | Path, size: int) -> bytes:
                 raise BadImage(R.BOMB, str(e)) from None
             except (OSError, SyntaxError, ValueError, EOFError) as e:
                 raise BadImage(R.TRUNCATED, str(e)) from None
-        img = _resize(_to_rgb(img), size)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
-        return buf.getvalue()
+        return _resize(_to_rgb(img), size)
     finally:
         fp.close()
