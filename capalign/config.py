@@ -11,101 +11,107 @@ import yaml
 from capalign.errors import UserError
 
 
+def setting(default, help: str, **kwargs):
+    """A config field whose help text lives in its metadata: the one place it is written (the CLI
+    options, YAML docs and `capalign.yaml` all read it from here)."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass
 class ModelConfig:
     """What to build. Backbones are Hugging Face names or local paths; None builds from config."""
 
-    preset: str = "tiny"
-    arch: str = "cross-attention"
-    vision: str | None = None
-    decoder: str | None = None
-    freeze_vision: bool = False
-    freeze_decoder: bool = False
-    image_size: int = 64
-    patch_size: int = 16
-    vision_hidden: int = 128
-    vision_layers: int = 4
-    decoder_hidden: int = 128
-    decoder_layers: int = 3
-    heads: int = 4
-    projection_dim: int = 64
-    max_caption_tokens: int = 24
-    # A frozen CLIP text tower (name or path) for caption features (vit-scratch, mobilenet-gpt2).
-    text_encoder: str | None = None
-    freeze_text: bool = True
-    # Prefix (ClipCap) architecture: mapping network mlp | transformer, prefix embeddings, mapper depth.
-    mapper: str = "mlp"
-    prefix_length: int = 10
-    mapper_layers: int = 8
-    mapper_heads: int = 8
-    # Dropout of the parts built from configs (None: the transformers defaults).
-    dropout: float | None = None
+    preset: str = setting("tiny", "Model preset (a name in PRESETS; default tiny).")
+    arch: str = setting("cross-attention", "cross-attention | prefix | contrastive")
+    vision: str | None = setting(None, "Vision encoder: Hugging Face name or local folder (None: a small ViT from config).")
+    decoder: str | None = setting(None, "Caption decoder (causal LM): Hugging Face name or local folder (None: a small GPT-2 from config).")
+    freeze_vision: bool = setting(False, "Keep the vision encoder fixed (its features are cached).")
+    freeze_decoder: bool = setting(False, "Keep the decoder fixed (cross-attention layers still train).")
+    image_size: int = setting(64, "Image side in pixels for models built from config.")
+    patch_size: int = setting(16, "ViT patch size for a vision encoder built from config.")
+    vision_hidden: int = setting(128, "Width of a vision encoder built from config.")
+    vision_layers: int = setting(4, "Layers of a vision encoder built from config.")
+    decoder_hidden: int = setting(128, "Width of a decoder built from config.")
+    decoder_layers: int = setting(3, "Layers of a decoder built from config.")
+    heads: int = setting(4, "Attention heads of the parts built from config.")
+    projection_dim: int = setting(64, "Width of the contrastive head's shared space.")
+    max_caption_tokens: int = setting(24, "Most tokens per caption (EOS included) in training and generation.")
+    text_encoder: str | None = setting(None, "Frozen CLIP text tower for caption features: name or folder.")
+    freeze_text: bool = setting(True, "Keep the CLIP text tower fixed.")
+    mapper: str = setting("mlp", "Prefix architecture's mapping network: mlp | transformer.")
+    prefix_length: int = setting(10, "Prefix embeddings the mapper produces.")
+    mapper_layers: int = setting(8, "Layers of the transformer mapper.")
+    mapper_heads: int = setting(8, "Attention heads of the transformer mapper.")
+    dropout: float | None = setting(None, "Dropout of the parts built from config (None: the transformers defaults).")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by pretrain and align."""
 
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    seed: int = 0
-    contrastive_weight: float = 0.5
-    # Optional terms (seed 003's CLIP-guided objectives); weight 0 turns a term off.
-    caption_weight: float = 1.0
-    cosine_weight: float = 0.0
-    diversity_weight: float = 0.0
-    # Seed 002's augmentations (flip, colour jitter, rotation) on training images.
-    augment: bool = False
-    # Cache a frozen vision encoder's outputs on disk (per dataset, encoder and preprocessing).
-    feature_cache: bool = True
-    # Best-model selection by a validation metric: e.g. "cider", "cider+0.5*bleu4", "top1"
-    # (None: CIDEr for captioners, top-1 retrieval for contrastive-only models); "none" turns it off.
-    select: str | None = None
-    val_images: int = 100
-    # Early stopping: stop after this many validations without a lower validation loss.
-    patience: int | None = None
-    # Experiment tracker through accelerate: tensorboard | wandb.
-    tracker: str | None = None
-    log_every: int = 10
-    checkpoint_every: int = 200
-    eval_every: int = 200
+    epochs: int = setting(3, "Passes over the training data.")
+    max_steps: int | None = setting(None, "Stop after this many optimiser steps (overrides epochs).")
+    batch_size: int = setting(64, "Global batch size (split over processes).")
+    lr: float = setting(1e-3, "Peak learning rate (AdamW, cosine schedule with warm-up).")
+    weight_decay: float = setting(0.01, "Decoupled weight decay of weight matrices.")
+    warmup_ratio: float = setting(0.05, "Share of the steps spent warming the learning rate up.")
+    grad_clip: float = setting(1.0, "Gradient norm clipping threshold.")
+    grad_accum: int = setting(1, "Micro-batches per optimiser step.")
+    mixed_precision: str = setting("no", "no | fp16 | bf16")
+    seed: int = setting(0, "Seed of initialisation, data order and sampling.")
+    contrastive_weight: float = setting(0.5, "Weight of the image–text InfoNCE term.")
+    caption_weight: float = setting(1.0, "Weight of the captioning cross-entropy.")
+    cosine_weight: float = setting(0.0, "Weight of the cosine alignment term (seed 003; 0 = off).")
+    diversity_weight: float = setting(0.0, "Weight of the caption diversity term (seed 003; 0 = off).")
+    augment: bool = setting(False, "Flip / colour-jitter / rotate training images (seed 002).")
+    feature_cache: bool = setting(True, "Cache a frozen vision encoder's outputs on disk.")
+    select: str | None = setting(None, "Validation metric for best-metric/: cider (default), cider+0.5*bleu4, top1, none.")
+    val_images: int = setting(100, "Validation images the selection metric is computed on.")
+    patience: int | None = setting(None, "Stop after this many validations without a lower validation loss.")
+    tracker: str | None = setting(None, "tensorboard | wandb (through accelerate).")
+    log_every: int = setting(10, "Steps between metrics.jsonl records.")
+    checkpoint_every: int = setting(200, "Steps between resume checkpoints.")
+    eval_every: int = setting(200, "Steps between validations.")
 
 
 @dataclass
 class AlignConfig:
     """Stage-2 preference optimisation settings (TRL's names where TRL has one)."""
 
-    beta: float = 0.1
-    loss: str = "sigmoid"
-    label_smoothing: float = 0.0
-    sft_weight: float = 0.0
-    pairs: str = "auto"
-    lr: float = 5e-5
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 32
-    lora_rank: int = 0  # > 0: train LoRA adapters on the decoder only (peft), merged when saved
-    rounds: int = 1  # > 1: iterative DPO, fresh on-policy pairs and reference each round
+    beta: float = setting(0.1, "Strength of the pull towards the reference.")
+    loss: str = setting("sigmoid", "sigmoid | ipo | hinge | robust")
+    label_smoothing: float = setting(0.0, "Robust / conservative DPO noise rate.")
+    sft_weight: float = setting(0.0, "Weight of a supervised loss on the chosen caption.")
+    pairs: str = setting("auto", "Where pairs come from: auto | corrupted | a pairs file | a prepared preference dataset.")
+    lr: float = setting(5e-5, "Stage-2 peak learning rate.")
+    epochs: int = setting(1, "Passes over each round's pairs.")
+    max_steps: int | None = setting(None, "Stop each round after this many optimiser steps.")
+    batch_size: int = setting(32, "Pairs per batch.")
+    lora_rank: int = setting(0, "Train rank-N LoRA adapters on the decoder only (0 = full tuning).")
+    rounds: int = setting(1, "Iterative DPO: rounds of fresh on-policy pairs.")
 
 
 @dataclass
 class RunConfig:
     """Everything a run needs; saved resolved as `capalign.yaml` in the run folder."""
 
-    data: str = "shapes"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    align: AlignConfig = field(default_factory=AlignConfig)
+    data: str = setting("shapes", "Prepared dataset folder or source name.")
+    model: ModelConfig = setting(ModelConfig, "What to build.")
+    train: TrainConfig = setting(TrainConfig, "Optimisation settings.")
+    align: AlignConfig = setting(AlignConfig, "Stage-2 settings.")
+
+
+def help_for(key: str) -> str:
+    """The help text of a config field, by dotted key (`train.lr`)."""
+    section, _, name = key.rpartition(".")
+    cls = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": AlignConfig}[section]
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 # Each preset sets model fields and, where its scale needs them, train/align defaults.
+# The one spelling of the default CLIP checkpoint (presets, CLIPScore, the CLIP text tower).
 CLIP_B32 = "openai/clip-vit-base-patch32"
 
 PRESETS: dict[str, dict] = {

@@ -1,5 +1,5 @@
-"""Loss reductions that give the same gradients on N processes as on one process with the same
-global batch.
+"""Process-group helpers, and the reductions that give the same gradients on N processes as on one
+process with the same global batch (the loss terms themselves live in capalign.losses).
 
 With `split_batches`, each process sees 1/N of the global batch and DDP averages gradients. Two kinds
 of terms then need care:
@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from accelerate import PartialState
+from torch.distributed.nn.functional import all_gather
 
 
 def process_state():
     """accelerate's process state with the same device choice as the Engine's Accelerator. (A bare
     `PartialState()` under torchrun on a CPU-only machine settles on one process, and the Accelerator
     created after it inherits that: pass cpu=True there too.)"""
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available())
 
 
 def world_size() -> int:
+    """Processes in the process group (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
@@ -37,8 +37,6 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     """All processes' rows, in rank order, with gradients flowing back to each local slice."""
     if world_size() == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
@@ -49,13 +47,3 @@ def global_count(count: torch.Tensor) -> torch.Tensor:
     total = count.detach().clone().float()
     dist.all_reduce(total)
     return total
-
-
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, distributed: bool = False) -> torch.Tensor:
-    """Mean cross-entropy over real (non -100) tokens; logits[t] predicts labels[t]. Distributed: the
-    per-process share of the global-batch mean (see the module docstring)."""
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
-    count = (labels != -100).sum()
-    if distributed and world_size() > 1:
-        return total * world_size() / global_count(count).clamp(min=1)
-    return total / count.clamp(min=1)

@@ -39,3 +39,17 @@ def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress
     with progress:
         task = progress.add_task(description, total=total, info="")
         yield progress, task
+
+
+def warn(message: str) -> None:
+    """One yellow warning line on stderr."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def print_missing(missing: dict[str, str], prefix: str = "") -> None:
+    """Metrics that could not be computed, grouped by reason, on stderr."""
+    by_reason: dict[str, list[str]] = {}
+    for metric, reason in missing.items():
+        by_reason.setdefault(reason, []).append(metric)
+    for reason, metrics in by_reason.items():
+        err_console.print(f"{prefix}{', '.join(metrics)} missing: {reason}", highlight=False, soft_wrap=True)

@@ -5,9 +5,10 @@ from pathlib import Path
 import torch
 
 from capalign.config import build_config
-from capalign.models.captioner import load_captioner
+from capalign.models.io import load_captioner
 from capalign.train import align as align_module
-from capalign.train.align import PairBatchMaker, PairSet, make_pairs, policy_logps
+from capalign.pairs.dataset import PairBatchMaker, PairSet, make_pairs
+from capalign.train.align import policy_logps
 
 
 def _align(pretrained_run: Path, out: Path, **align_options) -> Path:

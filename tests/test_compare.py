@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capalign.compare import _mean, bootstrap_ci, bootstrap_counts, compare_systems, permutation_p, win_rates
+from capalign.evaluation.stats import _mean, bootstrap_ci, bootstrap_counts, compare_systems, permutation_p, win_rates
 from capalign.metrics import EvaluationResult
 from capalign.metrics.coco import bleu_from_stats
 

@@ -8,7 +8,8 @@ import torch
 from capalign.errors import UserError
 from capalign.config import TrainConfig
 from capalign.train.engine import Engine
-from capalign.train.objectives import composite, diversity_loss, parse_select
+from capalign.losses import diversity_loss
+from capalign.train.selection import composite, parse_select
 
 
 def _engine(tmp_path, losses, scores, patience=None, max_steps=8):

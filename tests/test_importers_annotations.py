@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from capalign.data.importers import import_source
-from capalign.data.importers import report as R
+from capalign.data.importers import fetch_report as R
 from capalign.errors import UserError
 from test_importers_common import (BAD_FILES, all_rows, check_schema, load, low_pixel_limit,  # noqa: F401
                                    make_bad_files, make_escapes, report_json, rgb, save)

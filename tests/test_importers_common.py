@@ -12,8 +12,8 @@ import pytest
 from datasets import Image as ImageFeature, List, Value, load_from_disk
 from PIL import Image
 
-from capalign.data.importers import images as I
-from capalign.data.importers import report as R
+from capalign.data import images as I
+from capalign.data.importers import fetch_report as R
 
 
 def save(img: Image.Image, path: Path, **kw) -> Path:

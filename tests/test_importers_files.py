@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from capalign.data.importers import import_source
-from capalign.data.importers import report as R
+from capalign.data.importers import fetch_report as R
 from capalign.errors import UserError
 from test_importers_common import (all_rows, check_schema, load, low_pixel_limit,  # noqa: F401
                                    make_bad_files, make_escapes, noise_jpeg_bytes, report_json, rgb)

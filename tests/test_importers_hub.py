@@ -16,11 +16,12 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature, List, Value
 from PIL import Image
 
-from capalign.data.importers import HUB_NAMES, fetch_model, import_source
+from capalign.data.importers import HUB_NAMES, import_source
+from capalign.hub import fetch_model
 from capalign.data.importers import download
-from capalign.data.importers import report as R
+from capalign.data.importers import fetch_report as R
 from capalign.data.importers.sources import convert_named
-from capalign.data.importers.report import SkipLog
+from capalign.data.importers.fetch_report import SkipLog
 from capalign.errors import UserError
 from test_importers_common import all_rows, check_schema, load, noise_jpeg_bytes, report_json
 

@@ -1,8 +1,8 @@
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
-from capalign.generate import DecodeOptions, caption_images
-from capalign.models.captioner import load_captioner
+from capalign.inference.generate import DecodeOptions, caption_images
+from capalign.models.io import load_captioner
 from capalign.models.tokenizer import train_word_tokenizer
 
 

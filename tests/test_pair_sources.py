@@ -8,7 +8,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from capalign.data.pair_sources import MAX_CAPTION_WORDS, load_pair_source
+from capalign.pairs.sources import MAX_CAPTION_WORDS, load_pair_source
 from capalign.errors import UserError
 
 

@@ -52,7 +52,7 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "tiny"])
 def test_every_preset_trains_from_local_backbones(preset, backbones, small_yaml, in_workspace, capsys):
-    from capalign.models.captioner import load_captioner
+    from capalign.models.io import load_captioner
 
     out = f"runs/preset-{preset}"
     args = ["pretrain", "--preset", preset, "--config", str(small_yaml), "--max-steps", "3", "--out", out,
@@ -74,14 +74,14 @@ def test_every_preset_trains_from_local_backbones(preset, backbones, small_yaml,
     assert captioner.frozen["vision"] == frozen
     if captioner.arch == "contrastive":
         assert any("val_top1" in r for r in records)
-        from capalign.models.contrastive import load_scorer
+        from capalign.inference.scorer import load_scorer
 
         assert load_scorer(run).embed_texts(["a red circle"]).shape == (1, 16)
         return
     assert any("val_CIDEr" in r for r in records)
     from datasets import load_from_disk
 
-    from capalign.generate import DecodeOptions, caption_images
+    from capalign.inference.generate import DecodeOptions, caption_images
 
     images = load_from_disk("data/shapes")["test"]["image"][:2]
     captions = caption_images(captioner, tokenizer, processor, images, DecodeOptions(max_length=6, num_beams=2))
@@ -100,7 +100,7 @@ def test_every_preset_trains_from_local_backbones(preset, backbones, small_yaml,
 
 def test_prefix_run_folder_reloads_and_captions_identically(backbones, tmp_path):
     from capalign.models.build import build_captioner
-    from capalign.models.captioner import load_captioner, save_captioner
+    from capalign.models.io import load_captioner, save_captioner
     from PIL import Image
 
     config = build_config("clipcap-mlp", None, {"model": {"vision": str(backbones["clip"]), "decoder": str(backbones["gpt2"])}})
@@ -109,7 +109,7 @@ def test_prefix_run_folder_reloads_and_captions_identically(backbones, tmp_path)
     assert (tmp_path / "vision" / "config.json").is_file() and (tmp_path / "decoder" / "config.json").is_file()
     again, tokenizer2, processor2 = load_captioner(tmp_path)
     images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue")]
-    from capalign.generate import DecodeOptions, caption_images
+    from capalign.inference.generate import DecodeOptions, caption_images
 
     options = DecodeOptions(max_length=5, num_beams=3)
     assert caption_images(again, tokenizer2, processor2, images, options) == caption_images(captioner, tokenizer, processor, images, options)

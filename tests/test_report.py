@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from capalign.compare import Row
-from capalign.report import write_report
+from capalign.evaluation.stats import Row
+from capalign.evaluation.html_report import write_report
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "yellow": (255, 255, 0), "white": (255, 255, 255)}
 

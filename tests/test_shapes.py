@@ -3,8 +3,8 @@ import random
 import numpy as np
 
 from capalign.data import shapes
-from capalign.data.pairs import best_and_worst_pairs, corrupt_caption, corrupted_pairs
-from capalign.train.judge import judge_candidates
+from capalign.pairs.generated import best_and_worst_pairs, corrupt_caption, corrupted_pairs
+from capalign.pairs.ranker import rank_candidates
 from capalign.data.store import prepare_shapes
 
 
@@ -71,7 +71,7 @@ def test_corruptions_are_wrong_and_pairs_prefer_truth(workspace):
         assert shapes.find_hallucinations(pair.rejected, objects)
 
 
-def test_judge_prefers_true_captions_and_never_chooses_a_hallucination(workspace):
+def test_ranker_prefers_true_captions_and_never_chooses_a_hallucination(workspace):
     from datasets import load_from_disk
 
     train = load_from_disk(str(workspace / "data" / "shapes"))["train"].select(range(6))
@@ -79,14 +79,14 @@ def test_judge_prefers_true_captions_and_never_chooses_a_hallucination(workspace
     candidates = [[t, "a purple triangle and a purple triangle", t] for t in truth]
     one_wrong = corrupt_caption(truth[0], train[0]["objects"], random.Random(0))
     candidates[0] = ["a purple triangle and a purple triangle", one_wrong]  # both wrong, one less so
-    judged = judge_candidates(candidates, train["captions"], train["objects"])
-    for row in judged[1:]:
+    ranked = rank_candidates(candidates, train["captions"], train["objects"])
+    for row in ranked[1:]:
         assert row[0].hallucinations == 0 and row[1].hallucinations > 0
         assert row[0].score > row[1].score + 5
-    pairs = best_and_worst_pairs(train, judged, min_gap=0.1)
+    pairs = best_and_worst_pairs(train, ranked, min_gap=0.1)
     assert len(pairs) == 6  # identical best/worst would be dropped; none are here
     for pair in pairs:
         objects = train[pair.row]["objects"]
         assert shapes.find_hallucinations(pair.chosen, objects) == []
         assert shapes.find_hallucinations(pair.rejected, objects)
-    assert pairs[0].source == "judged+reference"
+    assert pairs[0].source == "ranked+reference"

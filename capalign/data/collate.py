@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset
 
 
@@ -46,8 +47,6 @@ def augment_image(image):
     horizontal flip (p=0.5), brightness / contrast / saturation jitter (factor in [0.8, 1.2], in
     random order) and rotation by up to ±10 degrees. Draws from torch's RNG, so --seed fixes them and
     checkpoints resume them."""
-    from PIL import Image, ImageEnhance, ImageOps
-
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand(()))
 

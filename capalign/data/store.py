@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import datasets
@@ -42,13 +43,9 @@ def save_atomically(dataset: datasets.DatasetDict, out: Path) -> None:
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     dataset.save_to_disk(str(tmp))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
 

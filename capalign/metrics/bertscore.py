@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import functools
 import os
+from importlib.metadata import version
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
+
 from capalign.errors import UserError
-from capalign.metrics import EvaluationResult, MetricOptions
+from capalign.metrics.types import EvaluationResult, MetricOptions
 
 DEFAULT_MODEL = "roberta-large"
 
 
 def _packaged_baseline(name: str) -> str | None:
-    import bert_score
+    import bert_score  # deferred: bert-score imports pandas and more; only BERTScore needs it
 
     path = Path(bert_score.__file__).parent / "rescale_baseline" / "en" / f"{name}.tsv"
     return str(path) if path.is_file() else None
@@ -27,7 +31,7 @@ def _packaged_baseline(name: str) -> str | None:
 def resolve_model(model: str | None, layer: int | None, baseline: str | None) -> tuple[str, int, str | None, str]:
     """(local model dir, layer, baseline path or None, display label). Raises FileNotFoundError with a
     one-line message when a hub model is not cached; UserError for a local model without a layer."""
-    from bert_score.utils import model2layers
+    from bert_score.utils import model2layers  # deferred: as bert_score above
 
     name = model or DEFAULT_MODEL
     if Path(name).expanduser().is_dir():
@@ -36,8 +40,6 @@ def resolve_model(model: str | None, layer: int | None, baseline: str | None) ->
             raise UserError(f"--bertscore-layer N is required with a local --bertscore-model ({name})")
         base = baseline
     else:
-        from huggingface_hub import snapshot_download
-
         try:
             path = snapshot_download(name, local_files_only=True)
         except Exception:
@@ -56,14 +58,12 @@ def resolve_model(model: str | None, layer: int | None, baseline: str | None) ->
 
 
 def _version() -> str:
-    from importlib.metadata import version
-
     return version("bert-score")
 
 
 @functools.lru_cache(maxsize=2)
 def _scorer(path: str, layer: int, baseline: str | None, device: str | None):
-    from bert_score import BERTScorer
+    from bert_score import BERTScorer  # deferred: as bert_score above
 
     scorer = BERTScorer(
         model_type=path, num_layers=layer, lang="en", rescale_with_baseline=baseline is not None,
@@ -76,8 +76,6 @@ def _scorer(path: str, layer: int, baseline: str | None, device: str | None):
 def fix_prefix_space(tokenizer, path: str):
     """bert-score encodes RoBERTa/GPT-2 text with `encode(..., add_prefix_space=True)`; transformers 5
     ignores that keyword, so reload the tokenizer with a prefix space to get bert-score's tokens."""
-    from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
-
     if not isinstance(tokenizer, (GPT2Tokenizer, RobertaTokenizer)):
         return tokenizer
     probe = "a"

@@ -13,8 +13,10 @@ import functools
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import AutoProcessor, CLIPModel
 
-from capalign.metrics import EvaluationResult, MetricOptions
+from capalign.metrics.types import EvaluationResult, MetricOptions
 
 W = 2.5
 PROMPT = "A photo depicts"
@@ -24,9 +26,6 @@ class HFClipScorer:
     """L2-normalised image and text embeddings from a transformers CLIPModel."""
 
     def __init__(self, name_or_path: str, device: str | None = None, batch_size: int = 64):
-        import torch
-        from transformers import AutoProcessor, CLIPModel
-
         try:
             self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=True)
             self.processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True)
@@ -44,9 +43,7 @@ class HFClipScorer:
     def _features(output: Any):
         return output if hasattr(output, "norm") else output.pooler_output  # transformers 5 returns an output
 
-    def embed_images(self, images: list) -> "torch.Tensor":
-        import torch
-
+    def embed_images(self, images: list) -> torch.Tensor:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
@@ -55,9 +52,7 @@ class HFClipScorer:
                 chunks.append(self._features(self.model.get_image_features(pixel_values=pixels)).float().cpu())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
 
-    def embed_texts(self, texts: list[str]) -> "torch.Tensor":
-        import torch
-
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):

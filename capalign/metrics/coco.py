@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice import get_stanford_models as stanford_models
+from pycocoevalcap.spice.spice import Spice
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from capalign.metrics import EvaluationResult
+from capalign.metrics.types import EvaluationResult
 
 SPICE_JAR_NAME = "stanford-corenlp-3.6.0.jar"
 SPICE_FETCH = (
@@ -48,7 +56,6 @@ def _quiet_java_stderr() -> Iterator[None]:
 
 def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     """PTB-tokenize {image id: [captions]} with pycocoevalcap's tokenizer (one Java call)."""
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     with _quiet_java_stderr():
         return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
@@ -57,7 +64,6 @@ def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
 def bleu_stats(gts: dict[str, list[str]], res: dict[str, list[str]]) -> np.ndarray:
     """Per-image BLEU sufficient statistics from pycocoevalcap's own n-gram cooking:
     columns testlen, reflen (closest), guess 1-4, correct 1-4."""
-    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 
     rows = []
     for key in gts:
@@ -86,13 +92,11 @@ def spice_unavailable() -> str | None:
     spice_dir = Path(import_module("pycocoevalcap.spice.spice").__file__).parent
     if (spice_dir / "lib" / SPICE_JAR_NAME).exists():
         return None
-    from pycocoevalcap.spice.get_stanford_models import get_stanford_models
-
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
         with _quiet_java_stderr(), redirect_stdout(io.StringIO()):
-            get_stanford_models()
+            stanford_models.get_stanford_models()
     except Exception as exc:  # offline: URLError, timeout, partial zip
         return (
             f"SPICE needs Stanford CoreNLP 3.6.0 (~385 MB), not cached in {spice_dir / 'lib'} and the download "
@@ -107,7 +111,6 @@ def spice_unavailable() -> str | None:
 def meteor_scorer():
     """One pycocoevalcap Meteor (a Java process, ~5 s to start) per Python process; every EVAL request
     it answers is independent of the previous ones."""
-    from pycocoevalcap.meteor.meteor import Meteor
 
     with _quiet_java_stderr():
         return Meteor()
@@ -117,9 +120,6 @@ def score_coco(
     candidates: dict[str, str], references: dict[str, list[str]], metrics: list[str], result: EvaluationResult
 ) -> None:
     """Fill `result` with the requested pycocoevalcap metrics (corpus and per-image)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
 
     ids = sorted(candidates)  # SPICE returns per-image scores in sorted id order
     gts = tokenize({i: references[i] for i in ids})
@@ -155,7 +155,6 @@ def score_coco(
         if reason:
             result.missing["SPICE"] = reason
             return
-        from pycocoevalcap.spice.spice import Spice
 
         try:
             with _quiet_java_stderr():

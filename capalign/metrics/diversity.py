@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from capalign.metrics import EvaluationResult
+from capalign.metrics.types import EvaluationResult
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 

@@ -17,15 +17,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
+from capalign.data.shapes import find_hallucinations
 from capalign.errors import UserError
-from capalign.metrics import EvaluationResult
+from capalign.metrics.types import EvaluationResult
 
 Checker = Callable[[str, list[dict]], list[str]]
 
 
 def shapes_checker() -> Checker:
-    from capalign.data.shapes import find_hallucinations
-
     return find_hallucinations
 
 

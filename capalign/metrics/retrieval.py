@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from capalign.metrics import RETRIEVAL_METRICS, EvaluationResult, MetricOptions
+from capalign.metrics.types import RETRIEVAL_METRICS, EvaluationResult, MetricOptions
 
 
 def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, ks=(1, 5, 10), chunk: int = 1024):

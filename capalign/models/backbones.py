@@ -11,9 +11,13 @@ import hashlib
 from pathlib import Path
 
 import torch
+import transformers
+from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from capalign.errors import UserError
+from capalign.hub import fetch_model, offline_mode
+from capalign.models.tokenizer import ensure_pad_token
 
 # Composite (image + text) checkpoints whose vision tower has its own model class.
 _VISION_TOWERS = {
@@ -31,8 +35,6 @@ _TEXT_TOWERS = {
 def resolve(name_or_path: str) -> str:
     """A local folder holding the model: the path itself, the cached snapshot of a hub name, or a
     fresh download when the hub is reachable. Missing and offline is a UserError."""
-    from capalign.data.importers.hub import fetch_model, offline_mode
-
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -40,8 +42,6 @@ def resolve(name_or_path: str) -> str:
         return str(path.resolve())
     if path.exists():
         raise UserError(f"{path} is a file; pass a model folder or a Hugging Face model id.")
-    from huggingface_hub import snapshot_download
-
     try:
         with offline_mode():
             return snapshot_download(name_or_path, local_files_only=True)
@@ -57,8 +57,6 @@ def _config(path: str):
 def load_vision(name_or_path: str) -> torch.nn.Module:
     """An image encoder: the vision tower of a CLIP/SigLIP checkpoint, or any AutoModel vision model
     (ViT, MobileNetV2, DINOv2, ...)."""
-    import transformers
-
     path = resolve(name_or_path)
     model_type = _config(path).model_type
     if model_type in _VISION_TOWERS:
@@ -72,8 +70,6 @@ def load_vision(name_or_path: str) -> torch.nn.Module:
 
 def load_text_tower(name_or_path: str) -> torch.nn.Module:
     """A CLIP text tower (with its projection) from a CLIP checkpoint or a text-only CLIP folder."""
-    import transformers
-
     path = resolve(name_or_path)
     config = _config(path)
     if config.model_type not in _TEXT_TOWERS:
@@ -95,8 +91,6 @@ def load_decoder(name_or_path: str, cross_attention: bool = False) -> torch.nn.M
 
 
 def load_tokenizer(name_or_path: str):
-    from capalign.models.tokenizer import ensure_pad_token
-
     tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), local_files_only=True)
     ensure_pad_token(tokenizer)
     return tokenizer

@@ -13,19 +13,35 @@ from __future__ import annotations
 from typing import Iterable
 
 from PIL import Image
-from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel
+from transformers import (
+    AutoConfig,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+)
 
 from capalign import ui
 from capalign.config import ModelConfig
 from capalign.errors import UserError
 from capalign.models import backbones
-from capalign.models.captioner import Captioner, build_image_processor, build_tiny_model, configure_special_tokens
+from capalign.data.collate import pixel_values
+from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
 from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel, PrefixMapper
 from capalign.models.tokenizer import train_word_tokenizer
 
 
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
 def tiny_vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
+    """A CLIP-style ViT built from the model config's sizes (random initialisation)."""
     extra = {} if cfg.dropout is None else {"dropout": cfg.dropout, "attention_dropout": cfg.dropout}
     return CLIPVisionConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.vision_hidden,
                             intermediate_size=cfg.vision_hidden * 4, num_hidden_layers=cfg.vision_layers,
@@ -33,6 +49,7 @@ def tiny_vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
 
 
 def tiny_decoder_config(cfg: ModelConfig, tokenizer, cross_attention: bool) -> GPT2Config:
+    """A GPT-2 built from the model config's sizes, with the tokenizer's special ids."""
     extra = {} if cfg.dropout is None else {"resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}
     prefix = cfg.prefix_length if cfg.arch == "prefix" else 0
     return GPT2Config(vocab_size=len(tokenizer), n_positions=max(64, cfg.max_caption_tokens + prefix + 2),
@@ -44,8 +61,6 @@ def tiny_decoder_config(cfg: ModelConfig, tokenizer, cross_attention: bool) -> G
 
 def processed_size(processor) -> int:
     """The side of the pixel tensors the processor produces."""
-    from capalign.data.collate import pixel_values
-
     return int(pixel_values(processor, [Image.new("RGB", (8, 8))]).shape[-1])
 
 
@@ -70,7 +85,11 @@ def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
     size = processed_size(processor)
 
     if cfg.arch == "cross-attention" and not cfg.vision and not cfg.decoder:
-        model = build_tiny_model(cfg, tokenizer)  # the embedded default, unchanged
+        # The embedded default: both parts from configs, initialised together as one model.
+        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+            tiny_vision_config(cfg), tiny_decoder_config(cfg, tokenizer, cross_attention=True))
+        model = VisionEncoderDecoderModel(config=config)
+        configure_special_tokens(model, tokenizer, cfg.max_caption_tokens)
     else:
         vision = backbones.load_vision(cfg.vision) if cfg.vision else CLIPVisionModel(tiny_vision_config(cfg))
         if cfg.arch == "cross-attention":
@@ -107,11 +126,34 @@ def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
 
 def configure_prefix_generation(decoder, tokenizer, max_new_tokens: int) -> None:
     """Pad/EOS ids and the default caption length go with the decoder (saved with it)."""
-    from transformers import GenerationConfig
-
     decoder.config.pad_token_id = tokenizer.pad_token_id
     decoder.config.eos_token_id = tokenizer.eos_token_id
     decoder.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, max_new_tokens=max_new_tokens,
+    )
+
+
+def build_image_processor(cfg: ModelConfig) -> CLIPImageProcessor:
+    """CLIP preprocessing at the preset's image size."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": cfg.image_size},
+        crop_size={"height": cfg.image_size, "width": cfg.image_size},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+
+
+def configure_special_tokens(model: VisionEncoderDecoderModel, tokenizer, max_new_tokens: int) -> None:
+    """VED needs decoder_start/pad ids for `forward(labels=...)`; generation defaults go with the model."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    model.config.decoder_start_token_id = start
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=start,
+        bos_token_id=start,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=max_new_tokens,
     )

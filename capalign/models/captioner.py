@@ -1,95 +1,22 @@
-"""Captioners: one module (`Captioner`) over three architectures, plus saving and loading.
+"""Captioners: one module (`Captioner`) over three architectures.
 
-- cross-attention: a transformers VisionEncoderDecoderModel. Its run folders are plain transformers
-  folders (config.json, model.safetensors, tokenizer, preprocessor_config.json) that load in
-  `VisionEncoderDecoderModel.from_pretrained` without capalign; the head sits beside them in its own
-  file. (transformers 5 folded the "image-to-text" pipeline into "image-text-to-text", which needs a
-  text prompt and does not drive encoder–decoder captioners, so no pipeline is promised.)
+- cross-attention: a transformers VisionEncoderDecoderModel (its run folders load in plain
+  transformers; see capalign.models.io).
 - prefix (ClipCap): see capalign.models.prefix.
 - contrastive: an image encoder trained against a frozen CLIP text tower (no decoder).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import nn
-from transformers import (
-    AutoImageProcessor,
-    AutoTokenizer,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    GenerationConfig,
-    GPT2Config,
-    VisionEncoderDecoderConfig,
-    VisionEncoderDecoderModel,
-)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from capalign.config import ModelConfig
+from capalign import distributed
+from capalign.data.collate import tokenize_captions
 from capalign.errors import UserError
+from capalign.models.backbones import output_dim, pooled
 from capalign.models.contrastive import ContrastiveHead, pool_last_token
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-DESCRIPTION = "capalign_model.json"
-
-
-def build_image_processor(cfg: ModelConfig) -> CLIPImageProcessor:
-    """CLIP preprocessing at the preset's image size."""
-    return CLIPImageProcessor(
-        size={"shortest_edge": cfg.image_size},
-        crop_size={"height": cfg.image_size, "width": cfg.image_size},
-        image_mean=CLIP_MEAN,
-        image_std=CLIP_STD,
-    )
-
-
-def build_tiny_model(cfg: ModelConfig, tokenizer) -> VisionEncoderDecoderModel:
-    """A small CLIP-style ViT and a small GPT-2 with cross-attention, from configs (random init)."""
-    vision = CLIPVisionConfig(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        hidden_size=cfg.vision_hidden,
-        intermediate_size=cfg.vision_hidden * 4,
-        num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=cfg.heads,
-        **({} if cfg.dropout is None else {"dropout": cfg.dropout, "attention_dropout": cfg.dropout}),
-    )
-    decoder = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=max(64, cfg.max_caption_tokens + 2),
-        n_embd=cfg.decoder_hidden,
-        n_layer=cfg.decoder_layers,
-        n_head=cfg.heads,
-        add_cross_attention=True,
-        is_decoder=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **({} if cfg.dropout is None else {"resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}),
-    )
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(vision, decoder)
-    model = VisionEncoderDecoderModel(config=config)
-    configure_special_tokens(model, tokenizer, cfg.max_caption_tokens)
-    return model
-
-
-def configure_special_tokens(model: VisionEncoderDecoderModel, tokenizer, max_new_tokens: int) -> None:
-    """VED needs decoder_start/pad ids for `forward(labels=...)`; generation defaults go with the model."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    model.config.decoder_start_token_id = start
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=start,
-        bos_token_id=start,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_new_tokens=max_new_tokens,
-    )
 
 
 class Captioner(nn.Module):
@@ -119,12 +46,6 @@ class Captioner(nn.Module):
         if text_tower is not None:
             self.freeze(text=True)
 
-    @classmethod
-    def with_new_head(cls, model: nn.Module, projection_dim: int, **kwargs) -> "Captioner":
-        captioner = cls(model, None, **kwargs)
-        captioner.head = ContrastiveHead(captioner.image_dim, captioner.text_dim, projection_dim)
-        return captioner
-
     # ------------------------------------------------------------------ structure
 
     @property
@@ -143,8 +64,6 @@ class Captioner(nn.Module):
     def image_dim(self) -> int:
         if self.arch == "prefix":
             return self.model.mapper.text_dim
-        from capalign.models.backbones import output_dim
-
         return output_dim(self.vision, _image_size(self.vision))
 
     @property
@@ -197,8 +116,6 @@ class Captioner(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor | None = None, vision_hidden: torch.Tensor | None = None,
                       vision_pooled: torch.Tensor | None = None) -> BaseModelOutputWithPooling:
         """Encode pixels, or take cached encoder outputs (`vision_hidden`, `vision_pooled`)."""
-        from capalign.models.backbones import pooled
-
         if pixel_values is not None:
             out = self.vision_outputs(pixel_values)
             if self.arch == "cross-attention":
@@ -232,8 +149,6 @@ class Captioner(nn.Module):
     def tokenize_texts(self, tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
         """Inputs for `text_features`: the text tower's own tokenizer (with its BOS/EOS), else caption
         tokenisation with the decoder's tokenizer."""
-        from capalign.data.collate import tokenize_captions
-
         if self.text_tower is not None:
             limit = self.text_tower.config.max_position_embeddings
             enc = self.text_tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
@@ -251,84 +166,24 @@ class Captioner(nn.Module):
 
     def forward(self, labels=None, input_ids=None, attention_mask=None, pixel_values=None, vision_hidden=None,
                 vision_pooled=None, text_input_ids=None, text_attention_mask=None):
-        """Loss parts: captioning cross-entropy, and with a head the symmetric InfoNCE of matching pairs
-        plus the embeddings and logits the optional loss terms need. Under multi-process training the
-        parts are reduced so that N processes equal one process with the same global batch
-        (see capalign.distributed)."""
-        from capalign import distributed
-        from capalign.losses import info_nce
-
-        spread = self.training and distributed.world_size() > 1
+        """What the stage-1 objective (capalign.losses.stage1_loss) needs: teacher-forced caption logits
+        and, with a head, the image and caption embeddings gathered over processes (see
+        capalign.distributed), with the head's temperature."""
         encoded = self.encode_images(pixel_values, vision_hidden, vision_pooled)
         out = {}
         if self.arch != "contrastive":
-            logits = self.caption_logits(encoded, labels)
-            out["caption_loss"] = distributed.token_cross_entropy(logits, labels, distributed=spread)
-            out["_logits"] = logits
+            out["logits"] = self.caption_logits(encoded, labels)
         if self.head is not None:
             if self.text_tower is not None:
                 text = self.text_features(text_input_ids, text_attention_mask)
             else:
                 text = self.text_features(input_ids, attention_mask)
-            image_emb = distributed.gather(self.head.embed_image(encoded.pooler_output))
-            text_emb = distributed.gather(self.head.embed_text(text))
-            out["contrastive_loss"] = info_nce(image_emb, text_emb, self.head.logit_scale)
-            out["_image_emb"], out["_text_emb"] = image_emb, text_emb
+            out["image_emb"] = distributed.gather(self.head.embed_image(encoded.pooler_output))
+            out["text_emb"] = distributed.gather(self.head.embed_text(text))
+            out["logit_scale"] = self.head.logit_scale
         return out
 
 
 def _image_size(vision: nn.Module) -> int:
     size = getattr(vision.config, "image_size", 224)
     return size if isinstance(size, int) else size[0]
-
-
-def describe(captioner: Captioner) -> dict:
-    """What `capalign_model.json` records: the architecture (and mapper), and which parts are frozen."""
-    model = captioner.model
-    info = model.describe() if hasattr(model, "describe") else {"arch": "cross-attention"}
-    info["frozen"] = dict(captioner.frozen)
-    info["text_tower"] = captioner.text_tower is not None
-    return info
-
-
-def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) -> None:
-    """Write the run folder. Cross-attention: a plain transformers folder (+ the head) that loads
-    without capalign. Prefix / contrastive: `vision/`, `decoder/` (save_pretrained folders) and
-    `mapper.safetensors`. Every arch: `capalign_model.json`, a frozen CLIP text tower in `text/`."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    captioner.model.save_pretrained(run_dir)
-    tokenizer.save_pretrained(run_dir)
-    processor.save_pretrained(run_dir)
-    if captioner.head is not None:
-        captioner.head.save(run_dir)
-    if captioner.text_tower is not None:
-        captioner.text_tower.save_pretrained(run_dir / "text")
-        captioner.text_tokenizer.save_pretrained(run_dir / "text")
-    (run_dir / DESCRIPTION).write_text(json.dumps(describe(captioner), indent=1))
-
-
-def load_captioner(run_dir: Path):
-    """Load (Captioner, tokenizer, image processor) from a run folder; local files only."""
-    from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel, read_description
-
-    run_dir = Path(run_dir)
-    info = read_description(run_dir) or {"arch": "cross-attention"}
-    if info["arch"] == "prefix":
-        model = PrefixCaptionModel.from_pretrained(run_dir, info)
-    elif info["arch"] == "contrastive":
-        model = ImageEncoderModel.from_pretrained(run_dir, info)
-    else:
-        model = VisionEncoderDecoderModel.from_pretrained(run_dir, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True)
-    processor = AutoImageProcessor.from_pretrained(run_dir, local_files_only=True)
-    text_tower = text_tokenizer = None
-    if info.get("text_tower"):
-        from transformers import CLIPTextModelWithProjection
-
-        text_tower = CLIPTextModelWithProjection.from_pretrained(run_dir / "text", local_files_only=True)
-        text_tokenizer = AutoTokenizer.from_pretrained(run_dir / "text", local_files_only=True)
-    captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer)
-    frozen = info.get("frozen", {})
-    captioner.freeze(vision=frozen.get("vision"), decoder=frozen.get("decoder"), text=frozen.get("text"))
-    return captioner, tokenizer, processor

@@ -12,12 +12,14 @@ The loss covers caption tokens only (the prefix has no labels). Generation is
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM
+
+from capalign.models.backbones import load_vision
 
 MAPPER_WEIGHTS = "mapper.safetensors"
 MAPPERS = ("mlp", "transformer")
@@ -99,10 +101,6 @@ class PrefixCaptionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, run_dir: Path, description: dict) -> "PrefixCaptionModel":
-        from transformers import AutoModelForCausalLM
-
-        from capalign.models.backbones import load_vision
-
         run_dir = Path(run_dir)
         encoder = load_vision(str(run_dir / "vision"))
         decoder = AutoModelForCausalLM.from_pretrained(run_dir / "decoder", local_files_only=True)
@@ -128,11 +126,4 @@ class ImageEncoderModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, run_dir: Path, description: dict) -> "ImageEncoderModel":
-        from capalign.models.backbones import load_vision
-
         return cls(load_vision(str(Path(run_dir) / "vision")))
-
-
-def read_description(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "capalign_model.json"
-    return json.loads(path.read_text()) if path.is_file() else None

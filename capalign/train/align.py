@@ -8,82 +8,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from capalign import ui
 from capalign.config import RunConfig, load_config, save_config
-from capalign.data.collate import pixel_values, tokenize_captions
-from capalign.data.pair_sources import load_pair_source
-from capalign.data.pairs import PreferencePair, best_and_worst_pairs, corrupted_pairs
-from capalign.data.store import get_split, load_prepared
+from capalign.data.store import load_prepared
 from capalign.distributed import process_state
 from capalign.errors import UserError
-from capalign.generate import DecodeOptions, caption_images
-from capalign.images import open_rgb
 from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
-from capalign.models.captioner import load_captioner, save_captioner
-from capalign.models.contrastive import RunScorer
-from capalign.train.align_report import alignment_report
+from capalign.models.io import load_captioner, save_captioner
+from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
+from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
-from capalign.train.judge import judge_candidates
-from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
+from capalign.train.reports import alignment_report
 
-HELD_OUT_IMAGES = 256
-HELD_OUT_SHARE = 0.05
-GENERATED_PAIRS = ("auto", "corrupted")
 REPORT_IMAGES = 1000
-MIN_JUDGE_GAP = 0.1  # judge-score difference below which best and worst count as a tie
-
-
-@dataclass
-class PairBatchMaker:
-    """Collates pairs into pixel values, chosen/rejected labels and stored reference log-probs."""
-
-    tokenizer: object
-    processor: object
-    max_tokens: int
-
-    def __call__(self, items):
-        images = [item["image"] for item in items]
-        chosen = tokenize_captions(self.tokenizer, [item["chosen"] for item in items], self.max_tokens)
-        rejected = tokenize_captions(self.tokenizer, [item["rejected"] for item in items], self.max_tokens)
-        batch = {"chosen_labels": chosen["labels"], "rejected_labels": rejected["labels"]}
-        if images[0] is not None:  # image-free pairs (a text preference dataset) have none at all
-            batch["pixel_values"] = pixel_values(self.processor, images)
-        if "ref_chosen" in items[0]:
-            batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
-            batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
-        return batch
-
-
-class PairSet(Dataset):
-    """Pairs with their images (a split row, an image file, or none for text-only pairs);
-    reference log-probs are attached by `attach_reference_logps`."""
-
-    def __init__(self, split, pairs: list[PreferencePair]):
-        self.split, self.pairs = split, pairs
-        self.reference: list[tuple[float, float]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def image(self, pair: PreferencePair):
-        if pair.row is not None:
-            return self.split[pair.row]["image"]
-        return open_rgb(pair.image) if pair.image is not None else None
-
-    def __getitem__(self, i: int) -> dict:
-        pair = self.pairs[i]
-        item = {"image": self.image(pair), "chosen": pair.chosen, "rejected": pair.rejected}
-        if self.reference is not None:
-            item["ref_chosen"], item["ref_rejected"] = self.reference[i]
-        return item
 
 
 def policy_logps(module, batch, average: bool):
@@ -167,62 +110,11 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
     return run
 
 
-def sample_candidates(captioner, tokenizer, processor, images, samples: int, seed: int) -> list[list[str]]:
-    """The policy's greedy caption plus `samples` sampled ones (temperature 1) per image, deduplicated."""
-    torch.manual_seed(seed)
-    runs = [caption_images(captioner, tokenizer, processor, images, DecodeOptions())]
-    runs += [caption_images(captioner, tokenizer, processor, images, DecodeOptions(temperature=1.0)) for _ in range(samples)]
-    return [list(dict.fromkeys(per_image)) for per_image in zip(*runs)]
-
-
-def head_similarity(captioner, tokenizer, processor, images, candidates: list[list[str]]) -> list[list[float]] | None:
-    """Cosine between each image and each of its candidates under the run's contrastive head."""
-    if captioner.head is None:
-        return None
-    scorer = RunScorer(captioner, tokenizer, processor)
-    image_emb = scorer.embed_images(images)
-    flat = [c for cands in candidates for c in cands]
-    text_emb = scorer.embed_texts(flat)
-    owners = torch.tensor([i for i, cands in enumerate(candidates) for _ in cands])
-    cosines = (image_emb[owners] * text_emb).sum(-1).tolist()
-    out, start = [], 0
-    for cands in candidates:
-        out.append(cosines[start : start + len(cands)])
-        start += len(cands)
-    return out
-
-
-def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, samples: int = 4) -> list[PreferencePair]:
-    """Preference pairs for one split.
-
-    auto: the policy's candidates ranked by the judge (best vs worst, near-ties dropped), plus on
-    shapes one reference-versus-corrupted pair per image; corrupted: only the latter."""
-    has_objects = "objects" in split.column_names
-    if source == "corrupted":
-        if not has_objects:
-            raise UserError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
-        return corrupted_pairs(split, seed)
-    if source != "auto":
-        loaded = load_pair_source(source)
-        ui.console.print(f"--pairs {source}: {loaded.summary()}")
-        if not loaded.pairs:
-            raise UserError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
-        return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
-    images = list(split["image"])
-    candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed)
-    similarity = head_similarity(captioner, tokenizer, processor, images, candidates)
-    judged = judge_candidates(candidates, split["captions"], split["objects"] if has_objects else None, similarity)
-    pairs = best_and_worst_pairs(split, judged, MIN_JUDGE_GAP)
-    if has_objects:
-        pairs += corrupted_pairs(split, seed)
-    return pairs
-
-
 def add_lora(policy, rank: int) -> None:
     """Freeze the captioner and train rank-`rank` LoRA adapters on its decoder (peft's default
     target modules for the decoder's architecture)."""
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # deferred: peft is needed only with --lora-rank
     except ImportError:
         raise UserError("--lora-rank needs peft: pip install peft.") from None
     policy.requires_grad_(False)
@@ -236,22 +128,6 @@ def merge_lora(policy) -> None:
     """Fold trained adapters back into the decoder, so the run folder is a plain model again."""
     if hasattr(policy.model.decoder, "merge_and_unload"):
         policy.model.decoder = policy.model.decoder.merge_and_unload()
-
-
-def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: int) -> tuple[PairSet, PairSet | None]:
-    """Training pairs and held-out pairs. Generated pairs come from the train and validation
-    splits; pairs read from a file or dataset are split, seeded, with HELD_OUT_SHARE held out."""
-    train_split = get_split(dataset, "train")
-    if source in GENERATED_PAIRS:
-        train = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, source, seed))
-        if "validation" not in dataset or not len(dataset["validation"]):
-            return train, None
-        val_split = dataset["validation"].select(range(min(HELD_OUT_IMAGES, len(dataset["validation"]))))
-        return train, PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, source, seed + 1))
-    pairs = make_pairs(train_split, policy, tokenizer, processor, source, seed)
-    random.Random(seed).shuffle(pairs)
-    held = min(HELD_OUT_IMAGES, int(len(pairs) * HELD_OUT_SHARE))
-    return PairSet(train_split, pairs[held:]), (PairSet(train_split, pairs[:held]) if held else None)
 
 
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:

@@ -14,6 +14,7 @@ on the same examples in the same order as one process; see capalign.distributed 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -31,8 +32,8 @@ from transformers import get_cosine_schedule_with_warmup
 from capalign import ui
 from capalign.config import TrainConfig
 from capalign.errors import UserError
-from capalign.train.curves import plot_curves
-from capalign.workspace import atomic_write_text
+from capalign.train.reports import plot_curves
+from capalign.runs import atomic_write_text
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -295,8 +296,6 @@ def _tracker(name: str | None) -> str | None:
     """The accelerate tracker for --tracker, if its package is installed."""
     if name is None:
         return None
-    import importlib.util
-
     package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
     if package is None:
         raise UserError(f"--tracker must be tensorboard or wandb, got {name}.")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from capalign.data.collate import pixel_values
 from capalign.distributed import process_state
@@ -51,8 +51,6 @@ class FeatureStore:
         self.shards = sorted(self.folder.glob("shard-*.safetensors"))
         self._memory: dict[str, torch.Tensor] | None = None
         if self.meta["bytes"] <= IN_MEMORY_BYTES:
-            from safetensors.torch import load_file
-
             parts = [load_file(str(p)) for p in self.shards]
             self._memory = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         else:

@@ -3,48 +3,34 @@
 from __future__ import annotations
 
 import itertools
-import resource
 from pathlib import Path
 
-import torch
 from accelerate.utils import set_seed
 from torch.utils.data import Subset
 
 from capalign import ui
-from capalign.distributed import process_state
 from capalign.config import RunConfig, TrainConfig, save_config, to_dict
 from capalign.data.collate import CaptionCollator, CaptionPairs
 from capalign.data.store import get_split, load_prepared
+from capalign.distributed import process_state
 from capalign.errors import UserError
+from capalign.losses import stage1_loss
 from capalign.models.build import build_captioner
-from capalign.models.captioner import save_captioner
+from capalign.models.io import save_captioner
+from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
-from capalign.train.objectives import RETRIEVAL, composite, cosine_alignment_loss, diversity_loss, parse_select, retrieval_topk
-from capalign.workspace import CONFIG_NAME, mark_finished, new_run_dir
+from capalign.train.feature_cache import CachedCaptionPairs, cached_features
+from capalign.train.reports import report_dry_run
+from capalign.train.selection import RETRIEVAL, parse_select, validation_metric
 
 VALIDATION_PAIRS = 512
 
 
 def pretrain_loss(train: TrainConfig):
-    """Weighted sum of the parts the captioner returns (captioning, InfoNCE) and the optional cosine
-    alignment and diversity terms; logs every part."""
+    """The stage-1 objective (capalign.losses.stage1_loss) with this run's weights; logs every part."""
 
     def loss_fn(module, batch):
-        parts = module(**batch)
-        loss = torch.zeros((), device=batch["labels"].device)
-        logs: dict[str, torch.Tensor] = {}
-        for name, weight in (("caption_loss", train.caption_weight), ("contrastive_loss", train.contrastive_weight)):
-            if name in parts:
-                logs[name] = parts[name]
-                if weight:
-                    loss = loss + weight * parts[name]
-        if train.cosine_weight and "_image_emb" in parts:
-            logs["cosine_loss"] = cosine_alignment_loss(parts["_image_emb"], parts["_text_emb"])
-            loss = loss + train.cosine_weight * logs["cosine_loss"]
-        if train.diversity_weight and "_logits" in parts:
-            logs["diversity_loss"] = diversity_loss(parts["_logits"], batch["labels"])
-            loss = loss + train.diversity_weight * logs["diversity_loss"]
-        return loss, logs
+        return stage1_loss(module(**batch), batch["labels"], train, spread=module.training)
 
     return loss_fn
 
@@ -57,49 +43,6 @@ def validation_loss(pairs, collate, loss_fn, batch_size: int):
         return average_losses(module, subset, collate, loss_fn, batch_size, "val_")
 
     return run
-
-
-def validation_metric(split, tokenizer, processor, spec: str, n_images: int, max_tokens: int):
-    """The selection score on the first `n_images` validation images: caption metrics (CIDEr by
-    default; pycocoevalcap on greedy captions) or retrieval top-K for contrastive-only models."""
-    terms = parse_select(spec)
-    names = sorted({name for _, name in terms})
-    if set(names) & RETRIEVAL and not set(names) <= RETRIEVAL:
-        raise UserError(f"--select {spec}: combine caption metrics or retrieval top-K, not both.")
-    rows = split.select(range(min(n_images, len(split))))
-    images, ids, references = list(rows["image"]), [str(i) for i in rows["image_id"]], list(rows["captions"])
-
-    def run(module) -> dict[str, float]:
-        if set(names) <= RETRIEVAL:
-            values = _retrieval(module, tokenizer, processor, images, references)
-        else:
-            from capalign.generate import DecodeOptions, caption_images
-            from capalign.metrics import evaluate_captions
-
-            captions = caption_images(module, tokenizer, processor, images, DecodeOptions(max_length=max_tokens))
-            result = evaluate_captions(dict(zip(ids, captions)), dict(zip(ids, references)), names)
-            missing = [n for n in names if n not in result.summary]
-            if missing:
-                ui.err_console.print(f"note: validation metric(s) {', '.join(missing)} unavailable: "
-                                     + "; ".join(result.missing.get(n, "?") for n in missing))
-                return {}
-            values = {n: result.summary[n] for n in names}
-        out = {f"val_{n}": v for n, v in values.items()}
-        out["val_select"] = composite(terms, values)
-        return out
-
-    return run
-
-
-def _retrieval(module, tokenizer, processor, images, references) -> dict[str, float]:
-    from capalign.models.contrastive import RunScorer
-
-    scorer = RunScorer(module, tokenizer, processor)
-    texts = [r for refs in references for r in refs]
-    owner = [k for k, refs in enumerate(references) for _ in refs]
-    result = retrieval_topk(scorer.embed_images(images), scorer.embed_texts(texts), owner)
-    module.eval()
-    return result
 
 
 def build_run(config: RunConfig):
@@ -115,8 +58,6 @@ def build_run(config: RunConfig):
 def _pairs(split, name: str, captioner, processor, use_cache: bool):
     if not use_cache:
         return CaptionPairs(split)
-    from capalign.train.feature_cache import CachedCaptionPairs, cached_features
-
     store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.arch == "cross-attention")
     if store.computed:
         ui.console.print(f"Cached frozen-encoder features of {name} ({len(store)} images) in {store.folder}")
@@ -180,21 +121,3 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
                       best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric)
     engine.finish()
     return run_dir
-
-
-def report_dry_run(captioner, pairs, collate, loss_fn, batch_size: int) -> None:
-    """Build one batch and run one forward pass; print parameter counts, loss and peak memory."""
-    batch = collate([pairs[i] for i in range(min(batch_size, len(pairs)))])
-    with torch.no_grad():
-        loss, _ = loss_fn(captioner, batch)
-    total = sum(p.numel() for p in captioner.parameters())
-    trainable = sum(p.numel() for p in captioner.parameters() if p.requires_grad)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    frozen = ", ".join(k for k, v in captioner.frozen.items() if v) or "nothing"
-    ui.print_table(
-        "dry run",
-        ["what", "value"],
-        [["architecture", captioner.arch], ["frozen", frozen], ["training pairs", len(pairs)],
-         ["parameters", f"{total:,}"], ["trainable", f"{trainable:,}"],
-         ["batch", str(tuple(batch["pixel_values"].shape))], ["first loss", float(loss)], ["peak RSS (MiB)", f"{peak_mib:.0f}"]],
-    )

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .records import Candidate, clean_captions, require
-from .report import SkipLog
-from . import report as R
+from .fetch_report import SkipLog
+from . import fetch_report as R
 
 
 def is_url_list(path: Path) -> bool:

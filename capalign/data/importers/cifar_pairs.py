@@ -16,10 +16,10 @@ from PIL import Image as PILImage
 
 from capalign.errors import UserError
 
-from . import report as R
-from .images import BadImage, normalize_image
+from . import fetch_report as R
+from capalign.data.images import BadImage, normalize_image
 from .pipeline import FEATURES
-from .report import SkipLog
+from .fetch_report import SkipLog
 from .splits import canonical_split, carve
 
 REPO = "uoft-cs/cifar100"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from . import report as R
+from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions, require
-from .report import SkipLog
+from .fetch_report import SkipLog
 
 
 def is_coco(doc: object) -> bool:

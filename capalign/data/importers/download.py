@@ -22,9 +22,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from . import report as R
+from . import fetch_report as R
 from .records import Candidate
-from .report import SkipLog
+from .fetch_report import SkipLog
 
 
 @dataclass

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from capalign.errors import UserError
 
-from . import report as R
+from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions, require
-from .report import SkipLog
+from .fetch_report import SkipLog
 
 SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "validation": "Flickr_8k.devImages.txt",
                "test": "Flickr_8k.testImages.txt"}

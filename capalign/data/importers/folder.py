@@ -11,9 +11,9 @@ from pathlib import Path
 
 from capalign.errors import UserError
 
-from . import report as R
+from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions, read_jsonl, require
-from .report import SkipLog
+from .fetch_report import SkipLog
 from .splits import canonical_split
 
 CAPTION_COLUMNS = ("captions", "caption", "text", "sentences")

@@ -15,9 +15,9 @@ from datasets import DatasetDict, Image
 
 from capalign.errors import UserError
 
-from . import report as R
+from . import fetch_report as R
 from .records import Candidate, clean_captions
-from .report import SkipLog
+from .fetch_report import SkipLog
 from .splits import canonical_split, held_out_size
 
 CAPTION_COLUMNS = ("captions", "caption", "sentences", "text", "alt_text")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .records import Candidate, clean_captions, keep_with_captions, require
-from .report import SkipLog
+from .fetch_report import SkipLog
 from .splits import canonical_split
 
 

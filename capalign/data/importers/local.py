@@ -10,8 +10,9 @@ from . import cc3m, coco, flickr, folder, karpathy, webdataset
 from .download import Downloader
 from .pipeline import plan_splits, run_candidates
 from .records import load_json
-from .report import FetchReport, SkipLog
+from .fetch_report import FetchReport, SkipLog
 from .splits import split_caps
+from .sources import import_saved
 
 
 def _images_dir(images: Path | None, path: Path, what: str) -> Path:
@@ -32,9 +33,7 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
             cands = folder.folder_candidates(path, caption_column, log)
             return run_candidates(fmt="imagefolder", plan=plan_splits(cands, seed, limit), **run)
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-            from .sources import import_saved
-
-            return import_saved(path, out=out, log=log, seed=seed, limit=limit, image_size=image_size,
+                    return import_saved(path, out=out, log=log, seed=seed, limit=limit, image_size=image_size,
                                 settings=settings, image_column=image_column, caption_column=caption_column)
         if webdataset.is_webdataset(str(path)):
             cands = webdataset.webdataset_candidates(str(path), log)

@@ -18,10 +18,10 @@ from datasets.exceptions import DatasetGenerationError
 from capalign.errors import UserError
 
 from .download import Downloader
-from .images import BadImage, normalize_image, resolve_inside
+from capalign.data.images import BadImage, normalize_image, resolve_inside
 from .records import Candidate
-from . import report as R
-from .report import FetchReport, SkipLog, write_report
+from . import fetch_report as R
+from .fetch_report import FetchReport, SkipLog, write_report
 from .splits import SPLITS, carve, seeded_split, split_caps
 
 FEATURES = Features({"image_id": Value("string"), "image": Image(), "captions": List(Value("string"))})

@@ -9,8 +9,8 @@ from typing import Any, Iterable
 
 from capalign.errors import UserError
 
-from . import report as R
-from .report import SkipLog
+from . import fetch_report as R
+from .fetch_report import SkipLog
 
 
 @dataclass

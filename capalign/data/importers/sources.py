@@ -11,9 +11,9 @@ from capalign.errors import UserError
 from . import cifar_pairs, ultrafeedback
 from .download import Downloader
 from .hf_source import HUB_SPECS, HubSpec, hf_candidates, resolve_columns, split_indices
-from .hub import load_hub_dataset
+from capalign.hub import load_hub_dataset
 from .pipeline import run_candidates, write_prepared
-from .report import FetchReport, SkipLog
+from .fetch_report import FetchReport, SkipLog
 
 
 def convert_hf(ds: DatasetDict, spec: HubSpec, *, source: str, fmt: str, out: Path, log: SkipLog, seed: int,

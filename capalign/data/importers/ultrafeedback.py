@@ -13,8 +13,8 @@ from datasets import DatasetDict, Features, Value
 
 from capalign.errors import UserError
 
-from . import report as R
-from .report import SkipLog
+from . import fetch_report as R
+from .fetch_report import SkipLog
 from .splits import carve
 
 REPO = "HuggingFaceH4/ultrafeedback_binarized"

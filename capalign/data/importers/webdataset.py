@@ -13,9 +13,9 @@ from pathlib import Path
 
 from capalign.errors import UserError
 
-from . import report as R
+from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions
-from .report import SkipLog
+from .fetch_report import SkipLog
 from .splits import canonical_split
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")

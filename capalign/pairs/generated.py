@@ -1,13 +1,16 @@
-"""Preference pairs (image, chosen, rejected) made from the embedded data and the policy itself."""
+"""Preference pairs made by capalign itself: the policy's own candidates (best versus worst under the
+ranker) and, on shapes, references versus copies corrupted to be wrong."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from difflib import SequenceMatcher
-from pathlib import Path
+
+import torch
 
 from capalign.data import shapes
+from capalign.inference.generate import DecodeOptions, caption_images
+from capalign.pairs.types import PreferencePair
 
 _SWAPS = {
     "colour": list(shapes.COLOURS),
@@ -15,18 +18,6 @@ _SWAPS = {
     "size": list(shapes.SIZES),
     "position": list(shapes.POSITIONS),
 }
-
-
-@dataclass
-class PreferencePair:
-    """One preference: for image `row` of a split (or the file `image`; neither for a text-only
-    pair), `chosen` is preferred over `rejected`."""
-
-    row: int | None
-    chosen: str
-    rejected: str
-    source: str  # "judged", "judged+reference", "corrupted" or "file"
-    image: Path | None = None
 
 
 def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> str | None:
@@ -48,22 +39,22 @@ def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> st
     return None
 
 
-def best_and_worst_pairs(split, judged, min_gap: float) -> list[PreferencePair]:
-    """chosen = the judge's best candidate, rejected = its worst; pairs closer than `min_gap` are
+def best_and_worst_pairs(split, ranked, min_gap: float) -> list[PreferencePair]:
+    """chosen = the ranker's best candidate, rejected = its worst; pairs closer than `min_gap` are
     dropped as ties. On shapes, when even the best candidate is wrong about the image, the reference
     phrased most like the worst one is chosen instead, so a chosen caption is never a hallucination."""
     pairs = []
     has_objects = "objects" in split.column_names
     references = split["captions"]  # the column alone: indexing a row would decode its image too
-    for row, candidates in enumerate(judged):
+    for row, candidates in enumerate(ranked):
         best = max(candidates, key=lambda c: c.score)
         worst = min(candidates, key=lambda c: c.score)
         if best.score - worst.score < min_gap or best.caption == worst.caption:
             continue
-        chosen, source = best.caption, "judged"
+        chosen, source = best.caption, "ranked"
         if has_objects and best.hallucinations:
             chosen = max(references[row], key=lambda ref: SequenceMatcher(None, ref.split(), worst.caption.split()).ratio())
-            source = "judged+reference"
+            source = "ranked+reference"
         pairs.append(PreferencePair(row, chosen, worst.caption, source))
     return pairs
 
@@ -79,3 +70,11 @@ def corrupted_pairs(split, seed: int) -> list[PreferencePair]:
         if rejected is not None:
             pairs.append(PreferencePair(row, chosen, rejected, "corrupted"))
     return pairs
+
+
+def sample_candidates(captioner, tokenizer, processor, images, samples: int, seed: int) -> list[list[str]]:
+    """The policy's greedy caption plus `samples` sampled ones (temperature 1) per image, deduplicated."""
+    torch.manual_seed(seed)
+    runs = [caption_images(captioner, tokenizer, processor, images, DecodeOptions())]
+    runs += [caption_images(captioner, tokenizer, processor, images, DecodeOptions(temperature=1.0)) for _ in range(samples)]
+    return [list(dict.fromkeys(per_image)) for per_image in zip(*runs)]

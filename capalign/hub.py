@@ -12,6 +12,14 @@ import os
 import threading
 from pathlib import Path
 
+import datasets.config as dc
+import huggingface_hub.constants as hc
+import requests
+from datasets import load_dataset
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from capalign.errors import UserError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -22,8 +30,6 @@ MODEL_IGNORE = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "onnx/*", "*.tflite", "fl
 
 def offline_requested() -> bool:
     """True when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE is set (read now)."""
-    import huggingface_hub.constants as hc
-
     env = any(os.environ.get(v, "").strip().lower() in _TRUE
               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return env or bool(hc.HF_HUB_OFFLINE)
@@ -33,8 +39,6 @@ def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
     """One HEAD request to the hub endpoint (honours proxies), abandoned after `timeout` seconds."""
     if offline_requested():
         return False
-    import requests
-
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     ok: list[bool] = []
 
@@ -54,9 +58,6 @@ def hub_reachable(timeout: float = PROBE_SECONDS) -> bool:
 @contextlib.contextmanager
 def offline_mode():
     """Make datasets and huggingface_hub use only the local cache (no retries) inside the block."""
-    import datasets.config as dc
-    import huggingface_hub.constants as hc
-
     saved = (hc.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE, getattr(dc, "HF_DATASETS_OFFLINE", None))
     hc.HF_HUB_OFFLINE = dc.HF_HUB_OFFLINE = True
     dc.HF_DATASETS_OFFLINE = True
@@ -67,16 +68,12 @@ def offline_mode():
 
 
 def _cache_hint() -> str:
-    import huggingface_hub.constants as hc
-
     return hc.HF_HOME
 
 
 def load_hub_dataset(repo: str, config: str | None, fetch_name: str):
     """load_dataset(repo, config) online, or from the local cache only when offline; any failure
     is a UserError that says what to run on a connected machine."""
-    from datasets import load_dataset
-
     online = hub_reachable()
     try:
         if online:
@@ -99,10 +96,6 @@ def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
     """Return a local folder with the model's files: a local path as is, else the Hugging Face
     snapshot (downloaded when the hub is reachable, else taken from the local cache; no cache and
     no hub is a UserError within seconds). Only PyTorch/safetensors weights, configs, tokenizers."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return p.resolve()

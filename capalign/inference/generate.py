@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from capalign.data.collate import pixel_values
+from capalign.models.io import load_captioner
 
 
 @dataclass
@@ -43,8 +44,6 @@ def caption_images(captioner, tokenizer, processor, images, options: DecodeOptio
 
 def caption_split(model_dir: Path, dataset, *, num_beams: int = 1, max_length: int = 24, batch_size: int = 64) -> dict[str, str]:
     """Caption every image of a prepared split with a run folder's model: image_id -> caption."""
-    from capalign.models.captioner import load_captioner
-
     captioner, tokenizer, processor = load_captioner(model_dir)
     options = DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size)
     captions = caption_images(captioner, tokenizer, processor, list(dataset["image"]), options)

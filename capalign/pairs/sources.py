@@ -18,7 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
+
 from capalign.data.importers.records import read_jsonl
+from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared
 from capalign.errors import UserError
 
 MAX_CAPTION_WORDS = 30  # an image-free pair is kept only when both answers are caption-length
@@ -104,8 +107,6 @@ def load_pairs_file(path: Path) -> LoadedPairs:
 
 def load_text_pairs(path: Path) -> LoadedPairs:
     """Image-free pairs from a prepared preference dataset, kept when both answers are caption-length."""
-    import datasets
-
     data = datasets.load_from_disk(str(path))
     split = data["train"] if isinstance(data, datasets.DatasetDict) else data
     missing = {"chosen", "rejected"} - set(split.column_names)
@@ -125,8 +126,6 @@ def load_text_pairs(path: Path) -> LoadedPairs:
 
 def load_pair_source(source: str) -> LoadedPairs:
     """A pairs file, or a prepared preference dataset folder (or its name under data/)."""
-    from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared
-
     path = Path(source)
     if path.suffix in (".jsonl", ".json", ".csv"):
         return load_pairs_file(path)

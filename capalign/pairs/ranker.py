@@ -1,4 +1,5 @@
-"""The caption judge behind `--pairs auto`: ranks a policy's candidate captions for one image.
+"""The caption ranker behind `--pairs auto` and align's win rate: scores a policy's candidate captions
+for each image.
 
 Score = CIDEr-D against the image's references (pycocoevalcap, PTB-tokenised)
         + the run's contrastive image–text cosine, when the run has a head
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pycocoevalcap.cider.cider import Cider
+
+from capalign.data.shapes import find_hallucinations
+from capalign.metrics.coco import tokenize
+
 HALLUCINATION_PENALTY = 10.0
 
 
 @dataclass
-class JudgedCaption:
+class RankedCaption:
     caption: str
     score: float
     hallucinations: int
@@ -24,9 +30,6 @@ def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]
 
     Repeating an image's references once per candidate leaves CIDEr's document frequencies in the
     same proportion, so each candidate scores as it would alone against the same reference set."""
-    from pycocoevalcap.cider.cider import Cider
-
-    from capalign.metrics.coco import tokenize
 
     keys = [f"{i}/{k}" for i, cands in enumerate(candidates) for k in range(len(cands))]
     refs = tokenize({f"{i}/{k}": references[i] for i, cands in enumerate(candidates) for k in range(len(cands))})
@@ -36,17 +39,15 @@ def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]
     return [[float(by_key[f"{i}/{k}"]) for k in range(len(cs))] for i, cs in enumerate(candidates)]
 
 
-def judge_candidates(
+def rank_candidates(
     candidates: list[list[str]],
     references: list[list[str]],
     objects: list[list[dict]] | None = None,
     similarity: list[list[float]] | None = None,
-) -> list[list[JudgedCaption]]:
+) -> list[list[RankedCaption]]:
     """Score each image's candidates; higher is better."""
-    from capalign.data.shapes import find_hallucinations
-
     cider = cider_per_candidate(candidates, references)
-    judged = []
+    ranked = []
     for i, cands in enumerate(candidates):
         row = []
         for k, caption in enumerate(cands):
@@ -54,6 +55,6 @@ def judge_candidates(
             score = cider[i][k] - HALLUCINATION_PENALTY * wrong
             if similarity is not None:
                 score += similarity[i][k]
-            row.append(JudgedCaption(caption, score, wrong))
-        judged.append(row)
-    return judged
+            row.append(RankedCaption(caption, score, wrong))
+        ranked.append(row)
+    return ranked

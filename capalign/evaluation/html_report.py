@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-from capalign.compare import Row
+from capalign.evaluation.stats import Row
 
 THUMB = 160
 
@@ -38,10 +38,10 @@ img.thumb{width:%dpx;height:auto;image-rendering:pixelated} .sig{font-weight:bol
 
 def bar_chart(rows: list[Row], path: Path) -> None:
     """One bar panel per metric (own y scale), a bar per system with its 95% bootstrap interval."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is slow to import; only the chart needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after choosing the headless backend
 
     metrics = list(dict.fromkeys(r.metric for r in rows))
     systems = list(dict.fromkeys(r.system for r in rows))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import typer
+
 from capalign import ui
 
 DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity"
@@ -13,7 +15,7 @@ DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity"
 def demo_steps(workdir: Path) -> list[tuple[str, list[str]]]:
     """The commands the demo runs, in order (each one is a plain `capalign` command line)."""
     pretrained, aligned = workdir / "pretrain", workdir / "align"
-    examples = Path(__file__).resolve().parent.parent / "examples" / "images"
+    examples = Path(__file__).resolve().parents[2] / "examples" / "images"
     steps = [
         ("fetch", ["fetch", "shapes"]),
         ("pretrain", ["pretrain", "--out", str(pretrained)]),
@@ -29,14 +31,14 @@ def demo_steps(workdir: Path) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def run_demo(workdir: Path) -> None:
-    """Run every step; the data is generated only if it is not there yet."""
-    import typer
+def demo(
+    ctx: typer.Context,
+    workdir: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its runs and reports."),
+) -> None:
+    """fetch → pretrain → align → caption → evaluate → compare, on the embedded default."""
+    from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared  # deferred: imports datasets
 
-    from capalign.cli import app
-    from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared
-
-    command = typer.main.get_command(app)
+    capalign = ctx.find_root().command  # every step goes through the same command line a user types
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for name, args in demo_steps(workdir):
@@ -44,5 +46,5 @@ def run_demo(workdir: Path) -> None:
             ui.console.rule("fetch: data/shapes is already prepared")
             continue
         ui.console.rule(f"capalign {' '.join(args)}")
-        command.main(args=args, prog_name="capalign", standalone_mode=False)
+        capalign.main(args=args, prog_name="capalign", standalone_mode=False)
     ui.console.rule(f"demo finished in {time.perf_counter() - started:.0f} s; report: {workdir / 'report' / 'index.html'}")

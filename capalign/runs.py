@@ -1,4 +1,4 @@
-"""Run folders: naming, latest-run lookup and atomic writes."""
+"""Run folders: their file names, naming, latest-run lookup and atomic writes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from capalign.errors import UserError
 
 RUNS_ROOT = Path("runs")
-CONFIG_NAME = "capalign.yaml"
-RUN_INFO = "run.json"
+CONFIG_NAME = "capalign.yaml"  # the resolved RunConfig
+RUN_INFO = "run.json"  # written last: its presence marks a finished run
+MODEL_DESCRIPTION = "capalign_model.json"  # architecture, mapper and frozen parts of the model
 
 
 def new_run_dir(kind: str, out: Path | None) -> Path:
@@ -32,14 +33,16 @@ def is_run_dir(path: Path) -> bool:
     """A finished run folder holds a run.json and a model config (prefix / contrastive runs:
     capalign_model.json beside their vision/ and decoder/ folders)."""
     path = Path(path)
-    return (path / RUN_INFO).is_file() and ((path / "config.json").is_file() or (path / "capalign_model.json").is_file())
+    return (path / RUN_INFO).is_file() and ((path / "config.json").is_file() or (path / MODEL_DESCRIPTION).is_file())
 
 
 def mark_finished(run_dir: Path, kind: str, **info) -> None:
+    """Write run.json (kind, finish time, `info`): the run folder now holds a finished run."""
     atomic_write_text(Path(run_dir) / RUN_INFO, json.dumps({"kind": kind, "finished": time.time(), **info}, indent=2))
 
 
 def run_kind(run_dir: Path) -> str:
+    """"pretrain" or "align", as run.json records it."""
     return json.loads((Path(run_dir) / RUN_INFO).read_text()).get("kind", "?")
 
 
@@ -74,3 +77,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, payload) -> None:
+    """JSON (numpy scalars and sets allowed) written atomically; parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=1, default=_json_default))
+
+
+def _json_default(value):
+    if getattr(value, "ndim", None) == 0:  # numpy scalars
+        return value.item()
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

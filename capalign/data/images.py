@@ -1,6 +1,7 @@
-"""Safe image opening and normalisation: one decode at import time, RGB, EXIF-upright, resized.
+"""Safe image opening and normalisation: one decode at import time, RGB, EXIF-upright, resized; and
+reading the images a user points `capalign caption` at.
 
-Every failure becomes a `BadImage` carrying a skip reason from `report`, never an exception that
+Every failure becomes a `BadImage` carrying a skip reason from `fetch_report`, never an exception that
 stops the import.
 """
 
@@ -14,13 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import report as R
+from capalign.data.importers import fetch_report as R
+from capalign.errors import UserError
 
 JPEG_QUALITY = 95  # stored images are re-encoded once as JPEG at this quality
 
 
 class BadImage(Exception):
-    """An image record that cannot be used; `reason` is one of the report.* skip reasons."""
+    """An image record that cannot be used; `reason` is one of the fetch_report.* skip reasons."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}")
@@ -127,3 +129,40 @@ def decode_image(source: bytes | Path, size: int) -> Image.Image:
         return _resize(_to_rgb(img), size)
     finally:
         fp.close()
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode an image at full size exactly as imports do (EXIF upright, any mode to RGB, bombs
+    refused); raises ValueError when it is not a usable image."""
+    try:
+        return decode_image(Path(path), size=0)
+    except BadImage as exc:
+        raise ValueError(f"{path} is not a readable image ({exc.reason})") from None
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[Image.Image], list[str]]:
+    """Files named directly must be images (else UserError); files found in folders that fail to
+    decode are skipped and reported. Returns (paths, images, skipped messages)."""
+    paths, images, skipped = [], [], []
+    for given in inputs:
+        if not given.exists():
+            raise UserError(f"{given} does not exist.")
+        if given.is_dir():
+            for path in sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+                try:
+                    images.append(open_rgb(path))
+                    paths.append(path)
+                except ValueError as exc:
+                    skipped.append(str(exc))
+        else:
+            try:
+                images.append(open_rgb(given))
+            except ValueError as exc:
+                raise UserError(f"{exc}; pass image files (JPEG, PNG, ...) or folders of them.") from None
+            paths.append(given)
+    if not images:
+        raise UserError("No images found in " + ", ".join(map(str, inputs)) + ".")
+    return paths, images, skipped

@@ -1,0 +1,46 @@
+"""`capalign align`: stage 2, DPO-family preference optimisation of caption generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from capalign import ui
+from capalign.cli import options
+from capalign.config import build_config, help_for
+from capalign.errors import UserError
+from capalign.runs import resolve_model
+
+
+def align(
+    model: Optional[str] = typer.Option(None, help="Pretrained run folder (default: the latest pretrain run)."),
+    data: Optional[str] = typer.Option(None, help="Dataset (default: the one the model was trained on)."),
+    pairs: Optional[str] = typer.Option(None, help=help_for("align.pairs")),
+    beta: Optional[float] = typer.Option(None, help=help_for("align.beta")),
+    loss: Optional[str] = typer.Option(None, help=help_for("align.loss")),
+    label_smoothing: Optional[float] = typer.Option(None, help=help_for("align.label_smoothing")),
+    sft_weight: Optional[float] = typer.Option(None, help=help_for("align.sft_weight")),
+    lora_rank: Optional[int] = typer.Option(None, help=help_for("align.lora_rank")),
+    rounds: Optional[int] = typer.Option(None, help=help_for("align.rounds")),
+    lr: Optional[float] = typer.Option(None, help=help_for("align.lr")),
+    epochs: Optional[int] = typer.Option(None, help=help_for("align.epochs")),
+    max_steps: Optional[int] = typer.Option(None, help=help_for("align.max_steps")),
+    batch_size: Optional[int] = typer.Option(None, help=help_for("align.batch_size")),
+    config: Optional[Path] = options.CONFIG,
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/align-<time>)."),
+    resume: bool = options.RESUME,
+) -> None:
+    """Stage 2: DPO-family preference optimisation of caption generation."""
+    from capalign.train.align import align as run_align  # deferred: imports torch and transformers
+
+    if resume and out is None:
+        raise UserError("--resume needs --out pointing at the interrupted run folder.")
+    overrides = options.overrides(align=dict(
+        pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight, lora_rank=lora_rank,
+        rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size))
+    run_config = build_config(None, config, overrides)
+    model_dir = resolve_model(model, kind="pretrain")
+    run_dir = run_align(model_dir, run_config, data=data, out=out, resume=resume)
+    ui.console.print(f"[green]Aligned model written to {run_dir}")

@@ -1,0 +1,55 @@
+"""`capalign caption`: caption image files and folders with a trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from capalign import ui
+from capalign.cli import options
+from capalign.errors import UserError
+from capalign.runs import atomic_write_text, resolve_model
+
+
+def caption(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    model: Optional[str] = typer.Option(None, help="Run folder (default: the latest finished run)."),
+    num_beams: int = options.NUM_BEAMS,
+    max_length: int = typer.Option(24, help="Most new tokens per caption."),
+    temperature: float = typer.Option(0.0, help="Sampling temperature (0 = no sampling)."),
+    batch_size: int = options.BATCH_SIZE,
+    output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
+) -> None:
+    """Caption images with a trained model."""
+    from capalign.data.images import collect_images  # deferred: the rest imports torch and transformers
+    from capalign.inference.generate import DecodeOptions, caption_images  # deferred: imports torch and transformers
+    from capalign.models.io import load_captioner  # deferred: imports torch and transformers
+
+    if num_beams < 1 or max_length < 1 or temperature < 0 or batch_size < 1:
+        raise UserError("--num-beams, --max-length and --batch-size must be at least 1 and --temperature at least 0.")
+    if output is not None and output.suffix not in (".jsonl", ".json"):
+        raise UserError(f"--output must end in .jsonl or .json, got {output.name}.")
+    paths, images, skipped = collect_images(inputs)
+    model_dir = resolve_model(model)
+    captioner, tokenizer, processor = load_captioner(model_dir)
+    decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
+    captions = caption_images(captioner, tokenizer, processor, images, decode)
+    ui.print_table(f"captions by {model_dir}", ["image", "caption"], [[str(p), c] for p, c in zip(paths, captions)])
+    for message in skipped:
+        ui.err_console.print(f"skipped: {message}")
+    if output is not None:
+        write_captions(output, paths, captions)
+        ui.console.print(f"Wrote {len(captions)} captions to {output}")
+
+
+def write_captions(output: Path, paths: list[Path], captions: list[str]) -> None:
+    """JSONL (image path + caption per line) or a COCO results file (image id = file stem)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".jsonl":
+        text = "".join(json.dumps({"image": str(p), "caption": c}) + "\n" for p, c in zip(paths, captions))
+    else:
+        text = json.dumps([{"image_id": p.stem, "caption": c} for p, c in zip(paths, captions)], indent=1)
+    atomic_write_text(output, text)

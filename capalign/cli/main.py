@@ -1,0 +1,66 @@
+"""The `capalign` app: the commands (one module each, listed in COMMANDS) and the entry point; no ML logic.
+
+Each command module imports only typer, rich and capalign's light modules at start-up; what pulls in
+torch, transformers or datasets is imported inside the command, so `capalign --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from typer.exceptions import TyperException
+
+from capalign import ui
+from capalign.cli.align import align
+from capalign.cli.caption import caption
+from capalign.cli.compare import compare
+from capalign.cli.demo import demo
+from capalign.cli.evaluate import evaluate
+from capalign.cli.fetch import fetch
+from capalign.cli.pretrain import pretrain
+from capalign.errors import UserError
+
+COMMANDS = [fetch, pretrain, align, caption, evaluate, compare, demo]
+
+app = typer.Typer(
+    help="Train, align, run and judge image captioners.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+for command in COMMANDS:
+    app.command()(command)
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (progress bars of saving, backend fallbacks) off the user's screen."""
+    import datasets  # deferred: slow to import, and only the commands that run models need it
+    import transformers  # deferred: slow to import, as datasets
+
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # "Removed shared tensor" on tied weights
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one stderr line and exit status 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="capalign", standalone_mode=False)
+    except UserError as exc:
+        ui.err_console.print(f"capalign: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except TyperException as exc:  # typer's own (vendored click) usage errors: bad option, bad value
+        if exc.format_message():  # empty after `capalign` alone has printed the help
+            ui.err_console.print(f"capalign: error: {exc.format_message()} (see --help)", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)

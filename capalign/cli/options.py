@@ -1,0 +1,28 @@
+"""Options several commands share, each help text written once. Options that mirror a config field
+take their help from the field's metadata (capalign.config.help_for)."""
+
+from __future__ import annotations
+
+import typer
+
+from capalign.config import CLIP_B32
+
+DATA = typer.Option(None, "--data", help="Prepared dataset folder or source name (default: shapes).")
+SPLIT = typer.Option("test", "--split", help="Split whose references the captions are scored against.")
+CLIP_MODEL = typer.Option(CLIP_B32, "--clip-model", help="CLIPModel name or path for CLIPScore; 'self' or a run folder uses a capalign contrastive head.")
+BERTSCORE_MODEL = typer.Option(None, "--bertscore-model", help="Model name or local path (default roberta-large, layer 17, rescaled).")
+BERTSCORE_LAYER = typer.Option(None, "--bertscore-layer", help="Layer for --bertscore-model (required with a local path).")
+INSTANCES = typer.Option(None, "--instances", help="COCO instances_*.json for CHAIR.")
+NUM_BEAMS = typer.Option(1, "--num-beams", help="Beam width (1 = greedy).")
+MAX_LENGTH = typer.Option(None, "--max-length", help="Most new tokens per caption (default: the model's).")
+BATCH_SIZE = typer.Option(64, "--batch-size", help="Images per batch.")
+DEVICE = typer.Option(None, "--device", help="Device for model-based metrics (default: the accelerator when present).")
+LIMIT = typer.Option(None, "--limit", help="Only the first N images of the split.")
+CONFIG = typer.Option(None, "--config", help="YAML config file; flags override it.")
+RESUME = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out.")
+
+
+def overrides(**sections) -> dict:
+    """Nested config overrides from CLI options, leaving out options the user did not give."""
+    return {name: {k: v for k, v in values.items() if v is not None} for name, values in sections.items()}
+

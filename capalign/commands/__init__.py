@@ -1,1 +1,0 @@
-"""Typer command functions, registered by capalign.cli."""

@@ -1,0 +1,140 @@
+"""Systems to judge (a run folder or a COCO results file) and the split they are judged on: what
+`capalign evaluate` and `capalign compare` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capalign.data.store import get_split, load_prepared
+from capalign.errors import UserError
+from capalign.inference.generate import caption_split
+from capalign.inference.scorer import load_scorer
+from capalign.metrics import MetricOptions, evaluate_captions
+from capalign.metrics.hallucination import load_coco_instances
+from capalign.metrics.results import load_results, match_ids
+from capalign.runs import is_run_dir, resolve_model
+from capalign.ui import warn
+
+IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", "T2I-R@1", "T2I-R@5", "T2I-R@10"}
+
+
+@dataclass
+class Split:
+    """The references (and what else the metrics need) of one split of a prepared dataset."""
+
+    dataset: Any
+    references: dict[str, list[str]]
+    objects: dict[str, list[dict]] | None
+    train_captions: set[str] | None
+    _images: dict[str, Any] | None = field(default=None, repr=False)
+
+    def images(self) -> dict[str, Any]:
+        if self._images is None:
+            self._images = dict(zip(self.dataset["image_id"], self.dataset["image"]))
+        return self._images
+
+
+@dataclass
+class System:
+    """Captions of one system, and where they came from."""
+
+    label: str
+    captions: dict[str, str]
+    run_dir: Path | None = None
+    results_file: Path | None = None
+    id_report: Any = None
+
+
+def load_split(data: str | None, split: str, limit: int | None, want_train: bool) -> Split:
+    """A split's references, shapes objects (if any) and, when asked, the training captions."""
+    dataset_dict = load_prepared(data)
+    dataset = get_split(dataset_dict, split)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    text = dataset.select_columns([c for c in ("image_id", "captions", "objects") if c in dataset.column_names])
+    ids = [str(i) for i in text["image_id"]]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"split '{split}' has duplicated image_id values; re-prepare the dataset with `capalign fetch`")
+    references = {i: list(c) for i, c in zip(ids, text["captions"])}
+    empty = [i for i, c in references.items() if not c]
+    if empty:
+        raise UserError(f"{len(empty)} images of split '{split}' have no reference captions (e.g. {empty[0]})")
+    objects = dict(zip(ids, text["objects"])) if "objects" in text.column_names else None
+    train = None
+    if want_train and "train" in dataset_dict and split != "train":
+        train = {c for caps in dataset_dict["train"].select_columns(["captions"])["captions"] for c in caps}
+    return Split(dataset, references, objects, train)
+
+
+def load_system(spec: str | None, results: Path | None, split: Split, *, allow_partial: bool, num_beams: int,
+                max_length: int | None, batch_size: int) -> System:
+    """A results file (COCO format) or a capalign run (captions generated for the split)."""
+    path = Path(results) if results is not None else (Path(spec) if spec is not None else None)
+    if path is not None and path.is_file():
+        loaded = load_results(path)
+        captions, report = match_ids(loaded, split.references, allow_partial=allow_partial, source=str(path))
+        if loaded.skipped:
+            warn(f"{path}: skipped {loaded.skipped} records without an image_id and a caption string")
+        if not report.ok:
+            warn(f"{path}: scoring {len(captions)} common images only; {report.describe()}")
+        return System(path.stem, captions, results_file=path, id_report=report)
+    if results is not None:
+        raise UserError(f"results file {results} does not exist")
+    if spec is not None and not Path(spec).exists():
+        raise UserError(f"{spec} is neither a results file nor a capalign run folder")
+    run_dir = resolve_model(spec)
+    kwargs = {"num_beams": num_beams, "batch_size": batch_size}
+    if max_length is not None:
+        kwargs["max_length"] = max_length
+    captions = {str(k): v for k, v in caption_split(run_dir, split.dataset, **kwargs).items()}
+    return System(run_dir.name, captions, run_dir=run_dir)
+
+
+def _load_head(run_dir: Path):
+    """(the run's contrastive scorer with embed_images / embed_texts, or None; why it is None)."""
+    head = load_scorer(run_dir)
+    return head, (None if head is not None else f"run {Path(run_dir).name} has no contrastive head")
+
+
+def metric_options(system: System, *, clip_model: str, bertscore_model: str | None, bertscore_layer: int | None,
+                   batch_size: int, device: str | None, need_head: bool):
+    """MetricOptions for one system: its own head for retrieval, and for CLIPScore when asked
+    (`--clip-model self` or a run folder)."""
+    options = MetricOptions(clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
+                            batch_size=batch_size, device=device)
+    if system.run_dir is not None and need_head:
+        options.contrastive_scorer, options.contrastive_missing = _load_head(system.run_dir)
+        options.contrastive_name = f"contrastive head of capalign run {system.run_dir.name}"
+    if clip_model == "self":
+        if system.run_dir is None:
+            raise UserError("--clip-model self needs a capalign run (a results file has no contrastive head)")
+        head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir)
+        if head is None:
+            raise UserError(f"--clip-model self: {why}")
+        options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {system.run_dir.name}"
+    elif Path(clip_model).is_dir() and is_run_dir(Path(clip_model)):
+        head, why = _load_head(Path(clip_model))
+        if head is None:
+            raise UserError(f"--clip-model {clip_model}: {why}")
+        options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {Path(clip_model).name}"
+    return options
+
+
+def score_system(system: System, split: Split, metrics: list[str], options, instances):
+    """Every requested metric of one system on the split (images only when a metric needs them)."""
+    ids = sorted(system.captions)
+    images = split.images() if IMAGE_METRICS & set(metrics) else None
+    return evaluate_captions(
+        system.captions, {i: split.references[i] for i in ids}, metrics,
+        images=images, objects=split.objects, instances=instances, train_captions=split.train_captions,
+        options=options,
+    )
+
+
+
+
+def load_instances(path: Path | None):
+    """COCO instances (category names per image) for CHAIR, or None."""
+    return None if path is None else load_coco_instances(path)

@@ -1,0 +1,106 @@
+"""What training reports: the learning-curve PNG, the `--dry-run` table, and the table printed at the
+end of `capalign align` (the aligned model against its reference)."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+from capalign import ui
+from capalign.inference.generate import DecodeOptions, caption_images
+from capalign.metrics import evaluate_captions
+from capalign.pairs.ranker import rank_candidates
+from capalign.runs import atomic_write_text
+
+REPORT_METRICS = ["CIDEr", "Hallucination", "Distinct-1", "Distinct-2"]
+
+
+def _summary(captions: dict[str, str], split) -> dict[str, float]:
+    references = dict(zip(split["image_id"], split["captions"]))
+    objects = dict(zip(split["image_id"], split["objects"])) if "objects" in split.column_names else None
+    metrics = [m for m in REPORT_METRICS if m != "Hallucination" or objects is not None]
+    summary = dict(evaluate_captions(captions, references, metrics, objects=objects).summary)
+    summary["Length"] = sum(len(c.split()) for c in captions.values()) / max(len(captions), 1)
+    return summary
+
+
+def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Path, held_out: dict | None = None) -> dict:
+    """Greedy captions of both models on `split`, their metrics, the aligned model's win rate under
+    the same ranker that ranked the training pairs, and (if given) its reward metrics on the first
+    round's held-out pairs against the pretrained reference; written to alignment_report.json."""
+    images = list(split["image"])
+    ids = list(split["image_id"])
+    aligned = dict(zip(ids, caption_images(policy, tokenizer, processor, images, DecodeOptions())))
+    before = dict(zip(ids, caption_images(reference, tokenizer, processor, images, DecodeOptions())))
+    objects = split["objects"] if "objects" in split.column_names else None
+    ranked = rank_candidates([[aligned[i], before[i]] for i in ids], split["captions"], objects)
+    wins = sum(a.score > b.score for a, b in ranked)
+    ties = sum(a.score == b.score for a, b in ranked)
+    report = {
+        "split_images": len(ids),
+        "reference": _summary(before, split),
+        "aligned": _summary(aligned, split),
+        "win_rate": wins / len(ids),
+        "tie_rate": ties / len(ids),
+        "loss_rate": (len(ids) - wins - ties) / len(ids),
+        "held_out_pairs": held_out,
+    }
+    atomic_write_text(Path(run_dir) / "alignment_report.json", json.dumps(report, indent=2))
+    rows = [[name, report["reference"][name], report["aligned"][name]] for name in report["aligned"]]
+    if held_out is not None:
+        rows.append(["held-out pair accuracy", "", held_out["eval_rewards/accuracies"]])
+    rows.append(["ranker win / tie / loss", "", f"{report['win_rate']:.0%} / {report['tie_rate']:.0%} / {report['loss_rate']:.0%}"])
+    ui.print_table(f"aligned vs reference on {len(ids)} evaluation images", ["metric", "reference", "aligned"], rows)
+    return report
+
+
+def plot_curves(metrics_path: Path, out: Path) -> None:
+    """Plot every numeric series against step: training losses left, validation right."""
+    import matplotlib  # deferred: matplotlib is slow to import; only the curves need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after choosing the headless backend
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    series: dict[str, tuple[list, list]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key in ("step", "epoch", "lr", "samples_per_s") or not isinstance(value, (int, float)):
+                continue
+            xs, ys = series.setdefault(key, ([], []))
+            xs.append(record["step"])
+            ys.append(value)
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, (xs, ys) in series.items():
+        (val_ax if key.startswith("val") else train_ax).plot(xs, ys, label=key)
+    for ax, title in ((train_ax, "training"), (val_ax, "validation")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def report_dry_run(captioner, pairs, collate, loss_fn, batch_size: int) -> None:
+    """Build one batch and run one forward pass; print parameter counts, loss and peak memory."""
+    batch = collate([pairs[i] for i in range(min(batch_size, len(pairs)))])
+    with torch.no_grad():
+        loss, _ = loss_fn(captioner, batch)
+    total = sum(p.numel() for p in captioner.parameters())
+    trainable = sum(p.numel() for p in captioner.parameters() if p.requires_grad)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    frozen = ", ".join(k for k, v in captioner.frozen.items() if v) or "nothing"
+    ui.print_table(
+        "dry run",
+        ["what", "value"],
+        [["architecture", captioner.arch], ["frozen", frozen], ["training pairs", len(pairs)],
+         ["parameters", f"{total:,}"], ["trainable", f"{trainable:,}"],
+         ["batch", str(tuple(batch["pixel_values"].shape))], ["first loss", float(loss)], ["peak RSS (MiB)", f"{peak_mib:.0f}"]],
+    )
