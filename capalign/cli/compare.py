@@ -36,7 +36,7 @@ def compare(
     """Compare systems on the same images: 95% bootstrap CIs, paired p-values and win rates vs the first."""
     from capalign.evaluation.stats import NOTES, compare_systems, rows_to_json  # deferred: imports numpy
     from capalign.evaluation.systems import (  # deferred: imports torch, transformers and datasets
-        IMAGE_METRICS, load_instances, load_split, load_system, metric_options, score_system)
+        Scoring, load_instances, load_split, load_system, score_system)
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
     if len(systems) < 2:
@@ -56,13 +56,10 @@ def compare(
     ids = sorted(common)
     for s in loaded:
         s.captions = {i: s.captions[i] for i in ids}
-    inst = load_instances(instances)
+    scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device, load_instances(instances))
     results = {}
     for label, system in zip(labels, loaded):
-        options = metric_options(system, clip_model=clip_model, bertscore_model=bertscore_model,
-                                 bertscore_layer=bertscore_layer, batch_size=batch_size, device=device,
-                                 need_head=bool(IMAGE_METRICS & set(names)))
-        results[label] = score_system(system, the_split, names, options, inst)
+        results[label] = score_system(system, the_split, names, scoring)
         print_missing(results[label].missing, prefix=f"{label}: ")
     rows = compare_systems(results, names, n_boot=bootstrap, n_perm=bootstrap, seed=seed, ids=ids)
     table = []

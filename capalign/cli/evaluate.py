@@ -33,7 +33,7 @@ def evaluate(
 ) -> None:
     """Score a model or a results file against a split's references."""
     from capalign.evaluation.systems import (  # deferred: imports torch, transformers and datasets
-        IMAGE_METRICS, load_instances, load_split, load_system, metric_options, score_system)
+        Scoring, load_instances, load_split, load_system, score_system)
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
     if model is not None and results is not None:
@@ -42,10 +42,8 @@ def evaluate(
     the_split = load_split(data, split, limit, want_train="Copied" in names)
     system = load_system(model, results, the_split, allow_partial=allow_partial, num_beams=num_beams,
                          max_length=max_length, batch_size=batch_size)
-    options = metric_options(system, clip_model=clip_model, bertscore_model=bertscore_model,
-                             bertscore_layer=bertscore_layer, batch_size=batch_size, device=device,
-                             need_head=bool(IMAGE_METRICS & set(names)))
-    result = score_system(system, the_split, names, options, load_instances(instances))
+    scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device, load_instances(instances))
+    result = score_system(system, the_split, names, scoring)
     print_table(f"{system.label} on {data or 'shapes'}/{split} ({len(system.captions)} images)",
                 ["metric", "value", "scorer"], [[m, v, result.scorers.get(m, "")] for m, v in result.summary.items()])
     print_missing(result.missing)

@@ -122,17 +122,30 @@ def metric_options(system: System, *, clip_model: str, bertscore_model: str | No
     return options
 
 
-def score_system(system: System, split: Split, metrics: list[str], options, instances):
+@dataclass
+class Scoring:
+    """How systems are scored: the model-based metrics' models and batch/device, CHAIR's instances."""
+
+    clip_model: str
+    bertscore_model: str | None
+    bertscore_layer: int | None
+    batch_size: int
+    device: str | None
+    instances: dict[str, list[str]] | None = None
+
+
+def score_system(system: System, split: Split, metrics: list[str], scoring: Scoring):
     """Every requested metric of one system on the split (images only when a metric needs them)."""
+    needs_images = bool(IMAGE_METRICS & set(metrics))
+    options = metric_options(system, clip_model=scoring.clip_model, bertscore_model=scoring.bertscore_model,
+                             bertscore_layer=scoring.bertscore_layer, batch_size=scoring.batch_size,
+                             device=scoring.device, need_head=needs_images)
     ids = sorted(system.captions)
-    images = split.images() if IMAGE_METRICS & set(metrics) else None
     return evaluate_captions(
         system.captions, {i: split.references[i] for i in ids}, metrics,
-        images=images, objects=split.objects, instances=instances, train_captions=split.train_captions,
-        options=options,
+        images=split.images() if needs_images else None, objects=split.objects, instances=scoring.instances,
+        train_captions=split.train_captions, options=options,
     )
-
-
 
 
 def load_instances(path: Path | None):

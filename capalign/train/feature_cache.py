@@ -2,9 +2,9 @@
 
 Key: the dataset split (its `datasets` fingerprint, name and length), the encoder (class and a hash
 of its weights) and the preprocessing (the image processor's full config, hence the image size), and
-whether token states are kept. The same key is reused by every epoch and every later run, and by
-`align` on the same data with the same encoder. Each image is encoded once, however many captions it
-has (ClipCap's feature script encodes it once per caption).
+whether token states are kept. The same key is reused by every epoch and every later pretraining
+run on the same data with the same encoder (align does not use it: it trains from pixels). Each image
+is encoded once, however many captions it has (ClipCap's feature script encodes it once per caption).
 
 Layout: `data/.cache/features/<key>/shard-00000.safetensors ...` (tensors `pooled` [n, D] and, for
 cross-attention, `hidden` [n, L, D]) plus `meta.json`, written into a `.partial` folder and renamed
