@@ -51,6 +51,11 @@ def _numbers(run_dir: Path) -> list[tuple[str, str, int | None, dict[str, float]
     return found
 
 
+def _name(value: str | None, otherwise: str) -> str:
+    """A backbone's name in code style, or a description when the preset built it from a config."""
+    return f"`{value}`" if value else otherwise
+
+
 def _model_index(name: str, numbers) -> list[dict]:
     results = []
     for data, split, _, metrics in numbers:
@@ -95,9 +100,9 @@ def render_model_card(run_dir: Path) -> str:
              f"({'stage 2: preference alignment (DPO) of a pretrained run' if kind == 'align' else 'stage 1: captioning + contrastive pretraining'}).",
              "", "## Model", "",
              f"- Preset: `{model.get('preset', '?')}`; architecture: **{arch}**",
-             f"- Vision encoder: `{model.get('vision') or 'a small ViT built from the preset config'}`"
+             f"- Vision encoder: {_name(model.get('vision'), 'a small ViT built from the preset config')}"
              f"{' (frozen)' if description.get('frozen', {}).get('vision') else ''}",
-             f"- Decoder: `{model.get('decoder') or ('none' if arch == 'contrastive' else 'a small GPT-2 built from the preset config')}`"
+             f"- Decoder: {_name(model.get('decoder'), 'none' if arch == 'contrastive' else 'a small GPT-2 built from the preset config')}"
              f"{' (frozen)' if description.get('frozen', {}).get('decoder') else ''}"]
     if arch == "prefix":
         lines.append(f"- Mapper: {json.dumps(description.get('mapper', {}))} (image embedding → {model.get('prefix_length')} prefix embeddings)")
