@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import datasets.config as dc
+import huggingface_hub
 import huggingface_hub.constants as hc
 import requests
 from datasets import load_dataset
@@ -121,3 +122,38 @@ def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
             f"{name_or_path}` and copy its Hugging Face cache ({cache_dir or _cache_hint()}) here, or pass a "
             "local model folder."
         ) from None
+
+
+PUSH_IGNORE = ["checkpoints/*", "checkpoints/**", "*.partial*", ".*"]
+
+
+def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
+    """Upload a finished run folder (its model card refreshed first, checkpoints left out) to the Hub
+    model repo `repo_id` (created if needed); returns the repo URL. Offline, unreachable or without a
+    token it fails within seconds with a UserError; the token is never printed."""
+    from capalign.model_card import write_model_card  # deferred: only push writes the card here
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"--repo-id {repo_id} is not a valid Hugging Face repo id (owner/name).") from None
+    if offline_requested():
+        raise UserError("cannot push: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); unset it on a "
+                        "machine with Hub access.")
+    token = huggingface_hub.get_token()
+    if not token:
+        raise UserError("cannot push: no Hugging Face token; run `hf auth login` or set HF_TOKEN, then push again.")
+    endpoint = os.environ.get("HF_ENDPOINT", hc.ENDPOINT)
+    if not hub_reachable():
+        raise UserError(f"cannot push: the Hugging Face Hub ({endpoint}) is unreachable from here; push from a "
+                        "connected machine (copy the run folder there).")
+    write_model_card(run_dir)
+    api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(run_dir), repo_id=repo_id, repo_type="model", ignore_patterns=PUSH_IGNORE,
+                          commit_message=f"Upload capalign run {Path(run_dir).name}")
+    except Exception as e:  # HTTP errors (401, 403, 409), connection drops; their text never holds the token
+        message = str(e).replace(token, "***").splitlines()[0][:200] if str(e) else type(e).__name__
+        raise UserError(f"push to {repo_id} failed: {message}") from None
+    return str(url)

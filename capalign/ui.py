@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import io
+import sys
+from contextlib import contextmanager, redirect_stdout
 from typing import Iterator
 
 from rich.console import Console
@@ -11,6 +13,21 @@ from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+VERBOSE = False  # `capalign --verbose`: third-party output is shown (on stderr) instead of swallowed
+
+
+def set_verbose(on: bool) -> None:
+    global VERBOSE
+    VERBOSE = bool(on)
+
+
+@contextmanager
+def library_output() -> Iterator[None]:
+    """Around calls into chatty libraries (pycocoevalcap prints `{'testlen': ...}` and `ratio:`):
+    what they print to stdout is dropped, or sent to stderr with --verbose, so stdout holds only
+    capalign's own output."""
+    with redirect_stdout(sys.stderr if VERBOSE else io.StringIO()):
+        yield
 
 
 def print_table(title: str, columns: list[str], rows: list[list[object]]) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from PIL import Image
 
 from capalign.cli import main
@@ -58,6 +59,11 @@ def test_pretrain_align_caption_evaluate_compare(in_workspace, capsys, pretraine
     metrics = json.loads((in_workspace / "eval.json").read_text())["metrics"]
     assert {"BLEU-4", "CIDEr", "Hallucination"} <= set(metrics)
     assert 0.0 <= metrics["Hallucination"] <= 1.0
+    # the align run's model card carries the align report's and this evaluation's numbers
+    meta = yaml.safe_load((in_workspace / "runs/a/README.md").read_text().split("---\n", 2)[1])
+    results = meta["model-index"][0]["results"]
+    assert "dpo" in meta["tags"] and [r["dataset"]["split"] for r in results] == ["test (alignment report)", "test"]
+    assert {"name": "CIDEr", "type": "cider", "value": round(metrics["CIDEr"], 4)} in results[1]["metrics"]
 
     code, out, err = run_cli(["compare", "runs/p", "runs/a", "--metrics", "cider,hallucination", "--output", "cmp.json"], capsys)
     assert code == 0, err

@@ -78,7 +78,7 @@ def test_each_command_has_its_own_module():
     from capalign.cli import COMMANDS, app
 
     names = {c.name for c in typer.main.get_command(app).commands.values()}
-    assert names == {"fetch", "pretrain", "align", "caption", "evaluate", "compare", "demo"}
+    assert names == {"fetch", "pretrain", "align", "caption", "evaluate", "compare", "demo", "push"}
     for command in COMMANDS:
         assert command.__module__ == f"capalign.cli.{command.__name__}"
 

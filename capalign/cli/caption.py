@@ -22,10 +22,11 @@ def caption(
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = no sampling)."),
     batch_size: int = options.BATCH_SIZE,
     output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
+    scores: bool = typer.Option(False, "--scores", help="Also print each token's probability and the caption's log-probability (JSONL output gets tokens, probs, logprob)."),
 ) -> None:
     """Caption images with a trained model."""
     from capalign.data.images import collect_images  # deferred: the rest imports torch and transformers
-    from capalign.inference.generate import DecodeOptions, caption_images  # deferred: imports torch and transformers
+    from capalign.inference.generate import DecodeOptions, caption_images, caption_images_scored  # deferred: imports torch and transformers
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
     if num_beams < 1 or max_length < 1 or temperature < 0 or batch_size < 1:
@@ -36,20 +37,35 @@ def caption(
     model_dir = resolve_model(model)
     captioner, tokenizer, processor = load_captioner(model_dir)
     decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
-    captions = caption_images(captioner, tokenizer, processor, images, decode)
+    scored = caption_images_scored(captioner, tokenizer, processor, images, decode) if scores else None
+    captions = [s.caption for s in scored] if scored else caption_images(captioner, tokenizer, processor, images, decode)
     ui.print_table(f"captions by {model_dir}", ["image", "caption"], [[str(p), c] for p, c in zip(paths, captions)])
+    if scored:
+        print_token_scores(paths, scored)
     for message in skipped:
         ui.err_console.print(f"skipped: {message}")
     if output is not None:
-        write_captions(output, paths, captions)
+        write_captions(output, paths, captions, scored)
         ui.console.print(f"Wrote {len(captions)} captions to {output}")
 
 
-def write_captions(output: Path, paths: list[Path], captions: list[str]) -> None:
-    """JSONL (image path + caption per line) or a COCO results file (image id = file stem)."""
+def print_token_scores(paths: list[Path], scored) -> None:
+    """One block per image: the sequence log-probability, then each token with its probability."""
+    for path, s in zip(paths, scored):
+        ui.console.print(f"{path}  log p = {s.logprob:.4f}  ({len(s.tokens)} tokens)", markup=False, highlight=False)
+        ui.console.print("  " + "  ".join(f"{t} {p:.3f}" for t, p in zip(s.tokens, s.probs)), markup=False,
+                         highlight=False, soft_wrap=True)
+
+
+def write_captions(output: Path, paths: list[Path], captions: list[str], scored=None) -> None:
+    """JSONL (image path + caption per line; with scores, tokens, probs and logprob) or a COCO results
+    file (image id = file stem)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".jsonl":
-        text = "".join(json.dumps({"image": str(p), "caption": c}) + "\n" for p, c in zip(paths, captions))
+        records = [{"image": str(p), "caption": c} for p, c in zip(paths, captions)]
+        for record, s in zip(records, scored or []):
+            record.update(tokens=s.tokens, probs=s.probs, logprob=s.logprob)
+        text = "".join(json.dumps(r) + "\n" for r in records)
     else:
         text = json.dumps([{"image_id": p.stem, "caption": c} for p, c in zip(paths, captions)], indent=1)
     atomic_write_text(output, text)

@@ -1,11 +1,14 @@
 """The `capalign` app: the commands (one module each, listed in COMMANDS) and the entry point; no ML logic.
 
 Each command module imports only typer, rich and capalign's light modules at start-up; what pulls in
-torch, transformers or datasets is imported inside the command, so `capalign --help` stays fast.
+torch, transformers or datasets is imported inside the command, so `capalign --help` stays fast
+(bench/bench_cli_startup.py measures it). Libraries are quietened only when a command actually runs
+(`_runs_quietly`), never for --help.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -21,9 +24,10 @@ from capalign.cli.demo import demo
 from capalign.cli.evaluate import evaluate
 from capalign.cli.fetch import fetch
 from capalign.cli.pretrain import pretrain
+from capalign.cli.push import push
 from capalign.errors import UserError
 
-COMMANDS = [fetch, pretrain, align, caption, evaluate, compare, demo]
+COMMANDS = [fetch, pretrain, align, caption, evaluate, compare, demo, push]
 
 app = typer.Typer(
     help="Train, align, run and judge image captioners.",
@@ -31,25 +35,48 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for command in COMMANDS:
-    app.command()(command)
+
+
+@app.callback()
+def _global_options(
+    verbose: bool = typer.Option(False, "--verbose", help="Show third-party libraries' output and warnings (on stderr)."),
+) -> None:
+    """Train, align, run and judge image captioners."""
+    ui.set_verbose(verbose)
 
 
 def _quiet_libraries() -> None:
-    """Keep library chatter (progress bars of saving, backend fallbacks) off the user's screen."""
+    """Keep library chatter (progress bars of saving, backend fallbacks) off the user's screen,
+    unless --verbose."""
     import datasets  # deferred: slow to import, and only the commands that run models need it
     import transformers  # deferred: slow to import, as datasets
 
+    if ui.VERBOSE:
+        return
     logging.getLogger("accelerate").setLevel(logging.ERROR)  # "Removed shared tensor" on tied weights
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
 
+def _runs_quietly(command):
+    """The command as registered: libraries are quietened when it runs (not when its --help is asked)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        _quiet_libraries()
+        return command(*args, **kwargs)
+
+    return run
+
+
+for command in COMMANDS:
+    app.command()(_runs_quietly(command))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one stderr line and exit status 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="capalign", standalone_mode=False)

@@ -13,24 +13,27 @@ from capalign.inference.generate import caption_split
 from capalign.inference.scorer import load_scorer
 from capalign.metrics import MetricOptions, evaluate_captions
 from capalign.metrics.hallucination import load_coco_instances
-from capalign.metrics.results import load_results, match_ids
+from capalign.metrics.results import load_references, load_results, match_ids
 from capalign.runs import is_run_dir, resolve_model
 from capalign.ui import warn
 
 IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", "T2I-R@1", "T2I-R@5", "T2I-R@10"}
+OBJECT_METRICS = {"Hallucination"}  # need each image's ground-truth objects (a prepared shapes split)
 
 
 @dataclass
 class Split:
     """The references (and what else the metrics need) of one split of a prepared dataset."""
 
-    dataset: Any
+    dataset: Any  # None for references read from a file (text only: no images, no objects)
     references: dict[str, list[str]]
     objects: dict[str, list[dict]] | None
     train_captions: set[str] | None
     _images: dict[str, Any] | None = field(default=None, repr=False)
 
     def images(self) -> dict[str, Any]:
+        if self.dataset is None:
+            return {}
         if self._images is None:
             self._images = dict(zip(self.dataset["image_id"], self.dataset["image"]))
         return self._images
@@ -66,6 +69,11 @@ def load_split(data: str | None, split: str, limit: int | None, want_train: bool
     if want_train and "train" in dataset_dict and split != "train":
         train = {c for caps in dataset_dict["train"].select_columns(["captions"])["captions"] for c in caps}
     return Split(dataset, references, objects, train)
+
+
+def references_split(path: Path) -> Split:
+    """A text-only "split": the reference captions of a COCO annotations file or a {id: [refs]} JSON."""
+    return Split(None, load_references(path), None, None)
 
 
 def load_system(spec: str | None, results: Path | None, split: Split, *, allow_partial: bool, num_beams: int,

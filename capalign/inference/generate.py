@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +41,41 @@ def caption_images(captioner, tokenizer, processor, images, options: DecodeOptio
         output = captioner.generate(pixel_values(processor, chunk).to(device), **options.generate_kwargs())
         captions.extend(t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True))
     return captions
+
+
+@dataclass
+class ScoredCaption:
+    """A caption with the model's probability of each generated token (EOS included) and their
+    log-sum, the sequence log-probability (unnormalised by length, whatever the decoding)."""
+
+    caption: str
+    logprob: float
+    tokens: list[str] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def caption_images_scored(captioner, tokenizer, processor, images, options: DecodeOptions = DecodeOptions()) -> list[ScoredCaption]:
+    """As caption_images, with each token's probability under the model (softmax of its raw logits,
+    before temperature or other processors) via transformers' compute_transition_scores."""
+    captioner.eval()
+    device = next(captioner.parameters()).device
+    scorer = captioner.model if captioner.arch == "cross-attention" else captioner.model.decoder
+    eos = tokenizer.eos_token_id
+    out: list[ScoredCaption] = []
+    for start in range(0, len(images), options.batch_size):
+        chunk = images[start : start + options.batch_size]
+        generated = captioner.generate(pixel_values(processor, chunk).to(device), **options.generate_kwargs(),
+                                       output_logits=True, return_dict_in_generate=True)
+        steps = len(generated.logits)
+        logps = scorer.compute_transition_scores(generated.sequences, generated.logits,
+                                                 getattr(generated, "beam_indices", None), normalize_logits=True)
+        for ids, row in zip(generated.sequences[:, -steps:].tolist(), logps.tolist()):
+            n = ids.index(eos) + 1 if eos in ids else len(ids)  # up to and including EOS; padding after it is not the model's
+            ids, row = ids[:n], row[:n]
+            out.append(ScoredCaption(tokenizer.decode(ids, skip_special_tokens=True).strip(), float(sum(row)),
+                                     tokenizer.convert_ids_to_tokens(ids), [math.exp(x) for x in row]))
+    return out
 
 
 def caption_split(model_dir: Path, dataset, *, num_beams: int = 1, max_length: int = 24, batch_size: int = 64) -> dict[str, str]:

@@ -27,6 +27,7 @@ from capalign.metrics.types import (
     EvaluationResult,
     MetricOptions,
 )
+from capalign.ui import library_output
 
 __all__ = ["CORPUS_ONLY", "LOWER_IS_BETTER", "METRIC_NAMES", "EvaluationResult", "MetricOptions", "evaluate_captions",
            "parse_metrics"]
@@ -111,21 +112,22 @@ def evaluate_captions(
     result = EvaluationResult()
     wanted = set(metrics)
 
-    if wanted & set(COCO_METRICS):
-        score_coco(candidates, references, [m for m in COCO_METRICS if m in wanted], result)
-    if "BERTScore-F1" in wanted:
-        score_bertscore(candidates, references, result, options)
-    if wanted & {"CLIPScore", "RefCLIPScore"}:
-        score_clip(candidates, references, images, [m for m in ("CLIPScore", "RefCLIPScore") if m in wanted],
-                   result, options)
-    if wanted & set(RETRIEVAL_METRICS):
-        score_retrieval(references, images, [m for m in RETRIEVAL_METRICS if m in wanted], result, options)
-    if wanted & set(DIVERSITY_METRICS):
-        score_diversity(candidates, train_captions, [m for m in DIVERSITY_METRICS if m in wanted], result)
-    if "Hallucination" in wanted:
-        score_hallucination(candidates, objects, result, options.hallucination_checker)
-    if wanted & {"CHAIR-s", "CHAIR-i"}:
-        score_chair(candidates, references, instances, [m for m in ("CHAIR-s", "CHAIR-i") if m in wanted], result)
+    with library_output():  # pycocoevalcap and friends print to stdout; shown only with --verbose
+        if wanted & set(COCO_METRICS):
+            score_coco(candidates, references, [m for m in COCO_METRICS if m in wanted], result)
+        if "BERTScore-F1" in wanted:
+            score_bertscore(candidates, references, result, options)
+        if wanted & {"CLIPScore", "RefCLIPScore"}:
+            score_clip(candidates, references, images, [m for m in ("CLIPScore", "RefCLIPScore") if m in wanted],
+                       result, options)
+        if wanted & set(RETRIEVAL_METRICS):
+            score_retrieval(references, images, [m for m in RETRIEVAL_METRICS if m in wanted], result, options)
+        if wanted & set(DIVERSITY_METRICS):
+            score_diversity(candidates, train_captions, [m for m in DIVERSITY_METRICS if m in wanted], result)
+        if "Hallucination" in wanted:
+            score_hallucination(candidates, objects, result, options.hallucination_checker)
+        if wanted & {"CHAIR-s", "CHAIR-i"}:
+            score_chair(candidates, references, instances, [m for m in ("CHAIR-s", "CHAIR-i") if m in wanted], result)
 
     # Keep the requested order in the summary.
     result.summary = {m: result.summary[m] for m in metrics if m in result.summary}

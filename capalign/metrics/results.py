@@ -102,3 +102,33 @@ def match_ids(
     if not common:
         raise UserError(f"{source} shares no image ids with the references ({report.describe()})")
     return common, report
+
+
+def load_references(path: str | Path) -> dict[str, list[str]]:
+    """Reference captions from a COCO annotations file (`{"images": [...], "annotations": [{"image_id",
+    "caption"}, ...]}`, the captions_val2014.json form) or a plain `{image_id: [captions]}` JSON.
+    Ids become strings; images listed without any caption are an error (they could not be scored)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read references file {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"references file {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    references: dict[str, list[str]] = {}
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        for record in data["annotations"]:
+            if isinstance(record, dict) and record.get("image_id") is not None and isinstance(record.get("caption"), str):
+                references.setdefault(str(record["image_id"]), []).append(record["caption"])
+        listed = [str(i["id"]) for i in data.get("images", []) if isinstance(i, dict) and "id" in i]
+        bare = [i for i in listed if i not in references]
+        if bare:
+            raise UserError(f"{path}: {len(bare)} images have no caption annotation (e.g. {bare[0]})")
+    elif isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in data.values()):
+        references = {str(k): list(v) for k, v in data.items() if v}
+    else:
+        raise UserError(f"{path} is neither a COCO annotations file ({{images, annotations: [{{image_id, caption}}]}}) "
+                        "nor a {image_id: [captions]} JSON")
+    if not references:
+        raise UserError(f"{path} holds no reference captions")
+    return references

@@ -22,6 +22,7 @@ from capalign.errors import UserError
 from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.io import load_captioner, save_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
+from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
 from capalign.train.reports import alignment_report
@@ -180,6 +181,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         original, _, _ = load_captioner(model_dir)
         alignment_report(policy, original, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))),
                          run_dir, held_out_scores)
+    write_model_card(run_dir)
     return run_dir
 
 

@@ -17,6 +17,7 @@ from capalign.errors import UserError
 from capalign.losses import stage1_loss
 from capalign.models.build import build_captioner
 from capalign.models.io import save_captioner
+from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
 from capalign.train.feature_cache import CachedCaptionPairs, cached_features
@@ -119,5 +120,6 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
         mark_finished(run_dir, "pretrain", data=str(config.data), steps=engine.state.step,
                       skipped_nonfinite=engine.state.skipped_nonfinite, stopped_early=engine.state.stopped_early,
                       best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric)
+        write_model_card(run_dir)
     engine.finish()
     return run_dir

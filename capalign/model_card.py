@@ -1,0 +1,194 @@
+"""The model card (`README.md`) of a finished run folder: Hugging Face metadata (YAML front matter)
+followed by what the run is, how it was trained, how to load it and what it cannot do.
+
+Everything comes from files the run already holds — `capalign.yaml` (the resolved config),
+`run.json`, `capalign_model.json`, `alignment_report.json` and `evaluations.json` (what `capalign
+evaluate --model RUN` measured) — so the card can be rewritten at any time (`write_model_card`);
+`pretrain`, `align`, `evaluate --model` and `push` do so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from capalign import __version__
+from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION, RUN_INFO, atomic_write_text
+
+CARD_NAME = "README.md"
+EVALUATIONS = "evaluations.json"  # {"DATA/SPLIT": {"images": n, "metrics": {...}}}, by `capalign evaluate --model`
+ALIGN_REPORT = "alignment_report.json"
+
+# Metric name -> the `type` Hugging Face's model-index uses (lower-case ids of the evaluate library where one exists).
+_HF_METRIC = {"BLEU-1": "bleu", "BLEU-2": "bleu", "BLEU-3": "bleu", "BLEU-4": "bleu", "METEOR": "meteor",
+              "ROUGE-L": "rouge", "CIDEr": "cider", "SPICE": "spice", "BERTScore-F1": "bertscore"}
+_ARCH_TAG = {"cross-attention": "vision-encoder-decoder", "prefix": "clipcap", "contrastive": "contrastive"}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _numbers(run_dir: Path) -> list[tuple[str, str, int | None, dict[str, float]]]:
+    """(dataset, split, images, {metric: value}) for every evaluation the run folder records."""
+    found = []
+    report = _read_json(run_dir / ALIGN_REPORT)
+    if report and isinstance(report.get("aligned"), dict):
+        config = _read_json(run_dir / RUN_INFO) or {}
+        numbers = {k: float(v) for k, v in report["aligned"].items() if isinstance(v, (int, float))}
+        numbers["Ranker win rate vs reference"] = float(report.get("win_rate", 0.0))
+        found.append((str(config.get("data", "?")), "test (alignment report)", report.get("split_images"), numbers))
+    for key, entry in (_read_json(run_dir / EVALUATIONS) or {}).items():
+        data, _, split = key.rpartition("/")
+        metrics = {k: float(v) for k, v in entry.get("metrics", {}).items() if isinstance(v, (int, float))}
+        if metrics:
+            found.append((data, split, entry.get("images"), metrics))
+    return found
+
+
+def _name(value: str | None, otherwise: str) -> str:
+    """A backbone's name in code style, or a description when the preset built it from a config."""
+    return f"`{value}`" if value else otherwise
+
+
+def _model_index(name: str, numbers) -> list[dict]:
+    results = []
+    for data, split, _, metrics in numbers:
+        results.append({
+            "task": {"type": "image-to-text", "name": "Image Captioning"},
+            "dataset": {"name": data, "type": data, "split": split},
+            "metrics": [{"type": _HF_METRIC.get(m, m.lower().replace(" ", "_")), "name": m, "value": round(v, 4)}
+                        for m, v in metrics.items()],
+        })
+    return [{"name": name, "results": results}] if results else []
+
+
+def render_model_card(run_dir: Path) -> str:
+    """The card's text (front matter + body) from what the run folder holds."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / CONFIG_NAME).read_text()) if (run_dir / CONFIG_NAME).is_file() else {}
+    info = _read_json(run_dir / RUN_INFO) or {}
+    description = _read_json(run_dir / MODEL_DESCRIPTION) or {"arch": "cross-attention"}
+    model, train, align = config.get("model", {}), config.get("train", {}), config.get("align", {})
+    arch = description.get("arch", model.get("arch", "cross-attention"))
+    kind = info.get("kind", "pretrain")
+    data = str(info.get("data") or config.get("data") or "shapes")
+    numbers = _numbers(run_dir)
+    plain = arch == "cross-attention"
+
+    tags = ["capalign", "image-captioning", "image-to-text", _ARCH_TAG.get(arch, arch)]
+    if kind == "align":
+        tags += ["dpo", "preference-alignment"]
+    meta: dict = {"library_name": "transformers" if plain else "capalign", "pipeline_tag": "image-to-text", "tags": tags}
+    if "/" in data and not Path(data).exists():  # a Hub dataset id (local folders are described in the body)
+        meta["datasets"] = [data]
+    metric_ids = sorted({_HF_METRIC.get(m, m.lower().replace(" ", "_")) for *_, ms in numbers for m in ms})
+    if metric_ids:
+        meta["metrics"] = metric_ids
+    index = _model_index(run_dir.name, numbers)
+    if index:
+        meta["model-index"] = index
+
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# {run_dir.name}", "",
+             f"An image captioner trained with capalign {__version__} "
+             f"({'stage 2: preference alignment (DPO) of a pretrained run' if kind == 'align' else 'stage 1: captioning + contrastive pretraining'}).",
+             "", "## Model", "",
+             f"- Preset: `{model.get('preset', '?')}`; architecture: **{arch}**",
+             f"- Vision encoder: {_name(model.get('vision'), 'a small ViT built from the preset config')}"
+             f"{' (frozen)' if description.get('frozen', {}).get('vision') else ''}",
+             f"- Decoder: {_name(model.get('decoder'), 'none' if arch == 'contrastive' else 'a small GPT-2 built from the preset config')}"
+             f"{' (frozen)' if description.get('frozen', {}).get('decoder') else ''}"]
+    if arch == "prefix":
+        lines.append(f"- Mapper: {json.dumps(description.get('mapper', {}))} (image embedding → {model.get('prefix_length')} prefix embeddings)")
+    if description.get("text_tower"):
+        lines.append(f"- Text tower for the contrastive head: `{model.get('text_encoder')}` (frozen, in `text/`)")
+    if (run_dir / "contrastive_head.safetensors").is_file():
+        lines.append("- Contrastive head (`contrastive_head.safetensors`): image–text cosine similarity")
+    lines += ["", "## Data and training", "", f"- Data: `{data}`"]
+    if kind == "align":
+        lines += [f"- Aligned from `{info.get('reference', '?')}` with loss `{align.get('loss')}`, beta {align.get('beta')}, "
+                  f"SFT weight {align.get('sft_weight')}, pairs `{align.get('pairs')}`, {align.get('rounds')} round(s), "
+                  f"lr {align.get('lr')}, batch {align.get('batch_size')}, LoRA rank {align.get('lora_rank')}",
+                  f"- Steps: {info.get('steps', '?')}"]
+    else:
+        lines += [f"- Steps: {info.get('steps', '?')} (batch {train.get('batch_size')}, lr {train.get('lr')}, "
+                  f"weight decay {train.get('weight_decay')}, warm-up {train.get('warmup_ratio')}, mixed precision "
+                  f"{train.get('mixed_precision')}, seed {train.get('seed')})",
+                  f"- Loss: caption CE × {train.get('caption_weight')} + InfoNCE × {train.get('contrastive_weight')} "
+                  f"+ cosine × {train.get('cosine_weight')} + diversity × {train.get('diversity_weight')}"]
+        if info.get("best_val_loss") is not None:
+            lines.append(f"- Best validation loss: {info['best_val_loss']:.4f}")
+    lines.append("- The full resolved configuration is `capalign.yaml`; the training curves are `metrics.jsonl` / `curves.png`.")
+
+    lines += ["", "## Evaluation", ""]
+    if numbers:
+        for data_name, split, images, metrics in numbers:
+            lines.append(f"On `{data_name}` / {split}{f' ({images} images)' if images else ''}:")
+            lines.append("")
+            lines += ["| metric | value |", "|---|---|"] + [f"| {m} | {v:.4f} |" for m, v in metrics.items()]
+            lines.append("")
+    else:
+        lines += ["Not evaluated yet: `capalign evaluate --model RUN` records its numbers here.", ""]
+
+    lines += ["## How to use", "", "With capalign (`pip install capalign`):", "", "```python",
+              "from capalign import Captioner", "",
+              f'captioner = Captioner.from_pretrained("{run_dir.name}")  # a run folder or a Hub id',
+              'print(captioner.caption(["photo.jpg"], num_beams=3))']
+    if (run_dir / "contrastive_head.safetensors").is_file():
+        lines.append('print(captioner.score(["photo.jpg"], ["a red circle", "a blue square"]))  # cosine similarities')
+    lines += ["```", ""]
+    if plain:
+        lines += ["With plain transformers (no capalign needed):", "", "```python",
+                  "import torch",
+                  "from PIL import Image",
+                  "from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel", "",
+                  f'run = "{run_dir.name}"  # this folder, or its Hub id',
+                  "model = VisionEncoderDecoderModel.from_pretrained(run)",
+                  "tokenizer = AutoTokenizer.from_pretrained(run)",
+                  "processor = AutoImageProcessor.from_pretrained(run)",
+                  'image = Image.open("photo.jpg").convert("RGB")',
+                  'pixel_values = processor(images=[image], return_tensors="pt")["pixel_values"]',
+                  "with torch.no_grad():",
+                  f"    ids = model.generate(pixel_values=pixel_values, max_new_tokens={model.get('max_caption_tokens') or 24}, num_beams=3)",
+                  "print(tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip())",
+                  "```", "",
+                  "The contrastive head (`contrastive_head.safetensors`) is capalign's own; image–text scores need capalign."]
+    else:
+        lines += [f"This is a **{arch}** model: its parts (`vision/`, `decoder/`, `mapper.safetensors`"
+                  + (", `text/`" if description.get("text_tower") else "")
+                  + ", `capalign_model.json`) are put together by capalign; it does not load in plain transformers. "
+                  "Use `capalign.Captioner.from_pretrained` or `capalign.models.io.load_captioner`."]
+        if arch == "contrastive":
+            lines.append("It has no caption decoder: it scores and retrieves (`Captioner.score`) but cannot caption.")
+    lines += ["", "## Limitations", "",
+              f"- Trained on `{data}` only; captions describe what that data describes, in its words, and are not "
+              "reliable on other kinds of images.",
+              "- Captions can name objects, colours or counts the image does not have (hallucination); check them "
+              "before relying on them.",
+              "- Automatic metrics (BLEU, CIDEr, ...) measure overlap with reference captions, not correctness."]
+    if kind == "align":
+        lines.append("- Preference alignment optimises what the pair ranker (or the preference data) rewards; "
+                     "it can trade wording diversity for those rewards.")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(run_dir: Path) -> Path:
+    """(Re)write RUN/README.md from the run folder's files; returns its path."""
+    path = Path(run_dir) / CARD_NAME
+    atomic_write_text(path, render_model_card(run_dir))
+    return path
+
+
+def record_evaluation(run_dir: Path, data: str, split: str, images: int, metrics: dict[str, float]) -> None:
+    """Keep one evaluation's summary in RUN/evaluations.json (by data/split) and refresh the card."""
+    path = Path(run_dir) / EVALUATIONS
+    entries = _read_json(path) or {}
+    entries[f"{data}/{split}"] = {"images": images, "metrics": {k: float(v) for k, v in metrics.items()}}
+    atomic_write_text(path, json.dumps(entries, indent=1))
+    write_model_card(run_dir)

@@ -1,0 +1,96 @@
+"""The Python API: capalign.Captioner and capalign.evaluate, and the README's example run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import capalign
+from capalign.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_python_api_example() -> str:
+    """The ```python block of the README's 'Python API' section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "README's Python API section has no ```python block"
+    return blocks[0]
+
+
+def test_readme_example_runs(pretrained_run, workspace, tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "align").symlink_to(pretrained_run)
+    (tmp_path / "data").symlink_to(workspace / "data")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_python_api_example(), "README.md (Python API)", "exec"), namespace)
+    out = capsys.readouterr().out
+    captions, scored, scores = namespace["captions"], namespace["scored"], namespace["scores"]
+    assert len(captions) == min(8, len(namespace["test"])) and all(isinstance(c, str) for c in captions)
+    assert all(c.logprob <= 0 and abs(sum(map(__import__("math").log, c.probs)) - c.logprob) < 1e-4 for c in scored)
+    assert {"BLEU-4", "CIDEr"} <= set(scores.metrics) and scores.metrics["CIDEr"] >= 0
+    assert "CIDEr" in out
+    assert not (pretrained_run / "evaluations.json").exists()  # a --limit evaluation is not recorded in the run
+
+
+def test_import_capalign_is_cheap_and_lazy():
+    code = ("import sys, capalign; assert 'torch' not in sys.modules, 'torch imported';"
+            "c = capalign.Captioner; assert 'torch' in sys.modules; print(c.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "capalign.api"
+    with pytest.raises(AttributeError):
+        capalign.no_such_thing  # noqa: B018
+
+
+def test_caption_inputs_and_scores(pretrained_run, workspace, tmp_path):
+    from datasets import load_from_disk
+
+    captioner = capalign.Captioner.from_pretrained(pretrained_run, device="cpu")
+    test = load_from_disk(str(workspace / "data" / "shapes"))["test"]
+    pil = test["image"][:3]
+    paths = []
+    for i, image in enumerate(pil):
+        paths.append(tmp_path / f"im{i}.png")
+        image.save(paths[-1])
+    from_pil = captioner.caption(pil, max_length=12)
+    assert captioner.caption(paths, max_length=12) == from_pil  # PNG round trip is lossless
+    assert captioner.caption(test.select(range(3))["image"], max_length=12) == from_pil  # a datasets Image column
+    assert captioner.caption(str(paths[0]), max_length=12) == from_pil[0]  # one image in, one caption out
+    scored = captioner.caption(pil, max_length=12, return_scores=True)
+    assert [s.caption for s in scored] == from_pil
+
+    sims = captioner.score(pil, ["a red circle", "a blue square"])
+    assert sims.shape == (3, 2) and bool(((sims >= -1 - 1e-5) & (sims <= 1 + 1e-5)).all())
+    with pytest.raises(UserError, match="does not exist"):
+        captioner.caption(["nowhere.png"])
+
+
+def test_score_without_head_is_a_clear_error(pretrained_run):
+    captioner = capalign.Captioner.from_pretrained(pretrained_run, device="cpu")
+    captioner.module.head = None
+    with pytest.raises(UserError, match="no contrastive head"):
+        captioner.score([Image.new("RGB", (64, 64))], ["a red circle"])
+
+
+def test_from_pretrained_hub_id_offline_fails_fast(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="connected machine") as info:
+        capalign.Captioner.from_pretrained("someone/not-cached-captioner")
+    assert "\n" not in str(info.value)
+    assert time.perf_counter() - start < 5
