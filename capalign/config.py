@@ -91,6 +91,10 @@ class AlignConfig:
     batch_size: int = setting(32, "Pairs per batch.")
     lora_rank: int = setting(0, "Train rank-N LoRA adapters on the decoder only (0 = full tuning).")
     rounds: int = setting(1, "Iterative DPO: rounds of fresh on-policy pairs.")
+    contrastive_weight: float = setting(0.5, "Weight of an InfoNCE term on (image, chosen caption) that keeps the contrastive head (trainable in stage 2) matched to the features alignment moves; 0 freezes the head.")
+    freeze_vision: bool | None = setting(None, "Freeze the vision encoder in stage 2 (None: as the pretrained run had it).")
+    pair_scorer: str = setting("pretrained", "Whose contrastive head the pair ranker uses in every round: pretrained (the pretrained run, frozen) | policy.")
+    reference: str = setting("pretrained", "Each round's frozen reference: pretrained (the pretrained run) | previous (the previous round's policy).")
 
 
 @dataclass
@@ -235,6 +239,9 @@ def validate(config: RunConfig) -> None:
         (config.align.sft_weight >= 0, "--sft-weight must not be negative"),
         (config.align.lora_rank >= 0, "--lora-rank must not be negative"),
         (config.align.rounds >= 1, "--rounds must be at least 1"),
+        (config.align.contrastive_weight >= 0, "align.contrastive_weight must not be negative"),
+        (config.align.pair_scorer in ("pretrained", "policy"), f"align.pair_scorer must be pretrained or policy (got {config.align.pair_scorer})"),
+        (config.align.reference in ("pretrained", "previous"), f"align.reference must be pretrained or previous (got {config.align.reference})"),
         (config.train.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
         (config.model.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {config.model.arch})"),
         (config.model.mapper in ("mlp", "transformer"), f"model.mapper must be mlp or transformer (got {config.model.mapper})"),

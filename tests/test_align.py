@@ -58,7 +58,7 @@ def _drift(run: Path, reference: Path, workspace: Path) -> float:
 
 
 def test_very_large_beta_stays_close_to_the_reference(pretrained_run, in_workspace):
-    options = dict(max_steps=8, lr=1e-3, sft_weight=0.0, pairs="corrupted")
+    options = dict(max_steps=8, lr=1e-3, sft_weight=0.0, contrastive_weight=0.0, pairs="corrupted")  # the DPO term alone
     small = _align(pretrained_run, Path("runs/beta-small"), beta=0.1, **options)
     large = _align(pretrained_run, Path("runs/beta-large"), beta=1000.0, **options)
     small_drift = _drift(small, pretrained_run, in_workspace)
@@ -87,3 +87,39 @@ def test_iterative_rounds_log_continuing_steps_and_report(pretrained_run, in_wor
     report = json.loads((run / "alignment_report.json").read_text())
     assert 0.0 <= report["aligned"]["Hallucination"] <= 1.0
     assert abs(report["win_rate"] + report["tie_rate"] + report["loss_rate"] - 1.0) < 1e-9
+
+
+def test_alignment_trains_the_head_and_ranks_pairs_with_the_frozen_pretrained_model(pretrained_run, in_workspace, monkeypatch):
+    import json
+
+    import capalign.pairs.dataset as pair_dataset
+
+    scorers = []
+    real_similarity = pair_dataset.head_similarity
+
+    def recording_similarity(captioner, *args):
+        scorers.append(captioner)
+        return real_similarity(captioner, *args)
+
+    monkeypatch.setattr(pair_dataset, "head_similarity", recording_similarity)
+    run = _align(pretrained_run, Path("runs/keeps-head"), max_steps=3, rounds=2, lr=1e-2)
+    # every round's pairs are ranked by one frozen model, not by the (changing) policy
+    assert len(scorers) == 4 and all(s is scorers[0] for s in scorers)
+    assert not any(p.requires_grad for p in scorers[0].parameters())
+    info = json.loads((run / "run.json").read_text())
+    assert info["pair_scorer"].startswith("pretrained run") and info["contrastive_weight"] == 0.5
+    assert info["reference_each_round"] == "pretrained"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("contrastive_loss" in r for r in records)
+    before, _, _ = load_captioner(pretrained_run)
+    after, _, _ = load_captioner(run)
+    assert not torch.equal(before.head.image_proj.weight, after.head.image_proj.weight)  # the head kept training
+    report = json.loads((run / "alignment_report.json").read_text())
+    assert {"I2T-R@1", "I2T-R@5", "T2I-R@1", "T2I-R@5"} <= set(report["aligned"]) and 0 <= report["aligned"]["I2T-R@1"] <= 1
+
+
+def test_zero_contrastive_weight_keeps_the_head_frozen(pretrained_run, in_workspace):
+    run = _align(pretrained_run, Path("runs/frozen-head"), max_steps=2, contrastive_weight=0.0)
+    before, _, _ = load_captioner(pretrained_run)
+    after, _, _ = load_captioner(run)
+    assert torch.equal(before.head.image_proj.weight, after.head.image_proj.weight)

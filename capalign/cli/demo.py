@@ -9,7 +9,7 @@ import typer
 
 from capalign import ui
 
-DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity"
+DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity,retrieval"
 
 
 def demo_steps(workdir: Path) -> list[tuple[str, list[str]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -28,11 +29,14 @@ MIN_RANK_GAP = 0.1  # ranker-score difference below which best and worst count a
 
 @dataclass
 class PairBatchMaker:
-    """Collates pairs into pixel values, chosen/rejected labels and stored reference log-probs."""
+    """Collates pairs into pixel values, chosen/rejected labels and stored reference log-probs; with
+    `text_inputs` (captions -> input_ids / attention_mask for the contrastive head's text side) also
+    the chosen captions' text inputs, as `chosen_text_*`."""
 
     tokenizer: object
     processor: object
     max_tokens: int
+    text_inputs: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
 
     def __call__(self, items):
         images = [item["image"] for item in items]
@@ -41,6 +45,9 @@ class PairBatchMaker:
         batch = {"chosen_labels": chosen["labels"], "rejected_labels": rejected["labels"]}
         if images[0] is not None:  # image-free pairs (a text preference dataset) have none at all
             batch["pixel_values"] = pixel_values(self.processor, images)
+            if self.text_inputs is not None:
+                texts = self.text_inputs([item["chosen"] for item in items])
+                batch.update({f"chosen_text_{k}": v for k, v in texts.items()})
         if "ref_chosen" in items[0]:
             batch["ref_chosen"] = torch.tensor([item["ref_chosen"] for item in items])
             batch["ref_rejected"] = torch.tensor([item["ref_rejected"] for item in items])
@@ -71,11 +78,13 @@ class PairSet(Dataset):
         return item
 
 
-def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, samples: int = 4) -> list[PreferencePair]:
+def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, samples: int = 4,
+               scorer=None) -> list[PreferencePair]:
     """Preference pairs for one split.
 
     auto: the policy's candidates ranked by the ranker (best vs worst, near-ties dropped), plus on
-    shapes one reference-versus-corrupted pair per image; corrupted: only the latter."""
+    shapes one reference-versus-corrupted pair per image; corrupted: only the latter. The ranker's
+    image–caption cosine comes from `scorer`'s contrastive head (None: the policy's own)."""
     has_objects = "objects" in split.column_names
     if source == "corrupted":
         if not has_objects:
@@ -89,7 +98,7 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
     images = list(split["image"])
     candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed)
-    similarity = head_similarity(captioner, tokenizer, processor, images, candidates)
+    similarity = head_similarity(scorer if scorer is not None else captioner, tokenizer, processor, images, candidates)
     ranked = rank_candidates(candidates, split["captions"], split["objects"] if has_objects else None, similarity)
     pairs = best_and_worst_pairs(split, ranked, MIN_RANK_GAP)
     if has_objects:
@@ -97,16 +106,17 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
     return pairs
 
 
-def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: int) -> tuple[PairSet, PairSet | None]:
+def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: int,
+                    scorer=None) -> tuple[PairSet, PairSet | None]:
     """Training pairs and held-out pairs. Generated pairs come from the train and validation
     splits; pairs read from a file or dataset are split, seeded, with HELD_OUT_SHARE held out."""
     train_split = get_split(dataset, "train")
     if source in GENERATED_PAIRS:
-        train = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, source, seed))
+        train = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, source, seed, scorer=scorer))
         if "validation" not in dataset or not len(dataset["validation"]):
             return train, None
         val_split = dataset["validation"].select(range(min(HELD_OUT_IMAGES, len(dataset["validation"]))))
-        return train, PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, source, seed + 1))
+        return train, PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, source, seed + 1, scorer=scorer))
     pairs = make_pairs(train_split, policy, tokenizer, processor, source, seed)
     random.Random(seed).shuffle(pairs)
     held = min(HELD_OUT_IMAGES, int(len(pairs) * HELD_OUT_SHARE))

@@ -2,6 +2,12 @@
 
 The reference model's log-probabilities of every chosen and rejected caption are computed once,
 before training, and stored with the pairs: the reference is never run inside the training loop.
+
+Alignment keeps what the pretrained model could do: the contrastive head stays trainable under an
+auxiliary InfoNCE term on (image, chosen caption) (`align.contrastive_weight`), so image–text
+retrieval and self-scored CLIPScore survive the encoder and decoder moving; and the pretrained model,
+frozen, is the pair ranker's scorer and the DPO reference in every round (`align.pair_scorer`,
+`align.reference`), so later rounds are not judged by a drifting model. run.json records both.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from capalign.config import RunConfig, load_config, save_config
 from capalign.data.store import load_prepared
 from capalign.distributed import process_state
 from capalign.errors import UserError
-from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
+from capalign.losses import info_nce, preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.io import load_captioner, save_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
 from capalign.model_card import write_model_card
@@ -33,17 +39,24 @@ REPORT_IMAGES = 1000
 def policy_logps(module, batch, average: bool):
     """Log-probs of chosen and rejected captions (image encoded once; text-only without images), and
     the chosen captions' logits with their labels padded to the same width (for the supervised term)."""
+    return _policy_outputs(module, batch, average)[:4]
+
+
+def _policy_outputs(module, batch, average: bool):
+    """`policy_logps` plus the images' pooled features (None for image-free pairs)."""
     n = batch["chosen_labels"].size(0)
     width = max(batch["chosen_labels"].size(1), batch["rejected_labels"].size(1))
     labels = torch.cat([_pad_to(batch["chosen_labels"], width), _pad_to(batch["rejected_labels"], width)])
+    pooled = None
     if "pixel_values" in batch:
         encoded = module.encode_images(batch["pixel_values"])
+        pooled = encoded.pooler_output
         encoded.last_hidden_state = encoded.last_hidden_state.repeat(2, 1, 1)
         logits = module.caption_logits(encoded, labels)
     else:
         logits = decoder_prior_logits(module, labels)
     logps = sequence_logps(logits, labels, average=average)
-    return logps[:n], logps[n:], logits[:n], labels[:n]
+    return logps[:n], logps[n:], logits[:n], labels[:n], pooled
 
 
 def decoder_prior_logits(module, labels: torch.Tensor) -> torch.Tensor:
@@ -75,12 +88,13 @@ def attach_reference_logps(reference, pair_set: PairSet, collate, batch_size: in
     pair_set.reference = values
 
 
-def dpo_loss_fn(beta: float, loss_type: str, label_smoothing: float, sft_weight: float):
-    """The stage-2 objective with TRL-named logs."""
+def dpo_loss_fn(beta: float, loss_type: str, label_smoothing: float, sft_weight: float, contrastive_weight: float = 0.0):
+    """The stage-2 objective with TRL-named logs; with `contrastive_weight`, plus that much InfoNCE
+    between the images and their chosen captions under the module's (trainable) contrastive head."""
     average = loss_type == "ipo"
 
     def loss_fn(module, batch):
-        chosen, rejected, chosen_logits, chosen_labels = policy_logps(module, batch, average)
+        chosen, rejected, chosen_logits, chosen_labels, pooled = _policy_outputs(module, batch, average)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta, loss_type, label_smoothing
         )
@@ -95,6 +109,10 @@ def dpo_loss_fn(beta: float, loss_type: str, label_smoothing: float, sft_weight:
             "logps/chosen": chosen.detach().mean(),
             "logps/rejected": rejected.detach().mean(),
         }
+        if contrastive_weight and pooled is not None and "chosen_text_input_ids" in batch:
+            text = module.text_features(batch["chosen_text_input_ids"], batch["chosen_text_attention_mask"])
+            logs["contrastive_loss"] = info_nce(module.head.embed_image(pooled), module.head.embed_text(text), module.head.logit_scale)
+            loss = loss + contrastive_weight * logs["contrastive_loss"]
         return loss, logs
 
     return loss_fn
@@ -134,64 +152,75 @@ def merge_lora(policy) -> None:
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:
     """Align a pretrained run with preference pairs; writes a new run folder and returns it.
 
-    With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy and uses
-    the previous round's policy as its frozen reference."""
+    With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy; its frozen
+    reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy."""
     pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
     config.model = pretrained_config.model
     config.data = data or pretrained_config.data
+    config.train.seed = pretrained_config.train.seed  # align has no --seed of its own: the run's seed
     a = config.align
     if resume and a.rounds > 1:
         raise UserError("--resume works for single-round alignment only; rerun with --rounds 1 or start afresh.")
     dataset = load_prepared(config.data)
     policy, tokenizer, processor = load_captioner(model_dir)
-    reference, _, _ = load_captioner(model_dir)
-    if policy.head is not None:
+    pretrained = load_captioner(model_dir)[0].eval().requires_grad_(False)  # reference, scorer, report baseline
+    # LoRA wraps the decoder whose text-only pass feeds the head: the head is kept frozen then.
+    contrastive_weight = a.contrastive_weight if policy.head is not None and not a.lora_rank else 0.0
+    if policy.head is not None and not contrastive_weight:
         policy.head.requires_grad_(False)
+    if a.freeze_vision is not None:
+        policy.freeze(vision=a.freeze_vision)
     if a.lora_rank:
         add_lora(policy, a.lora_rank)
+    scorer = pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
     run_dir = new_run_dir("align", out)
     save_config(config, run_dir / CONFIG_NAME)
-    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
-    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight)
+    text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
+    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens, text_inputs)
+    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight, contrastive_weight)
     steps = 0
+    reference = pretrained
     first_held_out = None  # round 1's held-out pairs, scored against the pretrained reference
     for round_index in range(a.rounds):
         seed = config.train.seed + 1000 * round_index
-        train_pairs, held_out = _round_pairs(policy, reference, tokenizer, processor, dataset, config, collate, round_index, seed)
-        reference = None  # its log-probs now travel with the pairs: free it before training
+        train_pairs, held_out = _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config, collate,
+                                             round_index, seed)
         engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps, resume)
         if first_held_out is None:
             first_held_out = held_out
         steps += engine.state.step
         policy = engine.unwrapped()
-        if round_index + 1 < a.rounds:
+        if round_index + 1 < a.rounds and a.reference == "previous":
             reference = copy.deepcopy(policy).eval().requires_grad_(False)
         engine.finish()
     if not process_state().is_main_process:
         return run_dir
     merge_lora(policy)
     save_captioner(run_dir, policy, tokenizer, processor)
-    mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=steps, rounds=a.rounds)
+    scorer_used = ("none (the run has no contrastive head)" if pretrained.head is None else
+                   f"pretrained run {model_dir} (frozen)" if scorer is not None else "the policy's own head, each round")
+    mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=steps, rounds=a.rounds,
+                  seed=config.train.seed, reference_each_round=a.reference, pair_scorer=scorer_used,
+                  contrastive_weight=contrastive_weight, frozen=dict(policy.frozen))
     report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
     held_out_scores = None
     if first_held_out is not None:
         with torch.no_grad():
             held_out_scores = held_out_metrics(first_held_out, collate, loss_fn, a.batch_size)(policy.eval())
     if report_split is not None:
-        original, _, _ = load_captioner(model_dir)
-        alignment_report(policy, original, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))),
+        alignment_report(policy, pretrained, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))),
                          run_dir, held_out_scores)
     write_model_card(run_dir)
     return run_dir
 
 
-def _round_pairs(policy, reference, tokenizer, processor, dataset, config: RunConfig, collate,
+def _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config: RunConfig, collate,
                  round_index: int, seed: int) -> tuple[PairSet, PairSet | None]:
-    """A round's training and held-out pairs from the current policy, with the reference's
-    log-probabilities attached (the only time the reference runs)."""
+    """A round's training and held-out pairs from the current policy (ranked with `scorer`'s head, or
+    the policy's when None), with the reference's log-probabilities attached (the only time it runs)."""
     a = config.align
     with ui.console.status(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs"):
-        train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed)
+        train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer)
         for pair_set in filter(None, (train_pairs, held_out)):
             attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     sources = Counter(p.source for p in train_pairs.pairs)

@@ -11,18 +11,28 @@ import torch
 
 from capalign import ui
 from capalign.inference.generate import DecodeOptions, caption_images
-from capalign.metrics import evaluate_captions
+from capalign.inference.scorer import RunScorer
+from capalign.metrics import MetricOptions, evaluate_captions
 from capalign.pairs.ranker import rank_candidates
 from capalign.runs import atomic_write_text
 
 REPORT_METRICS = ["CIDEr", "Hallucination", "Distinct-1", "Distinct-2"]
+RETRIEVAL_REPORTED = ["I2T-R@1", "I2T-R@5", "T2I-R@1", "T2I-R@5"]
 
 
-def _summary(captions: dict[str, str], split) -> dict[str, float]:
-    references = dict(zip(split["image_id"], split["captions"]))
-    objects = dict(zip(split["image_id"], split["objects"])) if "objects" in split.column_names else None
+def _summary(captions: dict[str, str], split, model, tokenizer, processor) -> dict[str, float]:
+    """The report's metrics of one model's captions; retrieval with its own head when it has one, so
+    damage to image–text alignment shows."""
+    ids = list(split["image_id"])
+    references = dict(zip(ids, split["captions"]))
+    objects = dict(zip(ids, split["objects"])) if "objects" in split.column_names else None
     metrics = [m for m in REPORT_METRICS if m != "Hallucination" or objects is not None]
-    summary = dict(evaluate_captions(captions, references, metrics, objects=objects).summary)
+    options, images = MetricOptions(), None
+    if model.head is not None:
+        metrics += RETRIEVAL_REPORTED
+        options.contrastive_scorer = RunScorer(model, tokenizer, processor)
+        images = dict(zip(ids, split["image"]))
+    summary = dict(evaluate_captions(captions, references, metrics, images=images, objects=objects, options=options).summary)
     summary["Length"] = sum(len(c.split()) for c in captions.values()) / max(len(captions), 1)
     return summary
 
@@ -41,8 +51,8 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     ties = sum(a.score == b.score for a, b in ranked)
     report = {
         "split_images": len(ids),
-        "reference": _summary(before, split),
-        "aligned": _summary(aligned, split),
+        "reference": _summary(before, split, reference, tokenizer, processor),
+        "aligned": _summary(aligned, split, policy, tokenizer, processor),
         "win_rate": wins / len(ids),
         "tie_rate": ties / len(ids),
         "loss_rate": (len(ids) - wins - ties) / len(ids),
