@@ -98,14 +98,14 @@ class Captioner:
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return cls(module.to(device), tokenizer, processor, source=run_folder_or_hub_id)
 
-    def caption(self, images: Any, num_beams: int = 1, max_length: int = 24, batch_size: int = 32,
+    def caption(self, images: Any, num_beams: int = 1, max_length: int | None = None, batch_size: int = 32,
                 temperature: float = 0.0, return_scores: bool = False) -> Any:
         """Caption image paths, PIL images or a `datasets` Image column (`dataset["image"]`).
 
         Returns a list of captions (one caption for a single image). With `return_scores=True`, each is
         a `ScoredCaption` (`.caption`, `.logprob` — the sequence log-probability —, `.tokens`, `.probs`).
         """
-        if num_beams < 1 or max_length < 1 or batch_size < 1 or temperature < 0:
+        if num_beams < 1 or (max_length is not None and max_length < 1) or batch_size < 1 or temperature < 0:
             raise UserError("num_beams, max_length and batch_size must be at least 1 and temperature at least 0.")
         pil, single = _images(images)
         options = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,10 @@ class AlignConfig:
     contrastive_weight: float = setting(0.5, "Weight of an InfoNCE term on (image, chosen caption) that keeps the contrastive head (trainable in stage 2) matched to the features alignment moves; 0 freezes the head.")
     freeze_vision: bool | None = setting(None, "Freeze the vision encoder in stage 2 (None: as the pretrained run had it).")
     pair_scorer: str = setting("pretrained", "Whose contrastive head the pair ranker uses in every round: pretrained (the pretrained run, frozen) | policy.")
+    weight_decay: float = setting(0.0, "Stage-2 decoupled weight decay.")
+    warmup_ratio: float = setting(0.1, "Share of stage-2 steps spent warming the learning rate up.")
+    log_every: int = setting(5, "Stage-2 steps between metrics.jsonl records.")
+    eval_every: int = setting(50, "Stage-2 steps between held-out pair evaluations.")
     reference: str = setting("pretrained", "Each round's frozen reference: pretrained (the pretrained run) | previous (the previous round's policy).")
 
 
@@ -194,27 +199,33 @@ def _merge(target, values: dict, where: str) -> None:
             setattr(target, key, value)
 
 
-def build_config(preset: str | None = None, config_file: Path | None = None, overrides: dict | None = None) -> RunConfig:
-    """Preset, then YAML file, then command-line overrides (`{"train": {"lr": 0.1}}`), then validation."""
-    config = RunConfig()
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise UserError(f"Config file {path} does not exist.")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"Config file {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"Config file {path} must hold a mapping at the top level.")
-        preset = preset or loaded.get("model", {}).get("preset")
-        _apply_preset(config, preset)
-        _merge(config, loaded, "")
+def build_config(preset: str | None = None, config_file: Path | None = None, overrides: dict | None = None,
+                 base: RunConfig | None = None) -> RunConfig:
+    """Preset (or `base`: a run folder's resolved config, for the stages after that run), then YAML
+    file, then command-line overrides (`{"train": {"lr": 0.1}}`), then validation."""
+    loaded = _read_yaml(config_file) if config_file is not None else {}
+    if base is not None:
+        config = copy.deepcopy(base)
     else:
-        _apply_preset(config, preset)
+        config = RunConfig()
+        _apply_preset(config, preset or loaded.get("model", {}).get("preset"))
+    _merge(config, loaded, "")
     _merge(config, overrides or {}, "")
     validate(config)
     return config
+
+
+def _read_yaml(config_file: Path) -> dict:
+    path = Path(config_file)
+    if not path.is_file():
+        raise UserError(f"Config file {path} does not exist.")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"Config file {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"Config file {path} must hold a mapping at the top level.")
+    return loaded
 
 
 def _apply_preset(config: RunConfig, preset: str | None) -> None:

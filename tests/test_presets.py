@@ -157,3 +157,49 @@ def test_frozen_features_are_computed_once_and_reused(backbones, small_yaml, in_
     pretrain(config, Path("runs/no-cache"))
     assert losses("runs/cache-2") == pytest.approx(losses("runs/cache-1"), rel=1e-6)
     assert losses("runs/no-cache") == pytest.approx(losses("runs/cache-1"), rel=1e-4)
+
+
+def test_align_starts_from_the_pretrained_runs_preset(backbones, small_yaml, in_workspace, capsys, monkeypatch):
+    """A non-tiny run is aligned with its own preset's settings (not tiny's), its mixed precision
+    inherited unless given, and the settings that reach the optimiser are those."""
+    import capalign.train.align as align_module
+
+    code, _, err = run_cli(["pretrain", "--preset", "clipcap", "--config", str(small_yaml), "--max-steps", "2",
+                            "--out", "runs/clipcap-pre", *map(str, preset_args("clipcap", backbones))], capsys)
+    assert code == 0, err
+    seen = []
+
+    class RecordingEngine(align_module.Engine):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append((self.settings, [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups],
+                         [g["weight_decay"] for g in self.optimizer.param_groups], self.accelerator.mixed_precision))
+
+    monkeypatch.setattr(align_module, "Engine", RecordingEngine)
+    code, _, err = run_cli(["align", "--model", "runs/clipcap-pre", "--max-steps", "1", "--pairs", "corrupted",
+                            "--mixed-precision", "bf16", "--out", "runs/clipcap-align"], capsys)
+    assert code == 0, err
+    preset = PRESETS["clipcap"]["align"]
+    settings, lrs, decays, precision = seen[0]
+    assert len(seen) == 1  # clipcap aligns in one round (tiny's preset has two)
+    assert settings.lr == preset["lr"] == 1e-5 and set(lrs) == {1e-5}
+    assert settings.batch_size == preset["batch_size"] and set(decays) == {0.0}
+    assert precision == "bf16"
+    resolved = yaml.safe_load((in_workspace / "runs/clipcap-align/capalign.yaml").read_text())
+    assert resolved["model"]["preset"] == "clipcap" and resolved["align"]["lr"] == 1e-5
+    assert resolved["align"]["sft_weight"] == 0.0 and resolved["train"]["mixed_precision"] == "bf16"
+
+
+def test_gpt2_tokenizer_with_pad_equal_to_eos_still_learns_to_stop(backbones):
+    """pad == eos (GPT-2): the position after the last caption token is labelled EOS, not masked."""
+    from capalign.data.collate import tokenize_captions
+    from capalign.models.backbones import load_tokenizer
+
+    tokenizer = load_tokenizer(str(backbones["gpt2"]))
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    captions = ["a red circle", "a small blue square on the left"]
+    batch = tokenize_captions(tokenizer, captions, max_tokens=20)
+    for row, caption in enumerate(captions):
+        n = len(tokenizer(caption, add_special_tokens=False)["input_ids"])
+        assert batch["labels"][row, n].item() == tokenizer.eos_token_id  # EOS is a training target
+        assert (batch["labels"][row, n + 1:] == -100).all()  # only the padding after it is masked

@@ -28,19 +28,26 @@ def align(
     epochs: Optional[int] = typer.Option(None, help=help_for("align.epochs")),
     max_steps: Optional[int] = typer.Option(None, help=help_for("align.max_steps")),
     batch_size: Optional[int] = typer.Option(None, help=help_for("align.batch_size")),
+    mixed_precision: Optional[str] = typer.Option(None, help=help_for("train.mixed_precision") + " (default: as the pretrained run)."),
+    grad_accum: Optional[int] = typer.Option(None, help=help_for("train.grad_accum") + " (default: as the pretrained run)."),
     config: Optional[Path] = options.CONFIG,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/align-<time>)."),
     resume: bool = options.RESUME,
 ) -> None:
-    """Stage 2: DPO-family preference optimisation of caption generation."""
+    """Stage 2: DPO-family preference optimisation of caption generation.
+
+    Starts from the pretrained run's resolved configuration (its preset's alignment settings, mixed
+    precision, gradient accumulation, seed); --config and the options override it."""
     from capalign.train.align import align as run_align  # deferred: imports torch and transformers
 
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
-    overrides = options.overrides(align=dict(
-        pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight, lora_rank=lora_rank,
-        rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size))
-    run_config = build_config(None, config, overrides)
+    overrides = options.overrides(
+        align=dict(pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight,
+                   lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size),
+        train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum))
+    build_config(config_file=config, overrides=overrides)  # a bad option is reported before a missing model
     model_dir = resolve_model(model, kind="pretrain")
+    run_config = build_config(config_file=config, overrides=overrides, base=options.resolved_config(model_dir, out if resume else None))
     run_dir = run_align(model_dir, run_config, data=data, out=out, resume=resume)
     ui.console.print(f"[green]Aligned model written to {run_dir}")

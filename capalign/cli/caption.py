@@ -18,7 +18,7 @@ def caption(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: Optional[str] = typer.Option(None, help="Run folder (default: the latest finished run)."),
     num_beams: int = options.NUM_BEAMS,
-    max_length: int = typer.Option(24, help="Most new tokens per caption."),
+    max_length: Optional[int] = options.MAX_LENGTH,
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = no sampling)."),
     batch_size: int = options.BATCH_SIZE,
     output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
@@ -29,7 +29,7 @@ def caption(
     from capalign.inference.generate import DecodeOptions, caption_images, caption_images_scored  # deferred: imports torch and transformers
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
-    if num_beams < 1 or max_length < 1 or temperature < 0 or batch_size < 1:
+    if num_beams < 1 or (max_length is not None and max_length < 1) or temperature < 0 or batch_size < 1:
         raise UserError("--num-beams, --max-length and --batch-size must be at least 1 and --temperature at least 0.")
     if output is not None and output.suffix not in (".jsonl", ".json"):
         raise UserError(f"--output must end in .jsonl or .json, got {output.name}.")

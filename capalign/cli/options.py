@@ -3,9 +3,12 @@ take their help from the field's metadata (capalign.config.help_for)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from capalign.config import CLIP_B32
+from capalign.config import CLIP_B32, RunConfig, load_config
+from capalign.runs import CONFIG_NAME
 
 DATA = typer.Option(None, "--data", help="Prepared dataset folder or source name (default: shapes).")
 SPLIT = typer.Option("test", "--split", help="Split whose references the captions are scored against.")
@@ -26,3 +29,12 @@ def overrides(**sections) -> dict:
     """Nested config overrides from CLI options, leaving out options the user did not give."""
     return {name: {k: v for k, v in values.items() if v is not None} for name, values in sections.items()}
 
+
+
+def resolved_config(run_dir: Path | None, resumed: Path | None = None) -> RunConfig | None:
+    """The saved, fully resolved config a stage starts from: the interrupted run's own (`resumed`)
+    when it has one, else the earlier run's (`run_dir`); None when neither has one."""
+    for folder in (resumed, run_dir):
+        if folder is not None and (Path(folder) / CONFIG_NAME).is_file():
+            return load_config(Path(folder) / CONFIG_NAME)
+    return None

@@ -49,6 +49,7 @@ def pretrain(
                    freeze_vision=freeze_vision, freeze_decoder=freeze_decoder))
     if data is not None:
         overrides["data"] = data
-    run_dir = run_pretrain(build_config(preset, config, overrides), out, resume=resume, dry_run=dry_run)
+    base = options.resolved_config(None, out) if resume and preset is None else None  # resume: the run's own settings
+    run_dir = run_pretrain(build_config(preset, config, overrides, base=base), out, resume=resume, dry_run=dry_run)
     if not dry_run:
         ui.console.print(f"[green]Pretrained model written to {run_dir}")

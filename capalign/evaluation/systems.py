@@ -93,10 +93,8 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
     if spec is not None and not Path(spec).exists():
         raise UserError(f"{spec} is neither a results file nor a capalign run folder")
     run_dir = resolve_model(spec)
-    kwargs = {"num_beams": num_beams, "batch_size": batch_size}
-    if max_length is not None:
-        kwargs["max_length"] = max_length
-    captions = {str(k): v for k, v in caption_split(run_dir, split.dataset, **kwargs).items()}
+    captions = caption_split(run_dir, split.dataset, num_beams=num_beams, max_length=max_length, batch_size=batch_size)
+    captions = {str(k): v for k, v in captions.items()}
     return System(run_dir.name, captions, run_dir=run_dir)
 
 

@@ -14,15 +14,18 @@ from capalign.models.io import load_captioner
 
 @dataclass
 class DecodeOptions:
-    """How captions are decoded; `temperature` > 0 turns on sampling."""
+    """How captions are decoded; `temperature` > 0 turns on sampling; `max_length` None: the model's
+    own caption length (its generation config, set from `model.max_caption_tokens`)."""
 
     num_beams: int = 1
-    max_length: int = 24
+    max_length: int | None = None
     temperature: float = 0.0
     batch_size: int = 64
 
     def generate_kwargs(self) -> dict:
-        kwargs = {"num_beams": self.num_beams, "max_new_tokens": self.max_length}
+        kwargs = {"num_beams": self.num_beams}
+        if self.max_length is not None:
+            kwargs["max_new_tokens"] = self.max_length
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_k=0)
         else:
@@ -78,7 +81,7 @@ def caption_images_scored(captioner, tokenizer, processor, images, options: Deco
     return out
 
 
-def caption_split(model_dir: Path, dataset, *, num_beams: int = 1, max_length: int = 24, batch_size: int = 64) -> dict[str, str]:
+def caption_split(model_dir: Path, dataset, *, num_beams: int = 1, max_length: int | None = None, batch_size: int = 64) -> dict[str, str]:
     """Caption every image of a prepared split with a run folder's model: image_id -> caption."""
     captioner, tokenizer, processor = load_captioner(model_dir)
     options = DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size)

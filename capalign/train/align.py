@@ -157,7 +157,6 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
     config.model = pretrained_config.model
     config.data = data or pretrained_config.data
-    config.train.seed = pretrained_config.train.seed  # align has no --seed of its own: the run's seed
     a = config.align
     if resume and a.rounds > 1:
         raise UserError("--resume works for single-round alignment only; rerun with --rounds 1 or start afresh.")
@@ -235,7 +234,8 @@ def _train_round(policy, train_pairs: PairSet, held_out: PairSet | None, collate
     a = config.align
     settings = dataclasses.replace(  # stage 2 keeps stage 1's engine settings but its own schedule
         config.train, lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
-        weight_decay=0.0, warmup_ratio=0.1, seed=seed, log_every=5, eval_every=50, patience=None,
+        weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, seed=seed, log_every=a.log_every,
+        eval_every=a.eval_every, patience=None,
     )
     engine = Engine(
         policy, loss_fn, train_pairs, collate, settings, run_dir,

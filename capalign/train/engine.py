@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
@@ -78,6 +79,7 @@ class Engine:
         # Logged steps continue across consecutive engines on one run (align rounds), which also
         # tag their records (e.g. {"round": 2}).
         self.step_offset, self.log_extra = step_offset, log_extra or {}
+        _release_accelerator_state(settings.mixed_precision)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
             mixed_precision=settings.mixed_precision,
@@ -290,6 +292,14 @@ class Engine:
         if self.accelerator.is_main_process:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
         self.accelerator.end_training()
+
+
+def _release_accelerator_state(mixed_precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses an Accelerator with another mixed
+    precision; let consecutive trainings in one process (the demo, a notebook) each choose theirs.
+    The process group (PartialState) is kept."""
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
 
 
 def _tracker(name: str | None) -> str | None:
