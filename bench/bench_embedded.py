@@ -50,7 +50,7 @@ def run_seed(seed: int, workdir: Path) -> dict:
     figures = {"seed": seed}
     for name, run in (("pretrained", pretrained), ("aligned", aligned)):
         scores = out / f"eval-{name}.json"
-        capalign("evaluate", "--model", str(run), "--metrics", METRICS, "--output", str(scores))
+        capalign("evaluate", "--model", str(run), "--metrics", METRICS, "--output", str(scores), "--overwrite")
         figures[name] = json.loads(scores.read_text())["metrics"]
     report = json.loads((aligned / "alignment_report.json").read_text())
     figures["held_out_pair_accuracy"] = report["held_out_pairs"]["eval_rewards/accuracies"]

@@ -74,6 +74,7 @@ class TrainConfig:
     tracker: str | None = setting(None, "tensorboard | wandb (through accelerate).")
     log_every: int = setting(10, "Steps between metrics.jsonl records.")
     checkpoint_every: int = setting(200, "Steps between resume checkpoints.")
+    keep_checkpoints: int = setting(2, "Resume checkpoints kept (the newest ones).")
     eval_every: int = setting(200, "Steps between validations.")
 
 
@@ -262,6 +263,7 @@ def validate(config: RunConfig) -> None:
         (config.train.tracker in (None, *TRACKERS), f"--tracker must be one of {', '.join(TRACKERS)}"),
         (config.train.patience is None or config.train.patience > 0, "--patience must be positive"),
         (config.train.grad_accum > 0, "--grad-accum must be positive"),
+        (config.train.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1"),
         (config.train.val_images > 0, "train.val_images must be positive"),
     ]
     for ok, message in checks:

@@ -27,9 +27,9 @@ def test_caption_scores_are_token_probabilities_summing_to_the_sequence(in_works
         images.append(in_workspace / f"scored{i}.png")
         Image.new("RGB", (64, 64), colour).save(images[-1])
     code, out, err = run_cli(["caption", *map(str, images), "--model", str(pretrained_run), "--scores",
-                              "--num-beams", str(beams), "--output", "scored.jsonl"], capsys)
+                              "--num-beams", str(beams), "--output", f"scored-{beams}.jsonl"], capsys)
     assert code == 0, err
-    records = [json.loads(line) for line in (in_workspace / "scored.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (in_workspace / f"scored-{beams}.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for record in records:
         assert record["tokens"] and len(record["tokens"]) == len(record["probs"])

@@ -11,7 +11,7 @@ from capalign import ui
 from capalign.cli import options
 from capalign.config import build_config, help_for
 from capalign.errors import UserError
-from capalign.runs import resolve_model
+from capalign.runs import RUNS_ROOT, resolve_model, write_errors
 
 
 def align(
@@ -33,6 +33,7 @@ def align(
     config: Optional[Path] = options.CONFIG,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/align-<time>)."),
     resume: bool = options.RESUME,
+    overwrite: bool = options.OVERWRITE,
 ) -> None:
     """Stage 2: DPO-family preference optimisation of caption generation.
 
@@ -49,5 +50,6 @@ def align(
     build_config(config_file=config, overrides=overrides)  # a bad option is reported before a missing model
     model_dir = resolve_model(model, kind="pretrain")
     run_config = build_config(config_file=config, overrides=overrides, base=options.resolved_config(model_dir, out if resume else None))
-    run_dir = run_align(model_dir, run_config, data=data, out=out, resume=resume)
+    with write_errors(out or RUNS_ROOT):  # disk full, read-only, no permission: one line
+        run_dir = run_align(model_dir, run_config, data=data, out=out, resume=resume, overwrite=overwrite)
     ui.console.print(f"[green]Aligned model written to {run_dir}")

@@ -23,12 +23,14 @@ def caption(
     batch_size: int = options.BATCH_SIZE,
     output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
     scores: bool = typer.Option(False, "--scores", help="Also print each token's probability and the caption's log-probability (JSONL output gets tokens, probs, logprob)."),
+    overwrite: bool = options.OVERWRITE,
 ) -> None:
     """Caption images with a trained model."""
     from capalign.data.images import collect_images  # deferred: the rest imports torch and transformers
     from capalign.inference.generate import DecodeOptions, caption_images, caption_images_scored  # deferred: imports torch and transformers
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
+    options.refuse_overwrite(output, overwrite)
     if num_beams < 1 or (max_length is not None and max_length < 1) or temperature < 0 or batch_size < 1:
         raise UserError("--num-beams, --max-length and --batch-size must be at least 1 and --temperature at least 0.")
     if output is not None and output.suffix not in (".jsonl", ".json"):

@@ -20,6 +20,7 @@ def compare(
     metrics: Optional[str] = typer.Option("bleu,meteor,rouge,cider,bertscore,clipscore,refclipscore,hallucination", "--metrics"),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (index.html, metrics.png, scores.json) here."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the comparison and per-image scores as JSON."),
+    overwrite: bool = options.OVERWRITE,
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Compare on the ids all systems share."),
     clip_model: str = options.CLIP_MODEL,
     bertscore_model: Optional[str] = options.BERTSCORE_MODEL,
@@ -39,6 +40,7 @@ def compare(
         Scoring, load_instances, load_split, load_system, score_system)
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
+    options.refuse_overwrite(output, overwrite)
     if len(systems) < 2:
         raise UserError("compare needs at least two systems (run folders or results files)")
     if bootstrap < 100:

@@ -13,21 +13,22 @@ DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity,retrieval"
 
 
 def demo_steps(workdir: Path) -> list[tuple[str, list[str]]]:
-    """The commands the demo runs, in order (each one is a plain `capalign` command line)."""
+    """The commands the demo runs, in order (each one is a plain `capalign` command line); a rerun
+    replaces the demo's own earlier runs and outputs (`--overwrite`)."""
     pretrained, aligned = workdir / "pretrain", workdir / "align"
     examples = Path(__file__).resolve().parents[2] / "examples" / "images"
     steps = [
         ("fetch", ["fetch", "shapes"]),
-        ("pretrain", ["pretrain", "--out", str(pretrained)]),
-        ("align", ["align", "--model", str(pretrained), "--beta", "0.1", "--out", str(aligned)]),
+        ("pretrain", ["pretrain", "--out", str(pretrained), "--overwrite"]),
+        ("align", ["align", "--model", str(pretrained), "--beta", "0.1", "--out", str(aligned), "--overwrite"]),
     ]
     if examples.is_dir():
-        steps.append(("caption", ["caption", str(examples), "--model", str(aligned), "--output", str(workdir / "examples.jsonl")]))
+        steps.append(("caption", ["caption", str(examples), "--model", str(aligned), "--output", str(workdir / "examples.jsonl"), "--overwrite"]))
     for name, run in (("pretrained", pretrained), ("aligned", aligned)):
         steps.append((f"evaluate {name}", ["evaluate", "--model", str(run), "--metrics", DEMO_METRICS,
-                                          "--output", str(workdir / f"eval-{name}.json")]))
+                                          "--output", str(workdir / f"eval-{name}.json"), "--overwrite"]))
     steps.append(("compare", ["compare", str(pretrained), str(aligned), "--metrics", DEMO_METRICS,
-                               "--report", str(workdir / "report"), "--output", str(workdir / "compare.json")]))
+                               "--report", str(workdir / "report"), "--output", str(workdir / "compare.json"), "--overwrite"]))
     return steps
 
 

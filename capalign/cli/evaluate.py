@@ -21,6 +21,7 @@ def evaluate(
     references: Optional[Path] = typer.Option(None, "--references", help="Reference captions file instead of --data: COCO annotations (captions_val2014.json form) or {image_id: [captions]}; text metrics only."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list or 'all' (bleu, meteor, rouge, cider, spice, bertscore, clipscore, refclipscore, retrieval, diversity, hallucination, chair)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write summary, per-image scores, scorers and captions as JSON."),
+    overwrite: bool = options.OVERWRITE,
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Score the common ids when a results file does not cover the split exactly."),
     clip_model: str = options.CLIP_MODEL,
     bertscore_model: Optional[str] = options.BERTSCORE_MODEL,
@@ -35,6 +36,7 @@ def evaluate(
     """Score a model or a results file against a split's references (or a references file)."""
     from capalign.api import evaluate as run_evaluation  # deferred: imports torch, transformers and datasets
 
+    options.refuse_overwrite(output, overwrite)
     evaluation = run_evaluation(
         model, results, data=data, split=split, references=references, metrics=metrics, allow_partial=allow_partial,
         clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer, instances=instances,

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from capalign.config import CLIP_B32, RunConfig, load_config
+from capalign.errors import UserError
 from capalign.runs import CONFIG_NAME
 
 DATA = typer.Option(None, "--data", help="Prepared dataset folder or source name (default: shapes).")
@@ -22,7 +23,8 @@ BATCH_SIZE = typer.Option(64, "--batch-size", help="Images per batch.")
 DEVICE = typer.Option(None, "--device", help="Device for model-based metrics (default: the accelerator when present).")
 LIMIT = typer.Option(None, "--limit", help="Only the first N images of the split.")
 CONFIG = typer.Option(None, "--config", help="YAML config file; flags override it.")
-RESUME = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out.")
+RESUME = typer.Option(False, "--resume", help="Continue from the last intact checkpoint in --out.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace what --out / --output already holds (a finished run, a results file).")
 
 
 def overrides(**sections) -> dict:
@@ -38,3 +40,9 @@ def resolved_config(run_dir: Path | None, resumed: Path | None = None) -> RunCon
         if folder is not None and (Path(folder) / CONFIG_NAME).is_file():
             return load_config(Path(folder) / CONFIG_NAME)
     return None
+
+
+def refuse_overwrite(path: Path | None, overwrite: bool) -> None:
+    """An existing --output file is kept unless --overwrite."""
+    if path is not None and Path(path).exists() and not overwrite:
+        raise UserError(f"{path} exists; choose another --output or pass --overwrite to replace it.")

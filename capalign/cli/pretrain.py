@@ -11,6 +11,7 @@ from capalign import ui
 from capalign.cli import options
 from capalign.config import PRESETS, build_config, help_for
 from capalign.errors import UserError
+from capalign.runs import RUNS_ROOT, write_errors
 
 
 def pretrain(
@@ -35,6 +36,7 @@ def pretrain(
     patience: Optional[int] = typer.Option(None, help=help_for("train.patience")),
     tracker: Optional[str] = typer.Option(None, help=help_for("train.tracker")),
     resume: bool = options.RESUME,
+    overwrite: bool = options.OVERWRITE,
     dry_run: bool = typer.Option(False, help="Build data, model and one batch; report sizes; do not train."),
 ) -> None:
     """Stage 1: captioning loss + image–text contrastive loss."""
@@ -50,6 +52,8 @@ def pretrain(
     if data is not None:
         overrides["data"] = data
     base = options.resolved_config(None, out) if resume and preset is None else None  # resume: the run's own settings
-    run_dir = run_pretrain(build_config(preset, config, overrides, base=base), out, resume=resume, dry_run=dry_run)
+    settings = build_config(preset, config, overrides, base=base)
+    with write_errors(out or RUNS_ROOT):  # disk full, read-only, no permission: one line
+        run_dir = run_pretrain(settings, out, resume=resume, dry_run=dry_run, overwrite=overwrite)
     if not dry_run:
         ui.console.print(f"[green]Pretrained model written to {run_dir}")

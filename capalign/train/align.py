@@ -149,7 +149,8 @@ def merge_lora(policy) -> None:
         policy.model.decoder = policy.model.decoder.merge_and_unload()
 
 
-def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False) -> Path:
+def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False,
+          overwrite: bool = False) -> Path:
     """Align a pretrained run with preference pairs; writes a new run folder and returns it.
 
     With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy; its frozen
@@ -172,7 +173,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     if a.lora_rank:
         add_lora(policy, a.lora_rank)
     scorer = pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
-    run_dir = new_run_dir("align", out)
+    run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     save_config(config, run_dir / CONFIG_NAME)
     text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
     collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens, text_inputs)

@@ -17,11 +17,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -33,8 +37,9 @@ from transformers import get_cosine_schedule_with_warmup
 from capalign import ui
 from capalign.config import TrainConfig
 from capalign.errors import UserError
+from capalign.runs import atomic_write_text, write_errors
+from capalign.train import checkpoints
 from capalign.train.reports import plot_curves
-from capalign.runs import atomic_write_text
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -113,6 +118,7 @@ class Engine:
             module, optimizer, loader, scheduler
         )
         self.state = EngineState()
+        self._stop: list[int] = []  # signals received (see fit)
         self._rng_to_restore: torch.Tensor | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoints = self.run_dir / "checkpoints"
@@ -120,31 +126,43 @@ class Engine:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write weights, optimiser, scheduler, RNG and engine state; swap in atomically."""
+        """Write weights, optimiser, scheduler, RNG and engine state under a temporary name, fsync and
+        seal them with a manifest, rename into place, then drop all but the newest checkpoints."""
         self.accelerator.wait_for_everyone()
-        final = self.checkpoints / f"step-{self.state.step:08d}"
-        if self.accelerator.is_main_process:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoints / f"{checkpoints.PREFIX}{self.state.step:08d}"
         partial = final.with_name(final.name + ".partial")
-        self.accelerator.save_state(str(partial))
+        with write_errors(partial):
+            if self.accelerator.is_main_process:
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(partial, ignore_errors=True)
+            try:
+                self.accelerator.save_state(str(partial))
+                if self.accelerator.is_main_process:
+                    (partial / "engine_state.json").write_text(json.dumps(asdict(self.state)))
+                    checkpoints.seal(partial)
+                    if final.exists():
+                        shutil.rmtree(final)
+                    partial.rename(final)
+                    checkpoints.fsync_dir(self.checkpoints)
+                    atomic_write_text(self.checkpoints / "latest.json", json.dumps({"path": final.name}))  # for people
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)  # the previous checkpoint stays untouched
+                raise
         if self.accelerator.is_main_process:
-            (partial / "engine_state.json").write_text(json.dumps(asdict(self.state)))
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
-            atomic_write_text(self.checkpoints / "latest.json", json.dumps({"path": final.name}))
-            for old in self.checkpoints.glob("step-*"):
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+            checkpoints.prune(self.checkpoints, self.settings.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return final
 
     def resume(self) -> bool:
-        """Load the last checkpoint if there is one; returns whether it did."""
-        pointer = self.checkpoints / "latest.json"
-        if not pointer.is_file():
+        """Load the newest intact checkpoint if there is one (saying which damaged ones were passed
+        over); returns whether it did."""
+        path, passed_over = checkpoints.newest_intact(self.checkpoints)
+        for reason in passed_over:
+            ui.err_console.print(f"[yellow]warning:[/yellow] skipping checkpoint {reason}", highlight=False)
+        if path is None:
             return False
-        path = self.checkpoints / json.loads(pointer.read_text())["path"]
+        if passed_over:
+            ui.err_console.print(f"Resuming from the newest intact checkpoint, {path.name}.", highlight=False)
         self.accelerator.load_state(str(path))
         # Starting the data iterator draws from the global torch RNG; re-apply the checkpoint's
         # state after that draw so dropout continues exactly as in an uninterrupted run.
@@ -158,13 +176,20 @@ class Engine:
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> EngineState:
-        """Train to `total_steps`; Ctrl-C writes a checkpoint first, then exits with status 130."""
-        try:
-            self._loop()
-        except KeyboardInterrupt:
-            path = self.save_checkpoint()
-            ui.err_console.print(f"Interrupted: checkpoint saved at {path}; continue with --resume.")
-            raise SystemExit(130) from None
+        """Train to `total_steps`. SIGTERM (schedulers, `timeout`) and SIGINT (Ctrl-C) write a checkpoint
+        at the next step boundary, say where, and exit with 128 + the signal number; a second signal
+        exits at once."""
+        with stop_signals() as stop:
+            self._stop = stop
+            try:
+                self._loop()
+            except KeyboardInterrupt:  # raised where no handler could be installed (not the main thread)
+                stop.append(signal.SIGINT)
+            if stop:
+                path = self.save_checkpoint()
+                ui.err_console.print(f"Stopped by {signal.Signals(stop[0]).name}: checkpoint saved at {path}; "
+                                     "continue with --resume.", highlight=False, soft_wrap=True)
+                raise SystemExit(128 + stop[0])
         return self.state
 
     def _loop(self) -> None:
@@ -173,7 +198,7 @@ class Engine:
         started, samples = time.perf_counter(), 0
         with ui.progress_bar(self.description, self.total_steps) as (progress, task):
             progress.update(task, completed=self.state.step)
-            while self.state.step < self.total_steps and not self.state.stopped_early:
+            while self.state.step < self.total_steps and not self.state.stopped_early and not self._stop:
                 self.loader.set_epoch(self.state.epoch)
                 batches = self.loader
                 if self.state.batches_done_in_epoch:
@@ -199,7 +224,7 @@ class Engine:
                     if step % settings.checkpoint_every == 0 and step < self.total_steps and not self.state.stopped_early:
                         self.save_checkpoint()
                     progress.update(task, completed=step)
-                    if step >= self.total_steps or self.state.stopped_early:
+                    if step >= self.total_steps or self.state.stopped_early or self._stop:
                         break
                 else:
                     self.state.epoch += 1
@@ -292,6 +317,30 @@ class Engine:
         if self.accelerator.is_main_process:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
         self.accelerator.end_training()
+
+
+@contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """Within the block, SIGTERM and SIGINT are recorded in the yielded list (the loop checks it at
+    each step boundary) instead of killing the process; a second signal exits at once."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        ui.err_console.print(f"{signal.Signals(signum).name} received: saving a checkpoint after this step "
+                             "(send it again to stop at once).", highlight=False, soft_wrap=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _release_accelerator_state(mixed_precision: str) -> None:

@@ -65,7 +65,8 @@ def _pairs(split, name: str, captioner, processor, use_cache: bool):
     return CachedCaptionPairs(split, store)
 
 
-def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False) -> Path | None:
+def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False,
+             overwrite: bool = False) -> Path | None:
     """Train stage 1 and write a run folder; returns its path (None for a dry run, which writes nothing)."""
     set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
     data, tokenizer, processor, captioner = build_run(config)
@@ -79,7 +80,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     if dry_run:
         report_dry_run(captioner, CaptionPairs(data["train"]), collate, loss_fn, config.train.batch_size)
         return None
-    run_dir = new_run_dir("pretrain", out)
+    run_dir = new_run_dir("pretrain", out, resume=resume, overwrite=overwrite)
     if process_state().is_main_process:
         save_config(config, run_dir / CONFIG_NAME)
 

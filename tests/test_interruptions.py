@@ -1,0 +1,153 @@
+"""Nothing lost: signals checkpoint and resume exactly, damaged checkpoints are detected, finished
+runs and results are not overwritten, a run folder in use is refused, a full disk is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from capalign.config import build_config
+from capalign.errors import UserError
+from capalign.train import checkpoints
+from capalign.train.engine import Engine
+from capalign.train.pretrain import pretrain
+from test_cli import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _capalign(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "capalign", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_sigterm_checkpoints_and_resume_reaches_the_same_final_loss(workspace):
+    common = ["--config", "tiny.yaml", "--max-steps", "40", "--seed", "0"]
+    straight = _capalign(["pretrain", *common, "--out", "runs/sig-straight"], workspace)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    stopped = _capalign(["pretrain", *common, "--out", "runs/sig-stopped"], workspace)
+    metrics = workspace / "runs/sig-stopped/metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.1)
+    stopped.send_signal(signal.SIGTERM)
+    code = stopped.wait(timeout=120)
+    err = stopped.stderr.read()
+    assert code == 128 + signal.SIGTERM, err
+    assert "checkpoint saved at" in err and "Traceback" not in err
+    assert not (workspace / "runs/sig-stopped/run.json").exists()  # not marked finished
+    resumed = _capalign(["pretrain", *common, "--out", "runs/sig-stopped", "--resume"], workspace)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a, b = _losses(workspace / "runs/sig-straight"), _losses(workspace / "runs/sig-stopped")
+    assert sorted(a) == sorted(b) and b[40] == pytest.approx(a[40], rel=1e-5)
+
+
+def _interrupted_run(out: Path, monkeypatch, keep: int = 3) -> Path:
+    config = build_config(None, Path("tiny.yaml"), {"train": {"max_steps": 12, "checkpoint_every": 2, "eval_every": 100,
+                                                              "keep_checkpoints": keep}})
+    original = Engine._train_batch
+
+    def interrupt_at_six(self, batch, window):
+        if self.state.step == 6:
+            raise KeyboardInterrupt
+        return original(self, batch, window)
+
+    monkeypatch.setattr(Engine, "_train_batch", interrupt_at_six)
+    with pytest.raises(SystemExit):
+        pretrain(config, out)
+    monkeypatch.setattr(Engine, "_train_batch", original)
+    return config
+
+
+def test_only_the_newest_checkpoints_are_kept_and_each_is_sealed(in_workspace, monkeypatch):
+    _interrupted_run(Path("runs/kept"), monkeypatch, keep=2)
+    folders = checkpoints.checkpoints_newest_first(in_workspace / "runs/kept/checkpoints")
+    assert [f.name for f in folders] == ["step-00000006", "step-00000004"]
+    assert all(checkpoints.damage(f) is None for f in folders)
+    assert not list((in_workspace / "runs/kept/checkpoints").glob("*.partial"))
+
+
+def test_damaged_checkpoint_falls_back_to_the_newest_intact_one(in_workspace, monkeypatch, capsys):
+    config = _interrupted_run(Path("runs/damaged"), monkeypatch)
+    root = in_workspace / "runs/damaged/checkpoints"
+    newest = checkpoints.checkpoints_newest_first(root)[0]
+    weights = next(newest.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a truncated file
+    pretrain(config, Path("runs/damaged"), resume=True)
+    err = capsys.readouterr().err
+    assert "skipping checkpoint step-00000006" in err and weights.name in err
+    assert "newest intact checkpoint, step-00000004" in err
+    assert json.loads((in_workspace / "runs/damaged/run.json").read_text())["steps"] == 12
+
+
+def test_no_intact_checkpoint_is_one_line_naming_the_damaged_file(in_workspace, monkeypatch, capsys):
+    _interrupted_run(Path("runs/ruined"), monkeypatch)
+    for folder in checkpoints.checkpoints_newest_first(in_workspace / "runs/ruined/checkpoints"):
+        (folder / checkpoints.MANIFEST).write_text("{not json")
+    capsys.readouterr()
+    code, _, err = run_cli(["pretrain", "--config", "tiny.yaml", "--max-steps", "12", "--out", "runs/ruined", "--resume"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no intact checkpoint" in err and "manifest.json" in err and "Traceback" not in err
+
+
+def test_a_finished_run_is_never_overwritten(pretrained_run, in_workspace, capsys):
+    before = (pretrained_run / "model.safetensors").read_bytes()
+    code, _, err = run_cli(["pretrain", "--config", "tiny.yaml", "--max-steps", "2", "--out", str(pretrained_run)], capsys)
+    assert code == 2 and "holds a finished run" in err and "--overwrite" in err
+    assert (pretrained_run / "model.safetensors").read_bytes() == before
+
+
+def test_existing_results_file_needs_overwrite(pretrained_run, in_workspace, capsys):
+    target = in_workspace / "kept.json"
+    target.write_text("[]")
+    image = Path(__file__).resolve().parents[1] / "examples" / "images" / "red_circle.png"
+    code, _, err = run_cli(["caption", str(image), "--model", str(pretrained_run), "--output", str(target)], capsys)
+    assert code == 2 and "--overwrite" in err and target.read_text() == "[]"
+    code, _, _ = run_cli(["caption", str(image), "--model", str(pretrained_run), "--output", str(target), "--overwrite"], capsys)
+    assert code == 0 and json.loads(target.read_text())[0]["image_id"] == "red_circle"
+
+
+def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(in_workspace, capsys):
+    from capalign.runs import LOCK
+
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        busy = in_workspace / "runs/busy"
+        busy.mkdir(parents=True)
+        (busy / LOCK).write_text(json.dumps({"pid": owner.pid, "host": os.uname().nodename}))
+        code, _, err = run_cli(["pretrain", "--config", "tiny.yaml", "--max-steps", "1", "--out", str(busy)], capsys)
+        assert code == 2 and f"in use by process {owner.pid}" in err
+    finally:
+        owner.kill()
+        owner.wait()
+    code, _, err = run_cli(["pretrain", "--config", "tiny.yaml", "--max-steps", "1", "--out", str(busy)], capsys)
+    assert code == 0, err  # the lock's process is gone: taken over
+
+
+def test_disk_full_is_one_line_and_nothing_is_marked_finished(in_workspace, capsys, tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+    try:
+        code, _, err = run_cli(["pretrain", "--config", "tiny.yaml", "--max-steps", "4", "--out", str(mount / "run")], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "cannot write" in err and "No space left" in err and "Traceback" not in err
+        assert not (mount / "run" / "run.json").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
