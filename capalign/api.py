@@ -19,6 +19,7 @@ from PIL import Image
 
 from capalign.config import CLIP_B32
 from capalign.data.images import open_rgb
+from capalign.devices import resolve_device
 from capalign.errors import UserError
 from capalign.evaluation.systems import (IMAGE_METRICS, OBJECT_METRICS, Scoring, Split, System, load_instances,
                                          load_split, load_system, references_split, score_system)
@@ -82,8 +83,8 @@ class Captioner:
     @classmethod
     def from_pretrained(cls, run_folder_or_hub_id: str | Path, device: str | torch.device | None = None) -> "Captioner":
         """Load a finished run folder, or a run pushed to the Hugging Face Hub (`owner/name`, downloaded
-        through capalign.hub: offline it fails within seconds, one clear line). `device` defaults to
-        CUDA when available, else CPU."""
+        through capalign.hub: offline it fails within seconds, one clear line). `device`: auto (the
+        accelerator when present, else CPU), cpu, cuda, cuda:N or mps."""
         path = Path(run_folder_or_hub_id).expanduser()
         if path.exists():
             run_dir = resolve_model(path)
@@ -95,8 +96,7 @@ class Captioner:
                 raise UserError(f"{run_folder_or_hub_id} is not a capalign run (no run.json with a model config); "
                                 "push runs with `capalign push`.")
         module, tokenizer, processor = load_captioner(run_dir)
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(module.to(device), tokenizer, processor, source=run_folder_or_hub_id)
+        return cls(module.to(resolve_device(device and str(device))), tokenizer, processor, source=run_folder_or_hub_id)
 
     def caption(self, images: Any, num_beams: int = 1, max_length: int | None = None, batch_size: int = 32,
                 temperature: float = 0.0, return_scores: bool = False) -> Any:
@@ -186,7 +186,7 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         the_split = load_split(data, split, limit, want_train="Copied" in names)
         data_label, split_label = data or "shapes", split
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
-                         num_beams=num_beams, max_length=max_length, batch_size=batch_size)
+                         num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device)
     scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device,
                       load_instances(Path(instances) if instances is not None else None))
     result = score_system(system, the_split, names, scoring) if names else EvaluationResult()

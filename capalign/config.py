@@ -62,6 +62,7 @@ class TrainConfig:
     grad_accum: int = setting(1, "Micro-batches per optimiser step.")
     mixed_precision: str = setting("no", "no | fp16 | bf16")
     seed: int = setting(0, "Seed of initialisation, data order and sampling.")
+    device: str | None = setting(None, "auto (the accelerator when present) | cpu | cuda | cuda:N | mps.")
     contrastive_weight: float = setting(0.5, "Weight of the image–text InfoNCE term.")
     caption_weight: float = setting(1.0, "Weight of the captioning cross-entropy.")
     cosine_weight: float = setting(0.0, "Weight of the cosine alignment term (seed 003; 0 = off).")

@@ -20,8 +20,8 @@ def test_reference_logps_are_computed_once_however_long_training_runs(pretrained
     calls = {"reference": 0, "loaded": 0}
     real_load = align_module.load_captioner
 
-    def counting_load(run_dir):
-        captioner, tokenizer, processor = real_load(run_dir)
+    def counting_load(run_dir, *args):
+        captioner, tokenizer, processor = real_load(run_dir, *args)
         calls["loaded"] += 1
         if calls["loaded"] == 2:  # align loads the policy first, then the reference
             encode = captioner.encode_images

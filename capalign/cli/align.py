@@ -32,6 +32,7 @@ def align(
     grad_accum: Optional[int] = typer.Option(None, help=help_for("train.grad_accum") + " (default: as the pretrained run)."),
     config: Optional[Path] = options.CONFIG,
     out: Optional[Path] = typer.Option(None, help="Run folder (default runs/align-<time>)."),
+    device: Optional[str] = typer.Option(None, help=help_for("train.device")),
     resume: bool = options.RESUME,
     overwrite: bool = options.OVERWRITE,
 ) -> None:
@@ -46,7 +47,7 @@ def align(
     overrides = options.overrides(
         align=dict(pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight,
                    lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size),
-        train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum))
+        train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum, device=device))
     build_config(config_file=config, overrides=overrides)  # a bad option is reported before a missing model
     model_dir = resolve_model(model, kind="pretrain")
     run_config = build_config(config_file=config, overrides=overrides, base=options.resolved_config(model_dir, out if resume else None))

@@ -21,6 +21,7 @@ def caption(
     max_length: Optional[int] = options.MAX_LENGTH,
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = no sampling)."),
     batch_size: int = options.BATCH_SIZE,
+    device: Optional[str] = options.DEVICE,
     output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
     scores: bool = typer.Option(False, "--scores", help="Also print each token's probability and the caption's log-probability (JSONL output gets tokens, probs, logprob)."),
     overwrite: bool = options.OVERWRITE,
@@ -28,6 +29,7 @@ def caption(
     """Caption images with a trained model."""
     from capalign.data.images import collect_images  # deferred: the rest imports torch and transformers
     from capalign.inference.generate import DecodeOptions, caption_images, caption_images_scored  # deferred: imports torch and transformers
+    from capalign.devices import resolve_device  # deferred: imports torch
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
     options.refuse_overwrite(output, overwrite)
@@ -37,7 +39,7 @@ def caption(
         raise UserError(f"--output must end in .jsonl or .json, got {output.name}.")
     paths, images, skipped = collect_images(inputs)
     model_dir = resolve_model(model)
-    captioner, tokenizer, processor = load_captioner(model_dir)
+    captioner, tokenizer, processor = load_captioner(model_dir, resolve_device(device))
     decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
     scored = caption_images_scored(captioner, tokenizer, processor, images, decode) if scores else None
     captions = [s.caption for s in scored] if scored else caption_images(captioner, tokenizer, processor, images, decode)

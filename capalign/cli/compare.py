@@ -48,7 +48,7 @@ def compare(
     names = parse_metrics(metrics)
     the_split = load_split(data, split, limit, want_train="Copied" in names)
     loaded = [load_system(s, None, the_split, allow_partial=allow_partial, num_beams=num_beams,
-                          max_length=max_length, batch_size=batch_size) for s in systems]
+                          max_length=max_length, batch_size=batch_size, device=device) for s in systems]
     labels = _unique_labels([s.label for s in loaded])
     common = set(the_split.references).intersection(*(s.captions for s in loaded))
     if any(len(s.captions) != len(common) for s in loaded):

@@ -20,7 +20,7 @@ INSTANCES = typer.Option(None, "--instances", help="COCO instances_*.json for CH
 NUM_BEAMS = typer.Option(1, "--num-beams", help="Beam width (1 = greedy).")
 MAX_LENGTH = typer.Option(None, "--max-length", help="Most new tokens per caption (default: the model's).")
 BATCH_SIZE = typer.Option(64, "--batch-size", help="Images per batch.")
-DEVICE = typer.Option(None, "--device", help="Device for model-based metrics (default: the accelerator when present).")
+DEVICE = typer.Option(None, "--device", help="auto (default: the accelerator when present) | cpu | cuda | cuda:N | mps: where the models run.")
 LIMIT = typer.Option(None, "--limit", help="Only the first N images of the split.")
 CONFIG = typer.Option(None, "--config", help="YAML config file; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue from the last intact checkpoint in --out.")

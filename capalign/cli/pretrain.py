@@ -35,6 +35,7 @@ def pretrain(
     select: Optional[str] = typer.Option(None, help=help_for("train.select")),
     patience: Optional[int] = typer.Option(None, help=help_for("train.patience")),
     tracker: Optional[str] = typer.Option(None, help=help_for("train.tracker")),
+    device: Optional[str] = typer.Option(None, help=help_for("train.device")),
     resume: bool = options.RESUME,
     overwrite: bool = options.OVERWRITE,
     dry_run: bool = typer.Option(False, help="Build data, model and one batch; report sizes; do not train."),
@@ -46,7 +47,8 @@ def pretrain(
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
         train=dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
-                   mixed_precision=mixed_precision, grad_accum=grad_accum, select=select, patience=patience, tracker=tracker),
+                   mixed_precision=mixed_precision, grad_accum=grad_accum, select=select, patience=patience, tracker=tracker,
+                   device=device),
         model=dict(vision=vision, decoder=decoder, text_encoder=text_encoder, arch=arch,
                    freeze_vision=freeze_vision, freeze_decoder=freeze_decoder))
     if data is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from capalign.data.store import get_split, load_prepared
+from capalign.devices import resolve_device
 from capalign.errors import UserError
 from capalign.inference.generate import caption_split
 from capalign.inference.scorer import load_scorer
@@ -77,8 +78,9 @@ def references_split(path: Path) -> Split:
 
 
 def load_system(spec: str | None, results: Path | None, split: Split, *, allow_partial: bool, num_beams: int,
-                max_length: int | None, batch_size: int) -> System:
-    """A results file (COCO format) or a capalign run (captions generated for the split)."""
+                max_length: int | None, batch_size: int, device: str | None = None) -> System:
+    """A results file (COCO format) or a capalign run (captions generated for the split on `device`,
+    see capalign.devices)."""
     path = Path(results) if results is not None else (Path(spec) if spec is not None else None)
     if path is not None and path.is_file():
         loaded = load_results(path)
@@ -93,14 +95,15 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
     if spec is not None and not Path(spec).exists():
         raise UserError(f"{spec} is neither a results file nor a capalign run folder")
     run_dir = resolve_model(spec)
-    captions = caption_split(run_dir, split.dataset, num_beams=num_beams, max_length=max_length, batch_size=batch_size)
+    captions = caption_split(run_dir, split.dataset, num_beams=num_beams, max_length=max_length, batch_size=batch_size,
+                             device=resolve_device(device))
     captions = {str(k): v for k, v in captions.items()}
     return System(run_dir.name, captions, run_dir=run_dir)
 
 
-def _load_head(run_dir: Path):
+def _load_head(run_dir: Path, device: str | None):
     """(the run's contrastive scorer with embed_images / embed_texts, or None; why it is None)."""
-    head = load_scorer(run_dir)
+    head = load_scorer(run_dir, resolve_device(device))
     return head, (None if head is not None else f"run {Path(run_dir).name} has no contrastive head")
 
 
@@ -111,17 +114,17 @@ def metric_options(system: System, *, clip_model: str, bertscore_model: str | No
     options = MetricOptions(clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
                             batch_size=batch_size, device=device)
     if system.run_dir is not None and need_head:
-        options.contrastive_scorer, options.contrastive_missing = _load_head(system.run_dir)
+        options.contrastive_scorer, options.contrastive_missing = _load_head(system.run_dir, device)
         options.contrastive_name = f"contrastive head of capalign run {system.run_dir.name}"
     if clip_model == "self":
         if system.run_dir is None:
             raise UserError("--clip-model self needs a capalign run (a results file has no contrastive head)")
-        head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir)
+        head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir, device)
         if head is None:
             raise UserError(f"--clip-model self: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {system.run_dir.name}"
     elif Path(clip_model).is_dir() and is_run_dir(Path(clip_model)):
-        head, why = _load_head(Path(clip_model))
+        head, why = _load_head(Path(clip_model), device)
         if head is None:
             raise UserError(f"--clip-model {clip_model}: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {Path(clip_model).name}"

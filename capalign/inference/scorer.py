@@ -18,12 +18,13 @@ class RunScorer:
     def __init__(self, captioner, tokenizer, processor, batch_size: int = 64):
         self.captioner, self.tokenizer, self.processor, self.batch_size = captioner, tokenizer, processor, batch_size
         self.captioner.eval()
+        self.device = next(captioner.parameters()).device
 
     @torch.no_grad()
     def embed_images(self, images: list) -> torch.Tensor:
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            pixels = pixel_values(self.processor, images[start : start + self.batch_size])
+            pixels = pixel_values(self.processor, images[start : start + self.batch_size]).to(self.device)
             pooled = self.captioner.encode_images(pixels).pooler_output
             chunks.append(self.captioner.head.embed_image(pooled))
         return torch.cat(chunks)
@@ -33,14 +34,15 @@ class RunScorer:
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.captioner.tokenize_texts(self.tokenizer, texts[start : start + self.batch_size])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             pooled = self.captioner.text_features(batch["input_ids"], batch["attention_mask"])
             chunks.append(self.captioner.head.embed_text(pooled))
         return torch.cat(chunks)
 
 
-def load_scorer(run_dir: Path) -> RunScorer | None:
-    """The run's contrastive scorer, or None when the run has no contrastive head."""
-    captioner, tokenizer, processor = load_captioner(run_dir)
+def load_scorer(run_dir: Path, device: torch.device | str | None = None) -> RunScorer | None:
+    """The run's contrastive scorer (on `device`), or None when the run has no contrastive head."""
+    captioner, tokenizer, processor = load_captioner(run_dir, device)
     if captioner.head is None:
         return None
     return RunScorer(captioner, tokenizer, processor)

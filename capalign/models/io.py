@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModelWithProjection, VisionEncoderDecoderModel
 
 from capalign.models.captioner import Captioner
@@ -53,8 +54,9 @@ def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) ->
     (run_dir / MODEL_DESCRIPTION).write_text(json.dumps(describe(captioner), indent=1))
 
 
-def load_captioner(run_dir: Path):
-    """Load (Captioner, tokenizer, image processor) from a run folder; local files only."""
+def load_captioner(run_dir: Path, device: torch.device | str | None = None):
+    """Load (Captioner, tokenizer, image processor) from a run folder; local files only. `device`:
+    where the model goes (None: stays on the CPU)."""
     run_dir = Path(run_dir)
     info = read_description(run_dir) or {"arch": "cross-attention"}
     if info["arch"] == "prefix":
@@ -72,4 +74,6 @@ def load_captioner(run_dir: Path):
     captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer)
     frozen = info.get("frozen", {})
     captioner.freeze(vision=frozen.get("vision"), decoder=frozen.get("decoder"), text=frozen.get("text"))
+    if device is not None:
+        captioner.to(device)
     return captioner, tokenizer, processor

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from capalign import ui
 from capalign.config import RunConfig, load_config, save_config
 from capalign.data.store import load_prepared
+from capalign.devices import resolve_device
 from capalign.distributed import process_state
 from capalign.errors import UserError
 from capalign.losses import info_nce, preference_loss, sequence_logps, token_cross_entropy
@@ -162,8 +163,9 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     if resume and a.rounds > 1:
         raise UserError("--resume works for single-round alignment only; rerun with --rounds 1 or start afresh.")
     dataset = load_prepared(config.data)
-    policy, tokenizer, processor = load_captioner(model_dir)
-    pretrained = load_captioner(model_dir)[0].eval().requires_grad_(False)  # reference, scorer, report baseline
+    device = resolve_device(config.train.device)  # pair building, reference log-probs and report run here too
+    policy, tokenizer, processor = load_captioner(model_dir, device)
+    pretrained = load_captioner(model_dir, device)[0].eval().requires_grad_(False)  # reference, scorer, report baseline
     # LoRA wraps the decoder whose text-only pass feeds the head: the head is kept frozen then.
     contrastive_weight = a.contrastive_weight if policy.head is not None and not a.lora_rank else 0.0
     if policy.head is not None and not contrastive_weight:

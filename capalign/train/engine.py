@@ -36,6 +36,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from capalign import ui
 from capalign.config import TrainConfig
+from capalign.devices import resolve_device
 from capalign.errors import UserError
 from capalign.runs import atomic_write_text, write_errors
 from capalign.train import checkpoints
@@ -85,8 +86,11 @@ class Engine:
         # tag their records (e.g. {"round": 2}).
         self.step_offset, self.log_extra = step_offset, log_extra or {}
         _release_accelerator_state(settings.mixed_precision)
+        device = resolve_device(settings.device)
+        if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+            torch.cuda.set_device(device)  # one process on the GPU the user named
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available(),
+            cpu=device.type == "cpu",
             mixed_precision=settings.mixed_precision,
             gradient_accumulation_steps=settings.grad_accum,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),

@@ -1,0 +1,39 @@
+"""One device policy for every command: `--device auto|cpu|cuda|cuda:N|mps`.
+
+auto (the default) is the accelerator when one is present (CUDA, then Apple MPS), else the CPU; a
+device that is not there is a one-line user error. Under `torchrun` / `accelerate launch` each process
+uses its own local GPU (LOCAL_RANK)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from capalign.errors import UserError
+
+CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(spec: str | None = None) -> torch.device:
+    """The torch device `spec` names, checked to exist here."""
+    name = (spec or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {spec!r} is not a device; use {CHOICES}.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {spec}: no CUDA GPU is available on this machine; use --device cpu (or auto).")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {spec}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}).")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {spec}: Apple MPS is not available on this machine; use --device cpu (or auto).")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {spec!r} is not supported; use {CHOICES}.")
+    return device
