@@ -12,21 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from capalign.config import build_config
-from capalign.errors import UserError
 from capalign.train import checkpoints
 from capalign.train.engine import Engine
 from capalign.train.pretrain import pretrain
 from test_cli import run_cli
+from test_engine import _losses
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _losses(run: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
 def _capalign(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
