@@ -25,7 +25,7 @@ from capalign.evaluation.systems import (IMAGE_METRICS, OBJECT_METRICS, Scoring,
                                          load_split, load_system, references_split, score_system)
 from capalign.inference.generate import DecodeOptions, ScoredCaption, caption_images, caption_images_scored
 from capalign.inference.scorer import RunScorer
-from capalign.metrics import EvaluationResult, parse_metrics
+from capalign.metrics import RETRIEVAL_METRICS, EvaluationResult, parse_metrics
 from capalign.model_card import record_evaluation
 from capalign.models.io import load_captioner
 from capalign.runs import is_run_dir, resolve_model
@@ -186,7 +186,8 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         the_split = load_split(data, split, limit, want_train="Copied" in names)
         data_label, split_label = data or "shapes", split
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
-                         num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device)
+                         num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device,
+                         captions_needed=not set(names) <= set(RETRIEVAL_METRICS))
     scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device,
                       load_instances(Path(instances) if instances is not None else None))
     result = score_system(system, the_split, names, scoring) if names else EvaluationResult()

@@ -78,9 +78,10 @@ def references_split(path: Path) -> Split:
 
 
 def load_system(spec: str | None, results: Path | None, split: Split, *, allow_partial: bool, num_beams: int,
-                max_length: int | None, batch_size: int, device: str | None = None) -> System:
+                max_length: int | None, batch_size: int, device: str | None = None, captions_needed: bool = True) -> System:
     """A results file (COCO format) or a capalign run (captions generated for the split on `device`,
-    see capalign.devices)."""
+    see capalign.devices; none when only retrieval is asked for, which scores references, so that
+    contrastive-only runs are judged too)."""
     path = Path(results) if results is not None else (Path(spec) if spec is not None else None)
     if path is not None and path.is_file():
         loaded = load_results(path)
@@ -95,6 +96,8 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
     if spec is not None and not Path(spec).exists():
         raise UserError(f"{spec} is neither a results file nor a capalign run folder")
     run_dir = resolve_model(spec)
+    if not captions_needed:
+        return System(run_dir.name, dict.fromkeys(split.references, ""), run_dir=run_dir)
     captions = caption_split(run_dir, split.dataset, num_beams=num_beams, max_length=max_length, batch_size=batch_size,
                              device=resolve_device(device))
     captions = {str(k): v for k, v in captions.items()}
