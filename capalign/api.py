@@ -160,12 +160,13 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
              split: str = "test", references: str | Path | None = None, metrics: str | list[str] | None = None,
              allow_partial: bool = False, clip_model: str = CLIP_B32, bertscore_model: str | None = None,
              bertscore_layer: int | None = None, instances: str | Path | None = None, num_beams: int = 1,
-             max_length: int | None = None, batch_size: int = 64, device: str | None = None,
+             max_length: int | None = None, batch_size: int = 64, device: str | None = None, dtype: str = "auto",
              limit: int | None = None, record: bool = True) -> Evaluation:
     """Score a run (`model`, captions generated for the split) or a COCO results file (`results`)
     against a prepared split's references (`data`, `split`), or against a references file alone
     (`references`: a COCO annotations file or `{id: [refs]}`; text metrics only — image-based metrics
-    are reported missing, one line each). `metrics` is the `--metrics` text or a list of names.
+    are reported missing, one line each). `metrics` is the `--metrics` text or a list of names;
+    `dtype` the run's inference dtype (`--dtype`, see capalign.devices.resolve_dtype).
     With `record`, a run's numbers are kept in its evaluations.json and model card."""
     if model is not None and results is not None:
         raise UserError("give either --model or --results, not both")
@@ -186,10 +187,10 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         the_split = load_split(data, split, limit, want_train="Copied" in names)
         data_label, split_label = data or "shapes", split
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
-                         num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device,
+                         num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
                          captions_needed=not set(names) <= set(RETRIEVAL_METRICS))
     scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device,
-                      load_instances(Path(instances) if instances is not None else None))
+                      load_instances(Path(instances) if instances is not None else None), dtype=dtype)
     result = score_system(system, the_split, names, scoring) if names else EvaluationResult()
     result.missing.update(notes)
     if record and system.run_dir is not None and limit is None and result.summary:

@@ -1,8 +1,10 @@
-"""One device policy for every command: `--device auto|cpu|cuda|cuda:N|mps`.
+"""One device policy for every command: `--device auto|cpu|cuda|cuda:N|mps`, and for inference
+`--dtype auto|float32|bfloat16|float16`.
 
 auto (the default) is the accelerator when one is present (CUDA, then Apple MPS), else the CPU; a
 device that is not there is a one-line user error. Under `torchrun` / `accelerate launch` each process
-uses its own local GPU (LOCAL_RANK)."""
+uses its own local GPU (LOCAL_RANK). The auto dtype is the precision the run was trained in
+(`train.mixed_precision`) on an accelerator, and float32 on the CPU."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import torch
 from capalign.errors import UserError
 
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRAINED_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # train.mixed_precision -> inference dtype
 
 
 def resolve_device(spec: str | None = None) -> torch.device:
@@ -37,3 +41,14 @@ def resolve_device(spec: str | None = None) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device {spec!r} is not supported; use {CHOICES}.")
     return device
+
+
+def resolve_dtype(spec: str | None, device: torch.device, mixed_precision: str | None = None) -> torch.dtype:
+    """The inference dtype `spec` names; auto: the run's training precision (`mixed_precision`) on
+    an accelerator, float32 on the CPU."""
+    name = (spec or "auto").strip().lower()
+    if name == "auto":
+        name = TRAINED_DTYPES.get(mixed_precision or "no", "float32") if device.type != "cpu" else "float32"
+    if name not in DTYPES:
+        raise UserError(f"--dtype {spec!r} is not a dtype; use auto, float32, bfloat16 or float16.")
+    return DTYPES[name]

@@ -21,7 +21,7 @@ def _run_dir(tmp_path, name="run-a"):
 
 def test_run_head_used_for_retrieval_and_named_as_clip_scorer(tmp_path, monkeypatch):
     head = object()
-    monkeypatch.setattr(systems, "load_scorer", lambda run_dir, device=None: head, raising=False)
+    monkeypatch.setattr(systems, "load_scorer", lambda run_dir, device=None, dtype=None: head, raising=False)
     run = _run_dir(tmp_path)
     kwargs = dict(bertscore_model=None, bertscore_layer=None, batch_size=8, device=None, need_head=True)
     options = metric_options(System("run-a", {}, run_dir=run), clip_model="self", **kwargs)
@@ -32,6 +32,6 @@ def test_run_head_used_for_retrieval_and_named_as_clip_scorer(tmp_path, monkeypa
     assert options.clip_scorer is head and "run-b" in options.clip_model and options.contrastive_scorer is None
     with pytest.raises(UserError, match="self"):
         metric_options(System("file", {}, results_file=tmp_path / "r.json"), clip_model="self", **kwargs)
-    monkeypatch.setattr(systems, "load_scorer", lambda run_dir, device=None: None, raising=False)
+    monkeypatch.setattr(systems, "load_scorer", lambda run_dir, device=None, dtype=None: None, raising=False)
     options = metric_options(System("run-a", {}, run_dir=run), clip_model="openai/clip-vit-base-patch32", **kwargs)
     assert options.contrastive_scorer is None and "no contrastive head" in options.contrastive_missing

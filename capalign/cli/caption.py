@@ -22,6 +22,7 @@ def caption(
     temperature: float = typer.Option(0.0, help="Sampling temperature (0 = no sampling)."),
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
+    dtype: str = options.DTYPE,
     output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
     scores: bool = typer.Option(False, "--scores", help="Also print each token's probability and the caption's log-probability (JSONL output gets tokens, probs, logprob)."),
     overwrite: bool = options.OVERWRITE,
@@ -39,7 +40,7 @@ def caption(
         raise UserError(f"--output must end in .jsonl or .json, got {output.name}.")
     paths, images, skipped = collect_images(inputs)
     model_dir = resolve_model(model)
-    captioner, tokenizer, processor = load_captioner(model_dir, resolve_device(device))
+    captioner, tokenizer, processor = load_captioner(model_dir, resolve_device(device), dtype)
     decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
     scored = caption_images_scored(captioner, tokenizer, processor, images, decode) if scores else None
     captions = [s.caption for s in scored] if scored else caption_images(captioner, tokenizer, processor, images, decode)

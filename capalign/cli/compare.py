@@ -32,6 +32,7 @@ def compare(
     max_length: Optional[int] = options.MAX_LENGTH,
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
+    dtype: str = options.DTYPE,
     limit: Optional[int] = options.LIMIT,
 ) -> None:
     """Compare systems on the same images: 95% bootstrap CIs, paired p-values and win rates vs the first."""
@@ -48,7 +49,7 @@ def compare(
     names = parse_metrics(metrics)
     the_split = load_split(data, split, limit, want_train="Copied" in names)
     loaded = [load_system(s, None, the_split, allow_partial=allow_partial, num_beams=num_beams,
-                          max_length=max_length, batch_size=batch_size, device=device) for s in systems]
+                          max_length=max_length, batch_size=batch_size, device=device, dtype=dtype) for s in systems]
     labels = _unique_labels([s.label for s in loaded])
     common = set(the_split.references).intersection(*(s.captions for s in loaded))
     if any(len(s.captions) != len(common) for s in loaded):
@@ -58,7 +59,7 @@ def compare(
     ids = sorted(common)
     for s in loaded:
         s.captions = {i: s.captions[i] for i in ids}
-    scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device, load_instances(instances))
+    scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device, load_instances(instances), dtype=dtype)
     results = {}
     for label, system in zip(labels, loaded):
         results[label] = score_system(system, the_split, names, scoring)

@@ -31,6 +31,7 @@ def evaluate(
     max_length: Optional[int] = options.MAX_LENGTH,
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
+    dtype: str = options.DTYPE,
     limit: Optional[int] = options.LIMIT,
 ) -> None:
     """Score a model or a results file against a split's references (or a references file)."""
@@ -40,7 +41,7 @@ def evaluate(
     evaluation = run_evaluation(
         model, results, data=data, split=split, references=references, metrics=metrics, allow_partial=allow_partial,
         clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer, instances=instances,
-        num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, limit=limit)
+        num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype, limit=limit)
     result = evaluation.result
     print_table(f"{evaluation.system.label} on {evaluation.data}/{evaluation.split} ({len(evaluation.system.captions)} images)",
                 ["metric", "value", "scorer"], [[m, v, result.scorers.get(m, "")] for m, v in result.summary.items()])

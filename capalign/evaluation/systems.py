@@ -78,10 +78,11 @@ def references_split(path: Path) -> Split:
 
 
 def load_system(spec: str | None, results: Path | None, split: Split, *, allow_partial: bool, num_beams: int,
-                max_length: int | None, batch_size: int, device: str | None = None, captions_needed: bool = True) -> System:
-    """A results file (COCO format) or a capalign run (captions generated for the split on `device`,
-    see capalign.devices; none when only retrieval is asked for, which scores references, so that
-    contrastive-only runs are judged too)."""
+                max_length: int | None, batch_size: int, device: str | None = None, dtype: str | None = None,
+                captions_needed: bool = True) -> System:
+    """A results file (COCO format) or a capalign run (captions generated for the split on `device`
+    in `dtype`, see capalign.devices; none when only retrieval is asked for, which scores references,
+    so that contrastive-only runs are judged too)."""
     path = Path(results) if results is not None else (Path(spec) if spec is not None else None)
     if path is not None and path.is_file():
         loaded = load_results(path)
@@ -99,35 +100,35 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
     if not captions_needed:
         return System(run_dir.name, dict.fromkeys(split.references, ""), run_dir=run_dir)
     captions = caption_split(run_dir, split.dataset, num_beams=num_beams, max_length=max_length, batch_size=batch_size,
-                             device=resolve_device(device))
+                             device=resolve_device(device), dtype=dtype)
     captions = {str(k): v for k, v in captions.items()}
     return System(run_dir.name, captions, run_dir=run_dir)
 
 
-def _load_head(run_dir: Path, device: str | None):
+def _load_head(run_dir: Path, device: str | None, dtype: str | None):
     """(the run's contrastive scorer with embed_images / embed_texts, or None; why it is None)."""
-    head = load_scorer(run_dir, resolve_device(device))
+    head = load_scorer(run_dir, resolve_device(device), dtype=dtype)
     return head, (None if head is not None else f"run {Path(run_dir).name} has no contrastive head")
 
 
 def metric_options(system: System, *, clip_model: str, bertscore_model: str | None, bertscore_layer: int | None,
-                   batch_size: int, device: str | None, need_head: bool):
+                   batch_size: int, device: str | None, need_head: bool, dtype: str | None = None):
     """MetricOptions for one system: its own head for retrieval, and for CLIPScore when asked
     (`--clip-model self` or a run folder)."""
     options = MetricOptions(clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer,
                             batch_size=batch_size, device=device)
     if system.run_dir is not None and need_head:
-        options.contrastive_scorer, options.contrastive_missing = _load_head(system.run_dir, device)
+        options.contrastive_scorer, options.contrastive_missing = _load_head(system.run_dir, device, dtype)
         options.contrastive_name = f"contrastive head of capalign run {system.run_dir.name}"
     if clip_model == "self":
         if system.run_dir is None:
             raise UserError("--clip-model self needs a capalign run (a results file has no contrastive head)")
-        head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir, device)
+        head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir, device, dtype)
         if head is None:
             raise UserError(f"--clip-model self: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {system.run_dir.name}"
     elif Path(clip_model).is_dir() and is_run_dir(Path(clip_model)):
-        head, why = _load_head(Path(clip_model), device)
+        head, why = _load_head(Path(clip_model), device, dtype)
         if head is None:
             raise UserError(f"--clip-model {clip_model}: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {Path(clip_model).name}"
@@ -136,7 +137,8 @@ def metric_options(system: System, *, clip_model: str, bertscore_model: str | No
 
 @dataclass
 class Scoring:
-    """How systems are scored: the model-based metrics' models and batch/device, CHAIR's instances."""
+    """How systems are scored: the model-based metrics' models and batch/device (and a run's head's
+    dtype), CHAIR's instances."""
 
     clip_model: str
     bertscore_model: str | None
@@ -144,6 +146,7 @@ class Scoring:
     batch_size: int
     device: str | None
     instances: dict[str, list[str]] | None = None
+    dtype: str | None = None
 
 
 def score_system(system: System, split: Split, metrics: list[str], scoring: Scoring):
@@ -151,7 +154,7 @@ def score_system(system: System, split: Split, metrics: list[str], scoring: Scor
     needs_images = bool(IMAGE_METRICS & set(metrics))
     options = metric_options(system, clip_model=scoring.clip_model, bertscore_model=scoring.bertscore_model,
                              bertscore_layer=scoring.bertscore_layer, batch_size=scoring.batch_size,
-                             device=scoring.device, need_head=needs_images)
+                             device=scoring.device, need_head=needs_images, dtype=scoring.dtype)
     ids = sorted(system.captions)
     return evaluate_captions(
         system.captions, {i: split.references[i] for i in ids}, metrics,

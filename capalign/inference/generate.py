@@ -82,9 +82,9 @@ def caption_images_scored(captioner, tokenizer, processor, images, options: Deco
 
 
 def caption_split(model_dir: Path, dataset, *, num_beams: int = 1, max_length: int | None = None, batch_size: int = 64,
-                  device: torch.device | str | None = None) -> dict[str, str]:
-    """Caption every image of a prepared split with a run folder's model: image_id -> caption."""
-    captioner, tokenizer, processor = load_captioner(model_dir, device)
+                  device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> dict[str, str]:
+    """Caption every image of a prepared split with a run folder's model (in `dtype`): image_id -> caption."""
+    captioner, tokenizer, processor = load_captioner(model_dir, device, dtype)
     options = DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size)
     captions = caption_images(captioner, tokenizer, processor, list(dataset["image"]), options)
     return dict(zip(dataset["image_id"], captions))

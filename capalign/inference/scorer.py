@@ -13,7 +13,8 @@ from capalign.models.io import load_captioner
 
 class RunScorer:
     """A run's own image–text scorer (its contrastive head on the captioner's features), with the
-    interface the metrics use: L2-normalised `embed_images` / `embed_texts`."""
+    interface the metrics use: L2-normalised `embed_images` / `embed_texts`, in float32 whatever the
+    model's dtype."""
 
     def __init__(self, captioner, tokenizer, processor, batch_size: int = 64):
         self.captioner, self.tokenizer, self.processor, self.batch_size = captioner, tokenizer, processor, batch_size
@@ -27,7 +28,7 @@ class RunScorer:
             pixels = pixel_values(self.processor, images[start : start + self.batch_size]).to(self.device)
             pooled = self.captioner.encode_images(pixels).pooler_output
             chunks.append(self.captioner.head.embed_image(pooled))
-        return torch.cat(chunks)
+        return torch.cat(chunks).float()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -37,12 +38,13 @@ class RunScorer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             pooled = self.captioner.text_features(batch["input_ids"], batch["attention_mask"])
             chunks.append(self.captioner.head.embed_text(pooled))
-        return torch.cat(chunks)
+        return torch.cat(chunks).float()
 
 
-def load_scorer(run_dir: Path, device: torch.device | str | None = None) -> RunScorer | None:
-    """The run's contrastive scorer (on `device`), or None when the run has no contrastive head."""
-    captioner, tokenizer, processor = load_captioner(run_dir, device)
+def load_scorer(run_dir: Path, device: torch.device | str | None = None,
+                dtype: torch.dtype | str | None = None) -> RunScorer | None:
+    """The run's contrastive scorer (on `device`, in `dtype`), or None when the run has no contrastive head."""
+    captioner, tokenizer, processor = load_captioner(run_dir, device, dtype)
     if captioner.head is None:
         return None
     return RunScorer(captioner, tokenizer, processor)

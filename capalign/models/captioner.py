@@ -106,8 +106,13 @@ class Captioner(nn.Module):
 
     # ------------------------------------------------------------------ the interface
 
+    def pixels_for_model(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixel values in the vision encoder's parameter dtype (a model cast to bfloat16 takes bfloat16)."""
+        return pixel_values.to(next(self.vision.parameters()).dtype)
+
     def vision_outputs(self, pixel_values: torch.Tensor):
         """The raw encoder output (no gradient through a frozen encoder)."""
+        pixel_values = self.pixels_for_model(pixel_values)
         if self.frozen["vision"]:
             with torch.no_grad():
                 return self.vision(pixel_values=pixel_values)
@@ -159,7 +164,7 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.arch == "cross-attention":
-            return self.model.generate(pixel_values=pixel_values, **kwargs)
+            return self.model.generate(pixel_values=self.pixels_for_model(pixel_values), **kwargs)
         if self.arch == "prefix":
             return self.model.generate(self.encode_images(pixel_values).last_hidden_state, **kwargs)
         raise UserError("This is a contrastive-only model (no caption decoder); it scores and retrieves but cannot caption.")

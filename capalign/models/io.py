@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModelWithProjection, VisionEncoderDecoderModel
 
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
 from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel
-from capalign.runs import MODEL_DESCRIPTION
+from capalign.devices import resolve_dtype
+from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION
 
 
 def read_description(run_dir: Path) -> dict | None:
@@ -54,9 +56,17 @@ def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) ->
     (run_dir / MODEL_DESCRIPTION).write_text(json.dumps(describe(captioner), indent=1))
 
 
-def load_captioner(run_dir: Path, device: torch.device | str | None = None):
+def trained_precision(run_dir: Path) -> str | None:
+    """The run's `train.mixed_precision` (no, fp16, bf16) from its saved config, or None."""
+    path = Path(run_dir) / CONFIG_NAME
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return ((config or {}).get("train") or {}).get("mixed_precision")
+
+
+def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None):
     """Load (Captioner, tokenizer, image processor) from a run folder; local files only. `device`:
-    where the model goes (None: stays on the CPU)."""
+    where the model goes (None: stays on the CPU); `dtype`: a torch dtype or a `--dtype` name (see
+    capalign.devices.resolve_dtype) to cast it to (None: as saved)."""
     run_dir = Path(run_dir)
     info = read_description(run_dir) or {"arch": "cross-attention"}
     if info["arch"] == "prefix":
@@ -74,6 +84,10 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None):
     captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer)
     frozen = info.get("frozen", {})
     captioner.freeze(vision=frozen.get("vision"), decoder=frozen.get("decoder"), text=frozen.get("text"))
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, torch.device(device or "cpu"), trained_precision(run_dir))
     if device is not None:
         captioner.to(device)
+    if dtype is not None:
+        captioner.to(dtype)
     return captioner, tokenizer, processor

@@ -8,6 +8,7 @@ from difflib import SequenceMatcher
 
 import torch
 
+from capalign import ui
 from capalign.data import shapes
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.pairs.types import PreferencePair
@@ -73,8 +74,15 @@ def corrupted_pairs(split, seed: int) -> list[PreferencePair]:
 
 
 def sample_candidates(captioner, tokenizer, processor, images, samples: int, seed: int) -> list[list[str]]:
-    """The policy's greedy caption plus `samples` sampled ones (temperature 1) per image, deduplicated."""
+    """The policy's greedy caption plus `samples` sampled ones (temperature 1) per image, deduplicated;
+    a progress bar counts images × decoding passes."""
     torch.manual_seed(seed)
-    runs = [caption_images(captioner, tokenizer, processor, images, DecodeOptions())]
-    runs += [caption_images(captioner, tokenizer, processor, images, DecodeOptions(temperature=1.0)) for _ in range(samples)]
+    passes = [DecodeOptions()] + [DecodeOptions(temperature=1.0)] * samples
+    runs: list[list[str]] = [[] for _ in passes]
+    with ui.progress_bar("sampling candidates", len(images) * len(passes)) as (progress, task):
+        for run, options in zip(runs, passes):
+            for start in range(0, len(images), options.batch_size):  # caption_images' own batches, so the same draws
+                chunk = images[start : start + options.batch_size]
+                run.extend(caption_images(captioner, tokenizer, processor, chunk, options))
+                progress.advance(task, len(chunk))
     return [list(dict.fromkeys(per_image)) for per_image in zip(*runs)]

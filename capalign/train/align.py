@@ -78,14 +78,16 @@ def _pad_to(labels: torch.Tensor, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def attach_reference_logps(reference, pair_set: PairSet, collate, batch_size: int, average: bool) -> None:
-    """Run the frozen reference once over all pairs and store its log-probs with them."""
+    """Run the frozen reference once over all pairs (a progress bar counts them) and store its log-probs with them."""
     reference.eval()
     device = next(reference.parameters()).device
     values: list[tuple[float, float]] = []
-    for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        chosen, rejected, _, _ = policy_logps(reference, batch, average)
-        values.extend(zip(chosen.tolist(), rejected.tolist()))
+    with ui.progress_bar("reference log-probs", len(pair_set)) as (progress, task):
+        for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            chosen, rejected, _, _ = policy_logps(reference, batch, average)
+            values.extend(zip(chosen.tolist(), rejected.tolist()))
+            progress.update(task, completed=len(values))
     pair_set.reference = values
 
 
@@ -221,10 +223,10 @@ def _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, confi
     """A round's training and held-out pairs from the current policy (ranked with `scorer`'s head, or
     the policy's when None), with the reference's log-probabilities attached (the only time it runs)."""
     a = config.align
-    with ui.console.status(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs"):
-        train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer)
-        for pair_set in filter(None, (train_pairs, held_out)):
-            attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
+    ui.console.print(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs")
+    train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer)
+    for pair_set in filter(None, (train_pairs, held_out)):
+        attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     sources = Counter(p.source for p in train_pairs.pairs)
     ui.console.print(f"Round {round_index + 1}: {len(train_pairs)} training pairs ("
                      + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")

@@ -93,7 +93,8 @@ class Engine:
             cpu=device.type == "cpu",
             mixed_precision=settings.mixed_precision,
             gradient_accumulation_steps=settings.grad_accum,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True,
+                                                      non_blocking=device.type == "cuda"),
             log_with=_tracker(settings.tracker),
             project_dir=str(self.run_dir),
         )
@@ -111,6 +112,7 @@ class Engine:
             collate_fn=collate,
             generator=torch.Generator().manual_seed(settings.seed),
             drop_last=len(train_set) > settings.batch_size,
+            **loader_workers(device, settings.augment),
         )
         steps_per_epoch = max(1, math.ceil(len(loader) / settings.grad_accum))
         self.total_steps = settings.max_steps or settings.epochs * steps_per_epoch
@@ -198,7 +200,7 @@ class Engine:
 
     def _loop(self) -> None:
         settings, acc = self.settings, self.accelerator
-        window: dict[str, list[float]] = {}
+        window: dict[str, list[torch.Tensor]] = {}
         started, samples = time.perf_counter(), 0
         with ui.progress_bar(self.description, self.total_steps) as (progress, task):
             progress.update(task, completed=self.state.step)
@@ -239,11 +241,13 @@ class Engine:
         if self.state.skipped_nonfinite:
             ui.console.print(f"[yellow]Skipped {self.state.skipped_nonfinite} batches whose loss or gradients were not finite.")
 
-    def _train_batch(self, batch: dict, window: dict[str, list[float]]) -> bool:
-        """One micro-batch; returns True when an optimiser step was taken (or skipped for NaN)."""
+    def _train_batch(self, batch: dict, window: dict[str, list[torch.Tensor]]) -> bool:
+        """One micro-batch; returns True when an optimiser step was taken (or skipped for NaN). Logged
+        values stay on the device until `_log`; the two finiteness checks are the only host syncs."""
         acc = self.accelerator
         with acc.accumulate(self.module):
             loss, logs = self.loss_fn(self.module, batch)
+            # A sync, but a needed one: whether to run backward and step at all depends on the value.
             if not torch.isfinite(loss.detach()).all():
                 self.state.skipped_nonfinite += 1
                 self.optimizer.zero_grad()
@@ -261,15 +265,18 @@ class Engine:
             self.optimizer.zero_grad()
         self.state.step += 1
         for key, value in {"loss": loss, **logs}.items():
-            value = value.detach().float().mean()
-            if acc.num_processes > 1:  # the global-batch value (each process holds its share)
-                value = acc.reduce(value, "mean")
-            window.setdefault(key, []).append(float(value))
+            window.setdefault(key, []).append(value.detach().float().mean())
         return True
 
-    def _log(self, window: dict[str, list[float]], rate: float) -> None:
+    def _log(self, window: dict[str, list[torch.Tensor]], rate: float) -> None:
+        """Append the window's means (one device-to-host copy per logged value) to metrics.jsonl."""
         record = {"step": self.state.step + self.step_offset, **self.log_extra, "epoch": self.state.epoch}
-        record.update({k: sum(v) / len(v) for k, v in window.items()})
+        for key, values in window.items():
+            values = torch.stack(values)
+            if self.accelerator.num_processes > 1:  # the global-batch values (each process holds its share)
+                values = self.accelerator.reduce(values, "mean")
+            values = values.tolist()
+            record[key] = sum(values) / len(values)
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["samples_per_s"] = rate
         self.last_logged = record
@@ -378,6 +385,14 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def loader_workers(device: torch.device, augment: bool) -> dict:
+    """DataLoader worker settings: on CUDA, up to 8 worker processes and pinned memory (for
+    non-blocking copies); on other devices, or with augmentation (which draws from the main process's
+    torch RNG, so checkpoints resume it exactly), batches are made in the main process."""
+    workers = min(8, os.cpu_count() or 1) if device.type == "cuda" and not augment else 0
+    return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
+
+
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices only; biases, norms and scalars (e.g. the logit scale) are not decayed."""
     decay, no_decay = [], []
@@ -393,7 +408,7 @@ def average_losses(module, dataset, collate, loss_fn: LossFn, batch_size: int, p
     sums: dict[str, float] = {}
     count = 0
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         loss, logs = loss_fn(module, batch)
         size = len(next(iter(batch.values())))
         for key, value in {"loss": loss, **logs}.items():

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from capalign import ui
 from capalign.data.collate import pixel_values
 from capalign.distributed import process_state
 from capalign.data.store import DEFAULT_DATA_ROOT
@@ -70,7 +71,8 @@ class FeatureStore:
 
 @torch.no_grad()
 def encode_split(split, vision: torch.nn.Module, processor, keep_hidden: bool, folder: Path, batch_size: int = 64) -> None:
-    """Encode every image of `split` once and write the shards and meta.json into `folder`."""
+    """Encode every image of `split` once (a progress bar counts them) and write the shards and
+    meta.json into `folder`."""
     device = next(vision.parameters()).device
     was_training = vision.training
     vision.eval()
@@ -87,16 +89,18 @@ def encode_split(split, vision: torch.nn.Module, processor, keep_hidden: bool, f
         buffer = {"pooled": [], "hidden": []}
 
     rows_in_buffer = 0
-    for start in range(0, len(split), batch_size):
-        images = split[start : min(start + batch_size, len(split))]["image"]
-        out = vision(pixel_values=pixel_values(processor, images).to(device))
-        buffer["pooled"].append(pooled(out).float().cpu())
-        if keep_hidden:
-            buffer["hidden"].append(out.last_hidden_state.float().cpu())
-        rows_in_buffer += len(images)
-        if rows_in_buffer >= SHARD_ROWS:  # SHARD_ROWS is a multiple of any sane batch size
-            flush()
-            rows_in_buffer = 0
+    with ui.progress_bar("caching features", len(split)) as (progress, task):
+        for start in range(0, len(split), batch_size):
+            images = split[start : min(start + batch_size, len(split))]["image"]
+            out = vision(pixel_values=pixel_values(processor, images).to(device))
+            buffer["pooled"].append(pooled(out).float().cpu())
+            if keep_hidden:
+                buffer["hidden"].append(out.last_hidden_state.float().cpu())
+            rows_in_buffer += len(images)
+            if rows_in_buffer >= SHARD_ROWS:  # SHARD_ROWS is a multiple of any sane batch size
+                flush()
+                rows_in_buffer = 0
+            progress.advance(task, len(images))
     flush()
     vision.train(was_training)
     (folder / "meta.json").write_text(json.dumps({"rows": len(split), "bytes": total_bytes, "keep_hidden": keep_hidden}))
