@@ -54,6 +54,18 @@ def test_hallucination_checker_names_what_is_wrong():
     assert shapes.find_hallucinations("a triangle", scene) == ["no triangle"]
     single = scene[:1]
     assert shapes.find_hallucinations("two shapes : a red circle and a red circle", single)
+    # each mention needs its own object: naming the one red circle twice claims a second
+    assert shapes.find_hallucinations("a red circle and a red circle", scene) == ["red circle named again, scene has no other"]
+    assert shapes.find_hallucinations("a circle and a red circle on the left", scene) == ["red circle left named again, scene has no other"]
+    assert shapes.find_hallucinations("a red circle and a square", scene) == []
+
+
+def test_omissions_name_the_objects_a_caption_leaves_out():
+    scene = [{"colour": "red", "shape": "circle", "size": "large", "position": "left"},
+             {"colour": "blue", "shape": "square", "size": "small", "position": "right"}]
+    assert shapes.find_omissions("a red circle on the left and a blue square on the right", scene) == []
+    assert shapes.find_omissions("a red circle on the left", scene) == ["blue square"]
+    assert shapes.find_omissions("there is a", scene) == ["red circle", "blue square"]
 
 
 def test_corruptions_are_wrong_and_pairs_prefer_truth(workspace):
@@ -90,3 +102,19 @@ def test_ranker_prefers_true_captions_and_never_chooses_a_hallucination(workspac
         assert shapes.find_hallucinations(pair.chosen, objects) == []
         assert shapes.find_hallucinations(pair.rejected, objects)
     assert pairs[0].source == "ranked+reference"
+
+
+def test_a_faithful_but_incomplete_best_candidate_is_replaced_by_a_reference(workspace):
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(workspace / "data" / "shapes"))["train"]
+    row = next(i for i, objects in enumerate(train["objects"]) if len(objects) == 2)
+    subset = train.select([row])
+    objects = subset[0]["objects"]
+    partial = f"a {objects[0]['colour']} {objects[0]['shape']}"  # true, but says nothing of the other object
+    wrong = corrupt_caption(subset[0]["captions"][0], objects, random.Random(0))
+    ranked = rank_candidates([[partial, wrong]], subset["captions"], subset["objects"])
+    assert ranked[0][0].hallucinations == 0 and ranked[0][0].score > ranked[0][1].score
+    (pair,) = best_and_worst_pairs(subset, ranked, min_gap=0.5)
+    assert pair.source == "ranked+reference" and pair.chosen in subset[0]["captions"] and pair.rejected == wrong
+    assert shapes.find_omissions(pair.chosen, objects) == []

@@ -182,23 +182,55 @@ def find_hallucinations(caption: str, objects: list[dict]) -> list[str]:
     """Everything the caption claims that the scene does not have (empty list: faithful caption).
 
     A mention is hallucinated when no object matches its shape, colour, size and position (each
-    only when named), or when it names more objects of a kind than the scene holds. "shapes" and
-    "two shapes" count the whole scene.
+    only when named), or when it names more objects of a kind than the scene holds; mentions are
+    matched to distinct objects, so "a blue square and a blue square" needs two blue squares.
+    "shapes" and "two shapes" count the whole scene.
     """
     problems = []
     words = set(_WORD.findall(caption.lower()))
     if "two" in words and "shapes" in words and len(objects) != 2:
         problems.append(f"says two shapes, scene has {len(objects)}")
-    for mention in _mentions(caption):
-        matches = [
-            o for o in objects
-            if o["shape"] == mention["shape"]
-            and mention["colour"] in (None, o["colour"])
-            and mention["size"] in (None, o["size"])
-            and mention["position"] in (None, o["position"])
-        ]
+    mentions = _mentions(caption)
+    slots = []  # one per object a mention claims, with the objects it could be
+    for mention in mentions:
+        matches = [i for i, o in enumerate(objects) if _fits(mention, o)]
         count = mention["count"] or (2 if mention["plural"] else 1)
+        named = " ".join(str(mention[k]) for k in ("size", "colour", "shape", "position") if mention[k])
         if len(matches) < count:
-            named = " ".join(str(mention[k]) for k in ("size", "colour", "shape", "position") if mention[k])
             problems.append(f"no {named}" if not matches else f"only {len(matches)} {named}")
+        else:
+            slots.extend((named, matches) for _ in range(count))
+    assigned = _assign([matches for _, matches in slots])
+    problems.extend(f"{named} named again, scene has no other" for (named, _), obj in zip(slots, assigned) if obj is None)
     return problems
+
+
+def find_omissions(caption: str, objects: list[dict]) -> list[str]:
+    """The scene's objects that no mention in the caption could refer to (empty: every object is described)."""
+    mentions = _mentions(caption)
+    return [f"{o['colour']} {o['shape']}" for o in objects if not any(_fits(m, o) for m in mentions)]
+
+
+def _fits(mention: dict, obj: dict) -> bool:
+    return (obj["shape"] == mention["shape"] and mention["colour"] in (None, obj["colour"])
+            and mention["size"] in (None, obj["size"]) and mention["position"] in (None, obj["position"]))
+
+
+def _assign(candidates: list[list[int]]) -> list[int | None]:
+    """A maximum matching of slots to distinct objects (Kuhn's augmenting paths; scenes hold a few
+    objects, so no library is worth importing): each slot's object index, or None when unmatched."""
+    owner: dict[int, int] = {}  # object -> slot
+
+    def place(slot: int, seen: set[int]) -> bool:
+        for obj in candidates[slot]:
+            if obj not in seen:
+                seen.add(obj)
+                if obj not in owner or place(owner[obj], seen):
+                    owner[obj] = slot
+                    return True
+        return False
+
+    for slot in range(len(candidates)):
+        place(slot, set())
+    by_slot = {slot: obj for obj, slot in owner.items()}
+    return [by_slot.get(slot) for slot in range(len(candidates))]

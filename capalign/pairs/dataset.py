@@ -24,7 +24,7 @@ from capalign.pairs.types import PreferencePair
 HELD_OUT_IMAGES = 256
 HELD_OUT_SHARE = 0.05
 GENERATED_PAIRS = ("auto", "corrupted")
-MIN_RANK_GAP = 0.1  # ranker-score difference below which best and worst count as a tie
+MIN_RANK_GAP = 0.5  # ranker-score difference below which best and worst count as a tie (a wording preference)
 
 
 @dataclass

@@ -42,10 +42,11 @@ def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> st
 
 def best_and_worst_pairs(split, ranked, min_gap: float) -> list[PreferencePair]:
     """chosen = the ranker's best candidate, rejected = its worst; pairs closer than `min_gap` are
-    dropped as ties. On shapes, when even the best candidate is wrong about the image, the reference
-    phrased most like the worst one is chosen instead, so a chosen caption is never a hallucination."""
+    dropped as ties. On shapes, when even the best candidate is wrong about the image or leaves an
+    object out, the reference phrased most like the worst one is chosen instead, so a chosen caption
+    is always faithful and complete."""
     pairs = []
-    has_objects = "objects" in split.column_names
+    objects = split["objects"] if "objects" in split.column_names else None
     references = split["captions"]  # the column alone: indexing a row would decode its image too
     for row, candidates in enumerate(ranked):
         best = max(candidates, key=lambda c: c.score)
@@ -53,10 +54,11 @@ def best_and_worst_pairs(split, ranked, min_gap: float) -> list[PreferencePair]:
         if best.score - worst.score < min_gap or best.caption == worst.caption:
             continue
         chosen, source = best.caption, "ranked"
-        if has_objects and best.hallucinations:
+        if objects is not None and (best.hallucinations or shapes.find_omissions(best.caption, objects[row])):
             chosen = max(references[row], key=lambda ref: SequenceMatcher(None, ref.split(), worst.caption.split()).ratio())
             source = "ranked+reference"
-        pairs.append(PreferencePair(row, chosen, worst.caption, source))
+        if chosen != worst.caption:
+            pairs.append(PreferencePair(row, chosen, worst.caption, source))
     return pairs
 
 
