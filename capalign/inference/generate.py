@@ -91,8 +91,8 @@ def caption_sharded(captioner, tokenizer, processor, images, options: DecodeOpti
     With `scored`, ScoredCaption items (caption_images_scored).
 
     The commands' captioning (caption, evaluate, compare) comes here, not to caption_images: that one
-    also runs where only the main process calls it (align's report, the Python API), where a
-    collective would hang, and where each process needs every caption anyway (pair building,
+    also runs where only the main process calls it (align's report, `capalign.Captioner.caption`),
+    where a collective would hang, and where each process needs every caption anyway (pair building,
     selection during training). Sampling (temperature > 0) draws differently on N processes."""
     caption = caption_images_scored if scored else caption_images
     state = process_state()
