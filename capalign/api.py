@@ -20,6 +20,7 @@ from PIL import Image
 from capalign.config import CLIP_B32
 from capalign.data.images import open_rgb
 from capalign.devices import resolve_device
+from capalign.distributed import process_state
 from capalign.errors import UserError
 from capalign.evaluation.systems import (IMAGE_METRICS, OBJECT_METRICS, Scoring, Split, System, load_instances,
                                          load_split, load_system, references_split, score_system)
@@ -167,7 +168,9 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     (`references`: a COCO annotations file or `{id: [refs]}`; text metrics only — image-based metrics
     are reported missing, one line each). `metrics` is the `--metrics` text or a list of names;
     `dtype` the run's inference dtype (`--dtype`, see capalign.devices.resolve_dtype).
-    With `record`, a run's numbers are kept in its evaluations.json and model card."""
+    With `record`, a run's numbers are kept in its evaluations.json and model card. Under torchrun /
+    accelerate launch each process captions its share of the split; the main process scores and
+    records, the others return the captions with an empty result."""
     if model is not None and results is not None:
         raise UserError("give either --model or --results, not both")
     names = parse_metrics(metrics if metrics is None or isinstance(metrics, str) else ",".join(metrics))
@@ -189,6 +192,8 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
                          num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
                          captions_needed=not set(names) <= set(RETRIEVAL_METRICS))
+    if not process_state().is_main_process:
+        return Evaluation(EvaluationResult(), system, data_label, split_label, notes)
     scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device,
                       load_instances(Path(instances) if instances is not None else None), dtype=dtype)
     result = score_system(system, the_split, names, scoring) if names else EvaluationResult()

@@ -1,4 +1,5 @@
-"""Two CPU processes (torchrun, gloo) give the same loss curve as one process with the same global batch."""
+"""Two CPU processes (torchrun, gloo) give the same loss curve as one process with the same global batch,
+and the same captions, each process captioning its share."""
 
 from __future__ import annotations
 
@@ -15,20 +16,24 @@ import yaml
 from conftest import TINY_MODEL
 
 
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                                    reason="torchrun is not installed")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
 def _losses(run: Path) -> dict[int, float]:
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun is not installed")
+@needs_torchrun
 def test_two_processes_match_one_process_at_the_same_global_batch(in_workspace):
     config = {"model": {**TINY_MODEL, "dropout": 0.0},  # dropout draws differ per process; everything else is equal
               "train": {"batch_size": 16, "max_steps": 4, "log_every": 1, "eval_every": 100, "checkpoint_every": 100,
                         "select": "none", "lr": 3e-3}}
     (in_workspace / "dist.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env, torchrun = ENV, TORCHRUN
     common = ["pretrain", "--config", "dist.yaml"]
     one = subprocess.run([sys.executable, "-m", "capalign", *common, "--out", "runs/one"], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -41,3 +46,28 @@ def test_two_processes_match_one_process_at_the_same_global_batch(in_workspace):
     for step in single:
         assert double[step] == pytest.approx(single[step], rel=1e-4, abs=1e-5), (step, single, double)
     print("one process:", single, "\ntwo processes:", double)
+
+
+@needs_torchrun
+def test_two_processes_caption_their_shares_and_the_main_process_writes_all_in_order(pretrained_run, in_workspace):
+    images = in_workspace / "shard-images"
+    images.mkdir()
+    for source in sorted((Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.png")):
+        for copy in ("a", "b"):  # names sort the copies side by side, so each shard holds different images
+            shutil.copy(source, images / f"{source.stem}_{copy}.png")
+    # --scores: the tiny model's greedy captions may all be alike (even empty); each image's
+    # log-probability tells a misordered gather apart.
+    common = ["-m", "capalign", "caption", str(images), "--model", str(pretrained_run), "--scores", "--output"]
+    one = subprocess.run([sys.executable, *common, "one.jsonl"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", *common, "two.jsonl"], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, "\n".join(l for l in two.stderr.splitlines() if "Warning" not in l)[-6000:]
+    single = [json.loads(l) for l in (in_workspace / "one.jsonl").read_text().splitlines()]
+    double = [json.loads(l) for l in (in_workspace / "two.jsonl").read_text().splitlines()]
+    assert len(single) == len(double) == 6 and len({r["image"] for r in single}) == 6
+    assert len({round(r["logprob"], 4) for r in single}) == 3  # three different images, two copies each
+    for a, b in zip(single, double):  # one row per image, in the same order, with the same greedy caption
+        assert (b["image"], b["caption"], b["tokens"]) == (a["image"], a["caption"], a["tokens"])
+        assert b["logprob"] == pytest.approx(a["logprob"], abs=1e-5)
+    assert two.stdout.count("Wrote 6 captions") == 1  # only the main process reports

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from capalign.config import build_config
 from capalign.train import checkpoints
@@ -145,3 +146,52 @@ def test_disk_full_is_one_line_and_nothing_is_marked_finished(in_workspace, caps
         assert not (mount / "run" / "run.json").exists()
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def _align_rounds(pretrained_run: Path, out: Path, resume: bool = False) -> Path:
+    from capalign.train.align import align
+
+    config = build_config(None, Path("tiny.yaml"), {"train": {"checkpoint_every": 1}, "align": {
+        "batch_size": 8, "max_steps": 3, "rounds": 2, "pairs": "corrupted", "log_every": 1, "eval_every": 2}})
+    return align(pretrained_run, config, out=out, resume=resume)
+
+
+def _trained(run: Path) -> list[tuple[int, int, float]]:
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["round"], r["step"], r["loss"]) for r in records if "loss" in r]
+
+
+@pytest.mark.parametrize("stop, at_step", [(KeyboardInterrupt, 2), (RuntimeError, 0)],
+                         ids=["interrupted-after-a-round-2-checkpoint", "crashed-before-any-round-2-checkpoint"])
+def test_multi_round_alignment_resumes_in_round_two_as_if_never_stopped(pretrained_run, in_workspace, monkeypatch,
+                                                                         stop, at_step):
+    from safetensors.torch import load_file
+
+    straight = in_workspace / "runs/align-rounds-straight"
+    if not (straight / "run.json").is_file():
+        _align_rounds(pretrained_run, straight)
+    original = Engine._train_batch
+
+    def stop_in_round_two(self, batch, window):
+        if self.step_offset and self.state.step == at_step:
+            raise stop("stopped in round 2")
+        return original(self, batch, window)
+
+    monkeypatch.setattr(Engine, "_train_batch", stop_in_round_two)
+    out = in_workspace / f"runs/align-rounds-{at_step}"
+    with pytest.raises(SystemExit if stop is KeyboardInterrupt else RuntimeError):
+        _align_rounds(pretrained_run, out)
+    monkeypatch.setattr(Engine, "_train_batch", original)
+    recorded = json.loads((out / "rounds.json").read_text())
+    assert (recorded["finished"], recorded["steps"]) == (1, 3) and (out / recorded["policy"]).is_file()
+    assert bool(checkpoints.checkpoints_newest_first(out / "checkpoints")) == (stop is KeyboardInterrupt)
+    _align_rounds(pretrained_run, out, resume=True)
+    assert json.loads((out / "run.json").read_text())["rounds"] == 2
+    resumed, reference = _trained(out), _trained(straight)
+    assert [(r, s) for r, s, _ in resumed] == [(r, s) for r, s, _ in reference] == [(1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6)]
+    assert [loss for *_, loss in resumed] == pytest.approx([loss for *_, loss in reference], rel=1e-6)
+    a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    held_out = [json.loads((run / "alignment_report.json").read_text())["held_out_pairs"] for run in (straight, out)]
+    assert held_out[1] == pytest.approx(held_out[0], rel=1e-6)  # round 1's held-out pairs, rebuilt on resume
+    assert not (out / "rounds.json").exists() and not (out / "rounds").exists()

@@ -27,10 +27,11 @@ def caption(
     scores: bool = typer.Option(False, "--scores", help="Also print each token's probability and the caption's log-probability (JSONL output gets tokens, probs, logprob)."),
     overwrite: bool = options.OVERWRITE,
 ) -> None:
-    """Caption images with a trained model."""
+    """Caption images with a trained model (under torchrun / accelerate launch, each process captions its share)."""
     from capalign.data.images import collect_images  # deferred: the rest imports torch and transformers
-    from capalign.inference.generate import DecodeOptions, caption_images, caption_images_scored  # deferred: imports torch and transformers
+    from capalign.inference.generate import DecodeOptions, caption_sharded  # deferred: imports torch and transformers
     from capalign.devices import resolve_device  # deferred: imports torch
+    from capalign.distributed import process_state  # deferred: imports torch and accelerate
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
     options.refuse_overwrite(output, overwrite)
@@ -42,8 +43,10 @@ def caption(
     model_dir = resolve_model(model)
     captioner, tokenizer, processor = load_captioner(model_dir, resolve_device(device), dtype)
     decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
-    scored = caption_images_scored(captioner, tokenizer, processor, images, decode) if scores else None
-    captions = [s.caption for s in scored] if scored else caption_images(captioner, tokenizer, processor, images, decode)
+    scored = caption_sharded(captioner, tokenizer, processor, images, decode, scored=True) if scores else None
+    captions = [s.caption for s in scored] if scored else caption_sharded(captioner, tokenizer, processor, images, decode)
+    if not process_state().is_main_process:  # under torchrun / accelerate launch the main process reports
+        return
     ui.print_table(f"captions by {model_dir}", ["image", "caption"], [[str(p), c] for p, c in zip(paths, captions)])
     if scored:
         print_token_scores(paths, scored)

@@ -39,6 +39,7 @@ def compare(
     from capalign.evaluation.stats import NOTES, compare_systems, rows_to_json  # deferred: imports numpy
     from capalign.evaluation.systems import (  # deferred: imports torch, transformers and datasets
         Scoring, load_instances, load_split, load_system, score_system)
+    from capalign.distributed import process_state  # deferred: imports torch and accelerate
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
     options.refuse_overwrite(output, overwrite)
@@ -59,6 +60,8 @@ def compare(
     ids = sorted(common)
     for s in loaded:
         s.captions = {i: s.captions[i] for i in ids}
+    if not process_state().is_main_process:  # every process captioned its share; the main process scores
+        return
     scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device, load_instances(instances), dtype=dtype)
     results = {}
     for label, system in zip(labels, loaded):

@@ -36,12 +36,15 @@ def evaluate(
 ) -> None:
     """Score a model or a results file against a split's references (or a references file)."""
     from capalign.api import evaluate as run_evaluation  # deferred: imports torch, transformers and datasets
+    from capalign.distributed import process_state  # deferred: imports torch and accelerate
 
     options.refuse_overwrite(output, overwrite)
     evaluation = run_evaluation(
         model, results, data=data, split=split, references=references, metrics=metrics, allow_partial=allow_partial,
         clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer, instances=instances,
         num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype, limit=limit)
+    if not process_state().is_main_process:  # under torchrun / accelerate launch the main process reports
+        return
     result = evaluation.result
     print_table(f"{evaluation.system.label} on {evaluation.data}/{evaluation.split} ({len(evaluation.system.captions)} images)",
                 ["metric", "value", "scorer"], [[m, v, result.scorers.get(m, "")] for m, v in result.summary.items()])

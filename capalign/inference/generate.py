@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from capalign.data.collate import pixel_values
+from capalign.distributed import process_state
 from capalign.models.io import load_captioner
 
 
@@ -81,10 +83,30 @@ def caption_images_scored(captioner, tokenizer, processor, images, options: Deco
     return out
 
 
+def caption_sharded(captioner, tokenizer, processor, images, options: DecodeOptions = DecodeOptions(),
+                    scored: bool = False) -> list:
+    """Caption a sequence of images (a list, or a `datasets` column, decoded a share at a time) with
+    every process of a `torchrun` / `accelerate launch` launch taking a contiguous share; the shares
+    are gathered back, in the original order, on every process. One process: caption_images as is.
+    With `scored`, ScoredCaption items (caption_images_scored).
+
+    The commands' captioning (caption, evaluate, compare) comes here, not to caption_images: that one
+    also runs where only the main process calls it (align's report, `capalign.Captioner.caption`),
+    where a collective would hang, and where each process needs every caption anyway (pair building,
+    selection during training). Sampling (temperature > 0) draws differently on N processes."""
+    caption = caption_images_scored if scored else caption_images
+    state = process_state()
+    n, k, rank = len(images), state.num_processes, state.process_index
+    share = list(images[rank * n // k : (rank + 1) * n // k])
+    mine = caption(captioner, tokenizer, processor, share, options)
+    return mine if k == 1 else gather_object(mine)
+
+
 def caption_split(model_dir: Path, dataset, *, num_beams: int = 1, max_length: int | None = None, batch_size: int = 64,
                   device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> dict[str, str]:
-    """Caption every image of a prepared split with a run folder's model (in `dtype`): image_id -> caption."""
+    """Caption every image of a prepared split with a run folder's model (in `dtype`), shared out
+    between the launch's processes (caption_sharded): image_id -> caption, on every process."""
     captioner, tokenizer, processor = load_captioner(model_dir, device, dtype)
     options = DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size)
-    captions = caption_images(captioner, tokenizer, processor, list(dataset["image"]), options)
+    captions = caption_sharded(captioner, tokenizer, processor, dataset["image"], options)
     return dict(zip(dataset["image_id"], captions))

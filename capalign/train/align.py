@@ -31,6 +31,7 @@ from capalign.models.io import load_captioner, save_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
 from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
+from capalign.train import rounds
 from capalign.train.engine import Engine, average_losses
 from capalign.train.reports import alignment_report
 
@@ -157,13 +158,13 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     """Align a pretrained run with preference pairs; writes a new run folder and returns it.
 
     With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy; its frozen
-    reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy."""
+    reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy.
+    `resume` skips the rounds capalign.train.rounds records as finished (restoring the policy they
+    ended with), rebuilds the next round's pairs (seeded) and continues it from its newest checkpoint."""
     pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
     config.model = pretrained_config.model
     config.data = data or pretrained_config.data
     a = config.align
-    if resume and a.rounds > 1:
-        raise UserError("--resume works for single-round alignment only; rerun with --rounds 1 or start afresh.")
     dataset = load_prepared(config.data)
     device = resolve_device(config.train.device)  # pair building, reference log-probs and report run here too
     policy, tokenizer, processor = load_captioner(model_dir, device)
@@ -178,26 +179,38 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         add_lora(policy, a.lora_rank)
     scorer = pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
+    main = process_state().is_main_process
+    progress = _progress(run_dir, resume, a.rounds, main)
     save_config(config, run_dir / CONFIG_NAME)
     text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
     collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens, text_inputs)
     loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight, contrastive_weight)
-    steps = 0
+    steps = progress.steps
     reference = pretrained
+    if progress.policy is not None:
+        rounds.restore_policy(run_dir, policy, progress)
+        ui.console.print(f"Resuming after round {progress.finished}/{a.rounds} (step {steps}).")
+        if a.reference == "previous":
+            reference = copy.deepcopy(policy).eval().requires_grad_(False)
     first_held_out = None  # round 1's held-out pairs, scored against the pretrained reference
-    for round_index in range(a.rounds):
+    for round_index in range(progress.finished, a.rounds):
         seed = config.train.seed + 1000 * round_index
         train_pairs, held_out = _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config, collate,
                                              round_index, seed)
-        engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps, resume)
-        if first_held_out is None:
+        engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps,
+                              resume and round_index == progress.finished)
+        if round_index == 0:
             first_held_out = held_out
         steps += engine.state.step
         policy = engine.unwrapped()
-        if round_index + 1 < a.rounds and a.reference == "previous":
+        last = round_index + 1 == a.rounds
+        if not last and a.reference == "previous":
             reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        engine.finish()
-    if not process_state().is_main_process:
+        saved = rounds.save_policy(run_dir, policy, round_index + 1) if main and not last else None
+        engine.finish()  # drops the round's checkpoints: only then is the round recorded as finished
+        if saved is not None:
+            rounds.record(run_dir, rounds.RoundProgress(round_index + 1, steps, saved))
+    if not main:
         return run_dir
     merge_lora(policy)
     save_captioner(run_dir, policy, tokenizer, processor)
@@ -206,8 +219,12 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=steps, rounds=a.rounds,
                   seed=config.train.seed, reference_each_round=a.reference, pair_scorer=scorer_used,
                   contrastive_weight=contrastive_weight, frozen=dict(policy.frozen))
+    rounds.clear(run_dir)
     report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
     held_out_scores = None
+    if progress.finished:  # resumed after round 1: its held-out pairs again (seeded, from the pretrained model)
+        first_held_out = _round_pairs(pretrained, pretrained, scorer, tokenizer, processor, dataset, config, collate, 0,
+                                      config.train.seed)[1]
     if first_held_out is not None:
         with torch.no_grad():
             held_out_scores = held_out_metrics(first_held_out, collate, loss_fn, a.batch_size)(policy.eval())
@@ -216,6 +233,18 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
                          run_dir, held_out_scores)
     write_model_card(run_dir)
     return run_dir
+
+
+def _progress(run_dir: Path, resume: bool, total: int, main: bool) -> rounds.RoundProgress:
+    """The rounds an interrupted run finished (with `resume`); a fresh start forgets any recorded."""
+    if not resume:
+        if main:
+            rounds.clear(run_dir)
+        return rounds.RoundProgress()
+    progress = rounds.load_progress(run_dir)
+    if progress.finished >= total:
+        raise UserError(f"{run_dir} finished {progress.finished} rounds already; --rounds is {total}.")
+    return progress
 
 
 def _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config: RunConfig, collate,
@@ -249,6 +278,6 @@ def _train_round(policy, train_pairs: PairSet, held_out: PairSet | None, collate
         step_offset=steps_before, log_extra={"round": round_index + 1} if a.rounds > 1 else None,
     )
     if resume and engine.resume():
-        ui.console.print(f"Resumed from step {engine.state.step}.")
+        ui.console.print(f"Resumed from step {engine.state.step + steps_before}.")
     engine.fit()
     return engine

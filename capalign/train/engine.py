@@ -161,11 +161,13 @@ class Engine:
 
     def resume(self) -> bool:
         """Load the newest intact checkpoint if there is one (saying which damaged ones were passed
-        over); returns whether it did."""
+        over); returns whether it did. metrics.jsonl keeps the records up to where training continues
+        (with none, up to `step_offset`: an earlier round's)."""
         path, passed_over = checkpoints.newest_intact(self.checkpoints)
         for reason in passed_over:
             ui.err_console.print(f"[yellow]warning:[/yellow] skipping checkpoint {reason}", highlight=False)
         if path is None:
+            self._keep_metrics_up_to(self.step_offset)
             return False
         if passed_over:
             ui.err_console.print(f"Resuming from the newest intact checkpoint, {path.name}.", highlight=False)
@@ -174,10 +176,14 @@ class Engine:
         # state after that draw so dropout continues exactly as in an uninterrupted run.
         self._rng_to_restore = torch.get_rng_state()
         self.state = EngineState(**json.loads((path / "engine_state.json").read_text()))
-        if self.accelerator.is_main_process and self.metrics_path.is_file():
-            kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= self.state.step]
-            atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
+        self._keep_metrics_up_to(self.state.step + self.step_offset)
         return True
+
+    def _keep_metrics_up_to(self, step: int) -> None:
+        """Drop metrics.jsonl records past `step` (logged after the point training continues from)."""
+        if self.accelerator.is_main_process and self.metrics_path.is_file():
+            kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
+            atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
 
     # ------------------------------------------------------------------ loop
 
