@@ -64,3 +64,17 @@ def test_interrupted_run_resumes_to_the_same_final_loss(in_workspace, monkeypatc
     straight, resumed = _losses(in_workspace / "runs/straight"), _losses(in_workspace / "runs/interrupted")
     assert sorted(resumed) == sorted(straight)
     assert resumed[8] == pytest.approx(straight[8], rel=1e-5)
+
+
+def test_training_runs_in_train_mode_even_when_the_module_arrives_in_eval_mode(tmp_path):
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).eval()  # as from_pretrained leaves it
+    modes = []
+
+    def loss_fn(m, batch):
+        modes.append(m.training)
+        return m(batch["x"]).pow(2).mean(), {}
+
+    data = [torch.ones(2) for _ in range(4)]
+    settings = TrainConfig(lr=0.1, batch_size=2, max_steps=2, log_every=1, checkpoint_every=100, eval_every=100)
+    Engine(module, loss_fn, data, lambda xs: {"x": torch.stack(xs)}, settings, tmp_path).fit()
+    assert modes == [True, True]

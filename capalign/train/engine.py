@@ -208,6 +208,7 @@ class Engine:
         settings, acc = self.settings, self.accelerator
         window: dict[str, list[torch.Tensor]] = {}
         started, samples = time.perf_counter(), 0
+        self.module.train()  # loaded models (from_pretrained) and pair building leave it in eval mode
         with ui.progress_bar(self.description, self.total_steps) as (progress, task):
             progress.update(task, completed=self.state.step)
             while self.state.step < self.total_steps and not self.state.stopped_early and not self._stop:
