@@ -41,8 +41,9 @@ def print_table(title: str, columns: list[str], rows: list[list[object]]) -> Non
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
-    """A rich progress bar with an extra free-text field (`info`) for loss, lr and throughput."""
+def progress_bar(description: str, total: int | None, stderr: bool = False) -> Iterator[tuple[Progress, int]]:
+    """A rich progress bar with an extra free-text field (`info`) for loss, lr and throughput; with
+    `stderr`, drawn there (commands whose stdout is their result)."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -50,7 +51,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[tuple[Progress
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        console=console,
+        console=err_console if stderr else console,
         transient=False,
     )
     with progress:

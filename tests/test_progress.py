@@ -1,7 +1,10 @@
-"""Long passes before training show counted progress: candidate sampling (images × decoding passes),
-the reference log-prob pass (pairs) and the frozen-feature cache (images)."""
+"""Long passes show counted progress: candidate sampling (images × decoding passes), the reference
+log-prob pass (pairs), the frozen-feature cache (images) and captioning more than one batch (images,
+on stderr)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from capalign.data.store import load_prepared
 from capalign.models.io import load_captioner
@@ -29,3 +32,14 @@ def test_sampling_reference_and_feature_cache_bars_count_to_the_end(pretrained_r
     store = cached_features(split, "train", captioner.vision, processor, keep_hidden=True, root=tmp_path, batch_size=8)
     out = capsys.readouterr().out
     assert store.computed and len(store) == len(split) and f"{len(split)}/{len(split)}" in out
+
+
+
+def test_captioning_more_than_a_batch_counts_images_on_stderr_and_keeps_stdout_for_captions(pretrained_run, in_workspace, capsys):
+    from test_cli import run_cli
+
+    images = Path(__file__).resolve().parents[1] / "examples" / "images"
+    code, out, err = run_cli(["caption", str(images), "--model", str(pretrained_run), "--batch-size", "1"], capsys)
+    assert code == 0, err
+    assert "captioning" in err and "3/3" in err
+    assert "3/3" not in out and all(image.name[:20] in out for image in images.iterdir())

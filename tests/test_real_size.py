@@ -41,11 +41,11 @@ def published_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rehearsal_data(tmp_path_factory) -> Path:
-    """16 shapes images (13 train, 1 each for validation, test and novel)."""
+    """8 shapes images (5 train, 1 each for validation, test and novel)."""
     from capalign.data.store import prepare_shapes
 
     out = tmp_path_factory.mktemp("rehearsal") / "shapes"
-    prepare_shapes(out, limit=16, seed=0)
+    prepare_shapes(out, limit=8, seed=0)
     return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 
+from capalign import ui
 from capalign.data.collate import pixel_values
 from capalign.distributed import process_state
 from capalign.models.io import load_captioner
@@ -98,7 +99,14 @@ def caption_sharded(captioner, tokenizer, processor, images, options: DecodeOpti
     state = process_state()
     n, k, rank = len(images), state.num_processes, state.process_index
     share = list(images[rank * n // k : (rank + 1) * n // k])
-    mine = caption(captioner, tokenizer, processor, share, options)
+    if len(share) <= options.batch_size:  # one batch: no bar
+        mine = caption(captioner, tokenizer, processor, share, options)
+    else:
+        mine = []
+        with ui.progress_bar("captioning", len(share), stderr=True) as (progress, task):
+            for start in range(0, len(share), options.batch_size):
+                mine.extend(caption(captioner, tokenizer, processor, share[start : start + options.batch_size], options))
+                progress.update(task, completed=len(mine))
     return mine if k == 1 else gather_object(mine)
 
 
