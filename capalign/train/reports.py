@@ -43,8 +43,11 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     round's held-out pairs against the pretrained reference; written to alignment_report.json."""
     images = list(split["image"])
     ids = list(split["image_id"])
-    aligned = dict(zip(ids, caption_images(policy, tokenizer, processor, images, DecodeOptions())))
-    before = dict(zip(ids, caption_images(reference, tokenizer, processor, images, DecodeOptions())))
+    with ui.progress_bar("report: captioning", 2 * len(images)) as (progress, task):
+        aligned = dict(zip(ids, caption_images(policy, tokenizer, processor, images, DecodeOptions())))
+        progress.update(task, completed=len(images))
+        before = dict(zip(ids, caption_images(reference, tokenizer, processor, images, DecodeOptions())))
+        progress.update(task, completed=2 * len(images))
     objects = split["objects"] if "objects" in split.column_names else None
     ranked = rank_candidates([[aligned[i], before[i]] for i in ids], split["captions"], objects)
     wins = sum(a.score > b.score for a, b in ranked)
