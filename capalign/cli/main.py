@@ -91,3 +91,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun / accelerate launch, leave the process group before the interpreter exits: a
+    gloo group torn down at exit can abort the process ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # only when a command loaded torch: --help stays light
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
