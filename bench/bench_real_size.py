@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from capalign.config import PRESETS as CONFIGS
-    from capalign.data.store import prepare_shapes
+    from capalign.data.store import load_prepared, prepare_shapes
     from real_backbones import preset_backbone_args
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="capalign-bench-real-"))
@@ -170,8 +170,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
 
+    images = sum(len(split) for split in load_prepared(data).values())
     print(f"\npublished-size backbones, random weights; {args.device}, --mixed-precision {args.precision}, "
-          f"batch {args.batch_size}, {args.steps} steps, {args.images} shapes images")
+          f"batch {args.batch_size}, {args.steps} steps, {images} shapes images")
     print("| preset | pretrain s/step (cache off) | pretrain s/step (cache on) | align s/step | reference log-probs | peak memory |")
     print("|---|---|---|---|---|---|")
     for row in rows:

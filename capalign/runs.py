@@ -6,6 +6,7 @@ import atexit
 import errno
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -42,6 +43,8 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
             lock_run_dir(out)
             if overwrite:
                 (out / RUN_INFO).unlink(missing_ok=True)
+                if not resume:  # the replaced run's checkpoints must not be resumed into the new one
+                    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return out
 
 

@@ -106,6 +106,16 @@ def test_a_finished_run_is_never_overwritten(pretrained_run, in_workspace, capsy
     assert (pretrained_run / "model.safetensors").read_bytes() == before
 
 
+def test_overwrite_replaces_the_run_records_and_checkpoints(in_workspace, monkeypatch, capsys):
+    _interrupted_run(Path("runs/replaced"), monkeypatch)  # records up to step 6, checkpoints at 2, 4, 6
+    assert checkpoints.checkpoints_newest_first(in_workspace / "runs/replaced/checkpoints")
+    code, _, err = run_cli(["pretrain", "--config", "tiny.yaml", "--max-steps", "3", "--out", "runs/replaced", "--overwrite"], capsys)
+    assert code == 0, err
+    steps = [json.loads(line)["step"] for line in (in_workspace / "runs/replaced/metrics.jsonl").read_text().splitlines()]
+    assert steps and max(steps) == 3 and steps == sorted(steps)  # only the new run's records
+    assert not checkpoints.checkpoints_newest_first(in_workspace / "runs/replaced/checkpoints")  # none of the old run's left
+
+
 def test_existing_results_file_needs_overwrite(pretrained_run, in_workspace, capsys):
     target = in_workspace / "kept.json"
     target.write_text("[]")

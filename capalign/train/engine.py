@@ -191,6 +191,8 @@ class Engine:
         """Train to `total_steps`. SIGTERM (schedulers, `timeout`) and SIGINT (Ctrl-C) write a checkpoint
         at the next step boundary, say where, and exit with 128 + the signal number; a second signal
         exits at once."""
+        if self.state.step == 0:  # a fresh start (also into an --overwrite'd folder): no earlier records of its steps
+            self._keep_metrics_up_to(self.step_offset)
         with stop_signals() as stop:
             self._stop = stop
             try:
