@@ -102,6 +102,7 @@ class AlignConfig:
     log_every: int = setting(5, "Stage-2 steps between metrics.jsonl records.")
     eval_every: int = setting(50, "Stage-2 steps between held-out pair evaluations.")
     reference: str = setting("pretrained", "Each round's frozen reference: pretrained (the pretrained run) | previous (the previous round's policy).")
+    disable_dropout: bool = setting(True, "Turn the policy's dropout off in stage 2, as TRL's DPOTrainer does by default: the reference's log-probs are taken without dropout, so the policy's should be too.")
 
 
 @dataclass

@@ -58,7 +58,9 @@ def _drift(run: Path, reference: Path, workspace: Path) -> float:
 
 
 def test_very_large_beta_stays_close_to_the_reference(pretrained_run, in_workspace):
-    options = dict(max_steps=8, lr=1e-3, sft_weight=0.0, contrastive_weight=0.0, pairs="corrupted")  # the DPO term alone
+    # the DPO term alone; Adam makes the first steps equally long whatever beta, so a large beta shows
+    # only once its gradient has vanished: enough steps for the small one to keep moving meanwhile
+    options = dict(max_steps=24, lr=1e-3, sft_weight=0.0, contrastive_weight=0.0, pairs="corrupted")
     small = _align(pretrained_run, Path("runs/beta-small"), beta=0.1, **options)
     large = _align(pretrained_run, Path("runs/beta-large"), beta=1000.0, **options)
     small_drift = _drift(small, pretrained_run, in_workspace)
@@ -123,3 +125,21 @@ def test_zero_contrastive_weight_keeps_the_head_frozen(pretrained_run, in_worksp
     before, _, _ = load_captioner(pretrained_run)
     after, _, _ = load_captioner(run)
     assert torch.equal(before.head.image_proj.weight, after.head.image_proj.weight)
+
+
+def _first_step_rewards(run: Path) -> dict:
+    import json
+
+    return next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "rewards/chosen" in line)
+
+
+def test_dropout_is_off_in_stage_2_by_default_so_the_untrained_policy_matches_its_reference(pretrained_run, in_workspace):
+    import json
+
+    default = _first_step_rewards(_align(pretrained_run, Path("runs/no-dropout"), max_steps=1, log_every=1))
+    kept = _first_step_rewards(_align(pretrained_run, Path("runs/dropout"), max_steps=1, log_every=1, disable_dropout=False))
+    # step 1's rewards are measured before any update: the policy is still the reference
+    assert abs(default["rewards/chosen"]) < 1e-4 and abs(default["rewards/rejected"]) < 1e-4
+    assert abs(kept["rewards/chosen"]) + abs(kept["rewards/rejected"]) > 1e-3  # dropout makes them noise
+    saved = json.loads((in_workspace / "runs/no-dropout/config.json").read_text())
+    assert saved["decoder"]["resid_pdrop"] == 0.1  # the saved model keeps its own rates

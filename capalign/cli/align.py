@@ -28,6 +28,7 @@ def align(
     epochs: Optional[int] = typer.Option(None, help=help_for("align.epochs")),
     max_steps: Optional[int] = typer.Option(None, help=help_for("align.max_steps")),
     batch_size: Optional[int] = typer.Option(None, help=help_for("align.batch_size")),
+    disable_dropout: Optional[bool] = typer.Option(None, "--disable-dropout/--keep-dropout", help=help_for("align.disable_dropout")),
     mixed_precision: Optional[str] = typer.Option(None, help=help_for("train.mixed_precision") + " (default: as the pretrained run)."),
     grad_accum: Optional[int] = typer.Option(None, help=help_for("train.grad_accum") + " (default: as the pretrained run)."),
     config: Optional[Path] = options.CONFIG,
@@ -46,7 +47,8 @@ def align(
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
         align=dict(pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight,
-                   lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size),
+                   lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                   disable_dropout=disable_dropout),
         train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum, device=device))
     build_config(config_file=config, overrides=overrides)  # a bad option is reported before a missing model
     model_dir = resolve_model(model, kind="pretrain")

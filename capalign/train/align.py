@@ -133,6 +133,15 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
     return run
 
 
+def disable_dropout(module: torch.nn.Module) -> None:
+    """Set every dropout rate to 0 (the saved config keeps the model's own rates)."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+        elif isinstance(getattr(layer, "dropout", None), float):  # attention dropout kept as a rate (CLIP)
+            layer.dropout = 0.0
+
+
 def add_lora(policy, rank: int) -> None:
     """Freeze the captioner and train rank-`rank` LoRA adapters on its decoder (peft's default
     target modules for the decoder's architecture)."""
@@ -177,6 +186,8 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         policy.freeze(vision=a.freeze_vision)
     if a.lora_rank:
         add_lora(policy, a.lora_rank)
+    if a.disable_dropout:
+        disable_dropout(policy)
     scorer = pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     main = process_state().is_main_process
