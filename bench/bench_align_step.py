@@ -48,7 +48,7 @@ def main() -> None:
     from capalign.pairs.dataset import PairBatchMaker, PairSet
     from capalign.pairs.generated import corrupted_pairs
     from capalign.runs import CONFIG_NAME
-    from capalign.train.align import attach_reference_logps, dpo_loss_fn, policy_logps
+    from capalign.train.align import attach_reference_logps, disable_dropout, dpo_loss_fn, policy_logps
 
     device = resolve_device(args.device)
     root = Path(tempfile.mkdtemp(prefix="capalign-bench-align-"))
@@ -59,6 +59,7 @@ def main() -> None:
         policy.to(device)
     else:
         policy, tokenizer, processor = load_captioner(args.run, device)
+    disable_dropout(policy)  # as align trains it
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     settings = PRESETS["tiny"]["align"]
     max_tokens = (ModelConfig() if args.run is None else load_config(args.run / CONFIG_NAME).model).max_caption_tokens
