@@ -1,7 +1,9 @@
-"""capalign against plain transformers on the same model: captioning images/s and pretraining samples/s.
+"""capalign against plain transformers on the same model: captioning images/s and pretraining samples/s;
+and the seconds align spends building one round's preference pairs.
 
     python bench/bench_gpu.py [--device cpu|cuda] [--preset clip-gpt2] [--images 64] [--steps 20]
                               [--batch-size 16] [--max-length 16] [--repeats 3] [--peak-tflops 989]
+                              [--pair-images 3199]
 
 (a) Captioning: capalign's `caption_images` against `VisionEncoderDecoderModel.generate` called directly,
 on the same images, beam 3, same batch size and maximum length (both after a warm-up batch, in
@@ -20,6 +22,11 @@ GPT-2 124M, cross-attention on) with random weights (speed does not depend on th
 peak GPU memory and the training's model FLOPs utilisation: 6 · params · tokens per second (vision
 params × image tokens + decoder params × caption tokens) over `--peak-tflops` (989: H100 bf16 dense).
 Images: the shapes dataset; prints ratios capalign / transformers (goal: ≥ 1.0).
+(c) Pair building: align's own `round_pairs` for round 1 on the first `--pair-images` training images
+(plus up to 256 validation images for held-out pairs) with the pretrained run of (b) as policy, scorer
+and reference: greedy + 4 sampled captions per image, ranking, the reference's log-probs (goal on one
+H100: under 60 s for 3,199 training images). Random weights rarely stop early, so every candidate runs
+to the maximum length: an upper bound.
 """
 
 from __future__ import annotations
@@ -152,6 +159,33 @@ def caption_rates(args, run: Path, images: list, dtype) -> dict[str, float]:
     return rates, memory
 
 
+def pair_building(args, run: Path, data: Path) -> tuple[float, int, int]:
+    """(seconds, pairs made, training images) of align's round-1 pair building with `run` as the policy."""
+    import torch
+
+    from capalign.config import load_config
+    from capalign.data.store import load_prepared
+    from capalign.models.io import load_captioner
+    from capalign.pairs.dataset import PairBatchMaker
+    from capalign.runs import CONFIG_NAME
+    from capalign.train.align import round_pairs
+
+    device = torch.device(args.device)
+    config = load_config(run / CONFIG_NAME)
+    dataset = load_prepared(str(data))
+    dataset["train"] = dataset["train"].select(range(min(args.pair_images, len(dataset["train"]))))
+    policy, tokenizer, processor = load_captioner(run, device)
+    pretrained = load_captioner(run, device)[0].eval().requires_grad_(False)
+    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    train_pairs, held_out = round_pairs(policy, pretrained, pretrained, tokenizer, processor, dataset, config, collate, 0, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, len(train_pairs) + len(held_out or []), len(dataset["train"])
+
+
 def training_mfu(run: Path, samples_per_s: float, data: Path, max_length: int, peak_tflops: float) -> float:
     """6 · (vision params × image tokens + decoder params × caption tokens) · samples/s over the peak."""
     from transformers import AutoTokenizer, VisionEncoderDecoderModel
@@ -181,11 +215,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=16, help="most caption tokens (training and generation)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the accelerator's peak (989: H100 bf16 dense)")
+    parser.add_argument("--pair-images", type=int, default=None, help="training images for (c) (default: 48 on cpu, 3199 on cuda)")
     args = parser.parse_args()
     cuda = args.device == "cuda"
     args.images = args.images or (512 if cuda else 64)
     args.steps = args.steps or (100 if cuda else 10)
     args.batch_size = args.batch_size or (64 if cuda else 8)
+    args.pair_images = args.pair_images or (3199 if cuda else 48)
 
     import transformers
 
@@ -195,7 +231,7 @@ def main() -> None:
     precision, dtype = ("bf16", torch.bfloat16) if cuda else ("no", torch.float32)
     root = Path(tempfile.mkdtemp(prefix="capalign-bench-gpu-"))
     data = root / "shapes"
-    limit = max(args.images, args.batch_size * 4) * 10 // 8  # the train split holds about 80 %
+    limit = max(args.images, args.batch_size * 4, args.pair_images + 4) * 10 // 8  # the train split holds about 80 %
     dataset = prepare_shapes(data, limit=limit, seed=0)
     vision, decoder = build_backbones(root, [c for caps in dataset["train"]["captions"] for c in caps], real_size=cuda)
     torch.manual_seed(0)
@@ -218,6 +254,7 @@ def main() -> None:
     capalign_rate, hf_rate = (statistics.median(rates[name]) for name in rates)
     images = list(dataset["train"]["image"][: args.images])
     caption, caption_memory = caption_rates(args, run, images, dtype)
+    pair_seconds, pairs_made, pair_images = pair_building(args, run, data)
 
     print(f"bench_gpu: {args.preset}-shaped model ({'published sizes' if cuda else 'small'}, random weights) on "
           f"{args.device}, {precision if cuda else 'fp32'}; batch {args.batch_size}, max length {args.max_length}")
@@ -226,6 +263,8 @@ def main() -> None:
           f"ratio {caption['capalign'] / caption['transformers']:.2f}")
     print(f"(b) pretraining {args.steps} steps, captioning loss only (median of {args.repeats}): capalign {capalign_rate:.1f} samples/s, "
           f"Seq2SeqTrainer {hf_rate:.1f} samples/s, ratio {capalign_rate / hf_rate:.2f}")
+    print(f"(c) align's pair building, round 1: {pair_images} training images (+ held-out from validation), "
+          f"{pairs_made} pairs in {pair_seconds:.1f} s")
     if cuda:
         print(f"peak GPU memory: captioning capalign {caption_memory['capalign']:.2f} GiB, transformers "
               f"{caption_memory['transformers']:.2f} GiB; training capalign {train_memory['capalign']:.2f} GiB, "

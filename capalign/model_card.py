@@ -114,7 +114,8 @@ def render_model_card(run_dir: Path) -> str:
     if kind == "align":
         lines += [f"- Aligned from `{info.get('reference', '?')}` with loss `{align.get('loss')}`, beta {align.get('beta')}, "
                   f"SFT weight {align.get('sft_weight')}, pairs `{align.get('pairs')}`, {align.get('rounds')} round(s), "
-                  f"lr {align.get('lr')}, batch {align.get('batch_size')}, LoRA rank {align.get('lora_rank')}",
+                  f"lr {align.get('lr')}, batch {align.get('batch_size')}, LoRA rank {align.get('lora_rank')}, "
+                  f"dropout {'off' if align.get('disable_dropout') else 'on'}",
                   f"- Steps: {info.get('steps', '?')}"]
     else:
         lines += [f"- Steps: {info.get('steps', '?')} (batch {train.get('batch_size')}, lr {train.get('lr')}, "

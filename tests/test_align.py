@@ -143,3 +143,5 @@ def test_dropout_is_off_in_stage_2_by_default_so_the_untrained_policy_matches_it
     assert abs(kept["rewards/chosen"]) + abs(kept["rewards/rejected"]) > 1e-3  # dropout makes them noise
     saved = json.loads((in_workspace / "runs/no-dropout/config.json").read_text())
     assert saved["decoder"]["resid_pdrop"] == 0.1  # the saved model keeps its own rates
+    assert "dropout off" in (in_workspace / "runs/no-dropout/README.md").read_text()
+    assert "dropout on" in (in_workspace / "runs/dropout/README.md").read_text()

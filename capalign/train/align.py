@@ -206,7 +206,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     first_held_out = None  # round 1's held-out pairs, scored against the pretrained reference
     for round_index in range(progress.finished, a.rounds):
         seed = config.train.seed + 1000 * round_index
-        train_pairs, held_out = _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config, collate,
+        train_pairs, held_out = round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config, collate,
                                              round_index, seed)
         engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps,
                               resume and round_index == progress.finished)
@@ -234,7 +234,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
     held_out_scores = None
     if progress.finished:  # resumed after round 1: its held-out pairs again (seeded, from the pretrained model)
-        first_held_out = _round_pairs(pretrained, pretrained, scorer, tokenizer, processor, dataset, config, collate, 0,
+        first_held_out = round_pairs(pretrained, pretrained, scorer, tokenizer, processor, dataset, config, collate, 0,
                                       config.train.seed)[1]
     if first_held_out is not None:
         with torch.no_grad():
@@ -258,7 +258,7 @@ def _progress(run_dir: Path, resume: bool, total: int, main: bool) -> rounds.Rou
     return progress
 
 
-def _round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config: RunConfig, collate,
+def round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config: RunConfig, collate,
                  round_index: int, seed: int) -> tuple[PairSet, PairSet | None]:
     """A round's training and held-out pairs from the current policy (ranked with `scorer`'s head, or
     the policy's when None), with the reference's log-probabilities attached (the only time it runs)."""
