@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import get_stanford_models as stanford_models
 from pycocoevalcap.spice.spice import Spice
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
 from capalign.metrics.types import EvaluationResult
 
@@ -52,6 +53,29 @@ def _quiet_java_stderr() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def java_missing() -> str | None:
+    """Why pycocoevalcap's Java tools cannot run here (None: java is on the PATH)."""
+    if shutil.which("java"):
+        return None
+    return "needs Java for pycocoevalcap's PTB tokenizer (java is not on the PATH; e.g. apt install openjdk-17-jre-headless)"
+
+
+def tokenize_in_python(captions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`tokenize` without Java, for training-time ranking: NLTK's Penn Treebank tokenizer, then
+    lower-casing and pycocoevalcap's punctuation removal. Identical to the PTB tokenizer on every
+    shapes caption; on natural text it differs only around rare punctuation (a leading ', a period
+    inside a caption), so reported metrics keep using `tokenize`."""
+    from nltk.tokenize import TreebankWordTokenizer  # deferred: only the pair ranker needs it
+
+    words, drop = TreebankWordTokenizer(), set(PUNCTUATIONS)
+
+    def one(text: str) -> str:
+        lowered = (t.lower() for t in words.tokenize(text, convert_parentheses=True))
+        return " ".join(t for t in lowered if t not in drop)  # like the PTB tokenizer: "-lrb-" stays
+
+    return {key: [one(c) for c in texts] for key, texts in captions.items()}
 
 
 def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -121,6 +145,10 @@ def score_coco(
 ) -> None:
     """Fill `result` with the requested pycocoevalcap metrics (corpus and per-image)."""
 
+    reason = java_missing()
+    if reason:
+        result.missing.update({name: reason for name in metrics})
+        return
     ids = sorted(candidates)  # SPICE returns per-image scores in sorted id order
     gts = tokenize({i: references[i] for i in ids})
     res = tokenize({i: [candidates[i]] for i in ids})

@@ -1,7 +1,8 @@
 """The caption ranker behind `--pairs auto` and align's win rate: scores a policy's candidate captions
 for each image.
 
-Score = CIDEr-D against the image's references (pycocoevalcap, PTB-tokenised)
+Score = CIDEr-D against the image's references (pycocoevalcap's CIDEr, tokenised in Python so that
+        align needs no Java: `tokenize_in_python`)
         + the run's contrastive image–text cosine, when the run has a head
         - HALLUCINATION_PENALTY x the number of exact hallucinations (shapes data only).
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pycocoevalcap.cider.cider import Cider
 
 from capalign.data.shapes import find_hallucinations
-from capalign.metrics.coco import tokenize
+from capalign.metrics.coco import tokenize_in_python
 
 HALLUCINATION_PENALTY = 10.0
 
@@ -32,8 +33,8 @@ def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]
     same proportion, so each candidate scores as it would alone against the same reference set."""
 
     keys = [f"{i}/{k}" for i, cands in enumerate(candidates) for k in range(len(cands))]
-    refs = tokenize({f"{i}/{k}": references[i] for i, cands in enumerate(candidates) for k in range(len(cands))})
-    cands = tokenize({f"{i}/{k}": [c] for i, cs in enumerate(candidates) for k, c in enumerate(cs)})
+    refs = tokenize_in_python({f"{i}/{k}": references[i] for i, cands in enumerate(candidates) for k in range(len(cands))})
+    cands = tokenize_in_python({f"{i}/{k}": [c] for i, cs in enumerate(candidates) for k, c in enumerate(cs)})
     _, scores = Cider().compute_score({k: refs[k] for k in keys}, {k: cands[k] for k in keys})
     by_key = dict(zip(keys, scores))
     return [[float(by_key[f"{i}/{k}"]) for k in range(len(cs))] for i, cs in enumerate(candidates)]
