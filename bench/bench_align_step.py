@@ -51,7 +51,8 @@ def main() -> None:
     from capalign.train.align import attach_reference_logps, disable_dropout, dpo_loss_fn, policy_logps
 
     device = resolve_device(args.device)
-    root = Path(tempfile.mkdtemp(prefix="capalign-bench-align-"))
+    scratch = tempfile.TemporaryDirectory(prefix="capalign-bench-align-")  # removed when the bench ends
+    root = Path(scratch.name)
     split = prepare_shapes(root / "shapes", limit=400, seed=0)["train"]
     torch.manual_seed(0)
     if args.run is None:

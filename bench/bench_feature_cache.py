@@ -43,7 +43,8 @@ def main() -> None:
     from capalign.train import feature_cache
     from capalign.train.pretrain import pretrain
 
-    root = Path(tempfile.mkdtemp(prefix="capalign-bench-cache-"))
+    scratch = tempfile.TemporaryDirectory(prefix="capalign-bench-cache-")  # removed when the bench ends
+    root = Path(scratch.name)
     os.chdir(root)
     data = prepare_shapes(root / "data" / "shapes", limit=args.images, seed=0)
     torch.manual_seed(0)

@@ -229,7 +229,8 @@ def main() -> None:
     from capalign.data.store import prepare_shapes
 
     precision, dtype = ("bf16", torch.bfloat16) if cuda else ("no", torch.float32)
-    root = Path(tempfile.mkdtemp(prefix="capalign-bench-gpu-"))
+    scratch = tempfile.TemporaryDirectory(prefix="capalign-bench-gpu-")  # removed when the bench ends
+    root = Path(scratch.name)
     data = root / "shapes"
     limit = max(args.images, args.batch_size * 4, args.pair_images + 4) * 10 // 8  # the train split holds about 80 %
     dataset = prepare_shapes(data, limit=limit, seed=0)

@@ -123,7 +123,8 @@ def main() -> None:
     from capalign.data.store import load_prepared, prepare_shapes
     from real_backbones import preset_backbone_args
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="capalign-bench-real-"))
+    scratch = None if args.workdir else tempfile.TemporaryDirectory(prefix="capalign-bench-real-")  # gigabytes: removed at the end
+    work = args.workdir or Path(scratch.name)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "shapes"
     if not data.is_dir():
