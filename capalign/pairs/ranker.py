@@ -33,7 +33,8 @@ def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]
     same proportion, so each candidate scores as it would alone against the same reference set."""
 
     keys = [f"{i}/{k}" for i, cands in enumerate(candidates) for k in range(len(cands))]
-    refs = tokenize_in_python({f"{i}/{k}": references[i] for i, cands in enumerate(candidates) for k in range(len(cands))})
+    tokenized = tokenize_in_python({str(i): refs for i, refs in enumerate(references)})  # once per image
+    refs = {f"{i}/{k}": tokenized[str(i)] for i, cands in enumerate(candidates) for k in range(len(cands))}
     cands = tokenize_in_python({f"{i}/{k}": [c] for i, cs in enumerate(candidates) for k, c in enumerate(cs)})
     _, scores = Cider().compute_score({k: refs[k] for k in keys}, {k: cands[k] for k in keys})
     by_key = dict(zip(keys, scores))
