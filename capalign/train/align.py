@@ -207,7 +207,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     for round_index in range(progress.finished, a.rounds):
         seed = config.train.seed + 1000 * round_index
         train_pairs, held_out = round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config, collate,
-                                             round_index, seed)
+                                            round_index, seed)
         engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps,
                               resume and round_index == progress.finished)
         if round_index == 0:
@@ -235,7 +235,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     held_out_scores = None
     if progress.finished:  # resumed after round 1: its held-out pairs again (seeded, from the pretrained model)
         first_held_out = round_pairs(pretrained, pretrained, scorer, tokenizer, processor, dataset, config, collate, 0,
-                                      config.train.seed)[1]
+                                     config.train.seed)[1]
     if first_held_out is not None:
         with torch.no_grad():
             held_out_scores = held_out_metrics(first_held_out, collate, loss_fn, a.batch_size)(policy.eval())
@@ -259,7 +259,7 @@ def _progress(run_dir: Path, resume: bool, total: int, main: bool) -> rounds.Rou
 
 
 def round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config: RunConfig, collate,
-                 round_index: int, seed: int) -> tuple[PairSet, PairSet | None]:
+                round_index: int, seed: int) -> tuple[PairSet, PairSet | None]:
     """A round's training and held-out pairs from the current policy (ranked with `scorer`'s head, or
     the policy's when None), with the reference's log-probabilities attached (the only time it runs)."""
     a = config.align
