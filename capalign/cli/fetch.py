@@ -12,6 +12,16 @@ from capalign.errors import UserError
 
 SHAPES_IMAGE_SIZE = 64
 IMPORT_IMAGE_SIZE = 256
+IMAGE_SIZE_RANGE = (16, 4096)  # smaller shows nothing; larger than any captioner's input by far
+
+
+def _check_image_size(size: int | None, shapes: bool) -> None:
+    """Refuse a --image-size outside the range (imports also take 0 = keep), before any work."""
+    low, high = IMAGE_SIZE_RANGE
+    if size is None or low <= size <= high or (size == 0 and not shapes):
+        return
+    allowed = f"{low} to {high}" if shapes else f"0 (keep the size) or {low} to {high}"
+    raise UserError(f"--image-size {size} is out of range; {'shapes takes' if shapes else 'use'} {allowed}.")
 
 
 def fetch(
@@ -26,6 +36,7 @@ def fetch(
     model: Optional[str] = typer.Option(None, help="Cache this model (name or path) for offline use instead."),
 ) -> None:
     """Prepare a dataset into capalign's on-disk format (or cache a model with --model)."""
+    _check_image_size(image_size, source == "shapes")
     from capalign.data import store  # deferred: imports datasets
 
     if model is not None:

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from capalign.data.importers import fetch_report as R
 from capalign.errors import UserError
+from capalign.usertext import is_text, printable
 
 JPEG_QUALITY = 95  # stored images are re-encoded once as JPEG at this quality
 
@@ -31,22 +32,28 @@ class BadImage(Exception):
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
-    """Resolve `rel` under `root`, refusing absolute paths, `..` parts and symlinks that leave root."""
-    rel = str(rel).replace("\\", "/")
+    """Resolve `rel` under `root`, refusing names that are not text or hold a NUL byte, absolute
+    paths, `..` parts and symlinks that leave root."""
+    if not is_text(rel) or "\0" in rel:  # the OS cannot even look such a name up
+        raise BadImage(R.BAD_NAME, f"{printable(rel)!r} holds a NUL byte or text that is not UTF-8")
+    rel = rel.replace("\\", "/")
     if not rel or os.path.isabs(rel) or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise BadImage(R.PATH_ESCAPE, f"absolute or empty path {rel!r}")
     if ".." in Path(rel).parts:
         raise BadImage(R.PATH_ESCAPE, f"'..' in {rel!r}")
     base = root.resolve()
-    target = (base / rel).resolve()
-    if not target.is_relative_to(base):
-        raise BadImage(R.PATH_ESCAPE, f"{rel!r} resolves to {target}, outside {base}")
-    if not target.exists():
-        raise BadImage(R.MISSING_FILE, str(target))
-    if not target.is_file():
-        raise BadImage(R.NOT_IMAGE, f"{target} is not a file")
-    if target.stat().st_size == 0:
-        raise BadImage(R.EMPTY_FILE, str(target))
+    try:
+        target = (base / rel).resolve()
+        if not target.is_relative_to(base):
+            raise BadImage(R.PATH_ESCAPE, f"{rel!r} resolves to {target}, outside {base}")
+        if not target.exists():
+            raise BadImage(R.MISSING_FILE, str(target))
+        if not target.is_file():
+            raise BadImage(R.NOT_IMAGE, f"{target} is not a file")
+        if target.stat().st_size == 0:
+            raise BadImage(R.EMPTY_FILE, str(target))
+    except OSError as e:  # a name too long, a folder we may not enter, a symlink loop
+        raise BadImage(R.BAD_NAME, f"{rel!r}: {e.strerror or e}") from None
     return target
 
 
@@ -98,9 +105,12 @@ def decode_image(source: bytes | Path, size: int) -> Image.Image:
             raise BadImage(R.EMPTY_FILE, "0 bytes")
         fp = io.BytesIO(source)
     else:
-        if Path(source).stat().st_size == 0:
-            raise BadImage(R.EMPTY_FILE, str(source))
-        fp = open(source, "rb")
+        try:
+            if Path(source).stat().st_size == 0:
+                raise BadImage(R.EMPTY_FILE, str(source))
+            fp = open(source, "rb")
+        except OSError as e:  # no permission, vanished since it was listed
+            raise BadImage(R.UNREADABLE, f"{source}: {e.strerror or e}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

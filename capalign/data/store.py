@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 
 from capalign.data import shapes
+from capalign.data.prepared import open_prepared
 from capalign.errors import UserError
 
 DEFAULT_DATA_ROOT = Path("data")
@@ -55,20 +56,21 @@ def is_prepared(path: Path) -> bool:
 
 
 def load_prepared(data: str | Path | None = None) -> datasets.DatasetDict:
-    """Load a prepared dataset folder, or a source name prepared on first use (`shapes`)."""
+    """Load a prepared dataset folder, or a source name prepared on first use (`shapes`); a damaged
+    folder is a UserError saying to re-run `capalign fetch` (see capalign.data.prepared)."""
     if data is None or str(data) == "shapes":
         path = DEFAULT_DATA_ROOT / "shapes"
         if not is_prepared(path):
             prepare_shapes(path)
-        return datasets.load_from_disk(str(path))
+        return open_prepared(path, "shapes")
     path = Path(data)
     if is_prepared(path):
-        return datasets.load_from_disk(str(path))
+        return open_prepared(path)
     if path.exists():
         raise UserError(f"{path} is not a prepared dataset (no dataset_dict.json); create one with `capalign fetch SOURCE --out {path}`.")
     prepared = DEFAULT_DATA_ROOT / str(data)
     if is_prepared(prepared):
-        return datasets.load_from_disk(str(prepared))
+        return open_prepared(prepared)
     raise UserError(f"No dataset at {path}; prepare it first with `capalign fetch {data}`.")
 
 

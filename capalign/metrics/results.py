@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capalign.errors import UserError
+from capalign.usertext import id_text, is_text, read_text
 
 
 @dataclass
@@ -22,29 +23,34 @@ def load_results(path: str | Path) -> LoadedResults:
     """Read a COCO results file (`[{"image_id": ..., "caption": ...}]`), JSONL with the same records,
     or a `{image_id: caption}` object. Ids become strings; bad records are skipped and counted."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+    text = read_text(path, "results file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        try:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is neither JSON nor JSON lines ({exc.msg} at line {exc.lineno})") from None
+        data = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    raise UserError(f"{path} is neither JSON nor JSON lines (line {number}: "
+                                    f"{getattr(exc, 'msg', 'nested too deeply')})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; fix the file") from None
     if isinstance(data, dict) and "annotations" in data:
         data = data["annotations"]
+    if isinstance(data, dict) and set(data) == {"image_id", "caption"}:  # JSON lines holding one record
+        data = [data]
     if isinstance(data, dict):
         data = [{"image_id": k, "caption": v} for k, v in data.items()]
     if not isinstance(data, list):
         raise UserError(f"{path} is not a COCO results file: expected a list of {{image_id, caption}} records")
     loaded = LoadedResults(captions={})
     for record in data:
-        if not isinstance(record, dict) or record.get("image_id") is None or not isinstance(record.get("caption"), str):
+        key = id_text(record.get("image_id")) if isinstance(record, dict) else None
+        if key is None or not is_text(record.get("caption")):
             loaded.skipped += 1
             continue
-        key = str(record["image_id"])
         if key in loaded.captions:
             loaded.duplicated[key] = loaded.duplicated.get(key, 1) + 1
             continue
@@ -110,21 +116,23 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     Ids become strings; images listed without any caption are an error (they could not be scored)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read references file {path}: {exc.strerror or exc}") from None
+        data = json.loads(read_text(path, "references file"))
     except json.JSONDecodeError as exc:
         raise UserError(f"references file {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"references file {path}: JSON nested too deeply to read") from None
     references: dict[str, list[str]] = {}
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         for record in data["annotations"]:
-            if isinstance(record, dict) and record.get("image_id") is not None and isinstance(record.get("caption"), str):
-                references.setdefault(str(record["image_id"]), []).append(record["caption"])
-        listed = [str(i["id"]) for i in data.get("images", []) if isinstance(i, dict) and "id" in i]
-        bare = [i for i in listed if i not in references]
+            key = id_text(record.get("image_id")) if isinstance(record, dict) else None
+            if key is not None and is_text(record.get("caption")):
+                references.setdefault(key, []).append(record["caption"])
+        images = data.get("images") if isinstance(data.get("images"), list) else []
+        listed = [id_text(i["id"]) for i in images if isinstance(i, dict) and "id" in i]
+        bare = [i for i in listed if i is not None and i not in references]
         if bare:
             raise UserError(f"{path}: {len(bare)} images have no caption annotation (e.g. {bare[0]})")
-    elif isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in data.values()):
+    elif isinstance(data, dict) and all(isinstance(v, list) and all(map(is_text, v)) for v in data.values()):
         references = {str(k): list(v) for k, v in data.items() if v}
     else:
         raise UserError(f"{path} is neither a COCO annotations file ({{images, annotations: [{{image_id, caption}}]}}) "

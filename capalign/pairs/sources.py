@@ -21,8 +21,10 @@ from pathlib import Path
 import datasets
 
 from capalign.data.importers.records import read_jsonl
-from capalign.data.store import DEFAULT_DATA_ROOT, is_prepared
+from capalign.data.prepared import open_prepared, open_saved
+from capalign.data.store import DEFAULT_DATA_ROOT, get_split, is_prepared
 from capalign.errors import UserError
+from capalign.usertext import is_text, read_text
 
 MAX_CAPTION_WORDS = 30  # an image-free pair is kept only when both answers are caption-length
 
@@ -42,25 +44,39 @@ class LoadedPairs:
 def _records(path: Path) -> list[tuple[str, dict]]:
     """(where, record) for every record of a JSONL, JSON or CSV file."""
     if path.suffix == ".jsonl":
-        return [(f"line {number}", record) for number, record in read_jsonl(path)]
-    text = path.read_text(encoding="utf-8")
+        return [(f"line {number}", record) for number, record in read_jsonl(path, "pairs file")]
+    text = read_text(path, "pairs file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply to read; fix the file.") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise UserError(f"{path} must hold a JSON list of objects.")
         return [(f"item {i}", r) for i, r in enumerate(data)]
     if path.suffix == ".csv":
-        return [(f"line {i + 2}", dict(r)) for i, r in enumerate(csv.DictReader(text.splitlines()))]
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        try:
+            return [(f"line {reader.line_num}", dict(r)) for r in reader]
+        except csv.Error as exc:
+            raise UserError(f"{path} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
     raise UserError(f"Pairs file {path} must end in .jsonl, .json or .csv.")
 
 
-def _choose(record: dict, where: str, path: Path) -> tuple[str, str] | None:
-    """(chosen, rejected) from either form; None for a tie in votes."""
+def _caption(value) -> str | None:
+    """A caption's text, "" when empty or null, None when it is not text (a number, a list, a lone
+    surrogate)."""
+    if value is None:
+        return ""
+    return value.strip() if is_text(value) else None
+
+
+def _choose(record: dict, where: str, path: Path) -> tuple[str | None, str | None] | None:
+    """(chosen, rejected) from either form (see `_caption`); None for a tie in votes."""
     if "chosen" in record and "rejected" in record:
-        return str(record["chosen"] or "").strip(), str(record["rejected"] or "").strip()
+        return _caption(record["chosen"]), _caption(record["rejected"])
     if {"caption_a", "caption_b", "votes_a", "votes_b"} <= set(record):
         try:
             a, b = float(record["votes_a"]), float(record["votes_b"])
@@ -68,7 +84,7 @@ def _choose(record: dict, where: str, path: Path) -> tuple[str, str] | None:
             raise UserError(f"{path} {where}: votes_a / votes_b must be numbers.") from None
         if a == b:
             return None
-        first, second = str(record["caption_a"]).strip(), str(record["caption_b"]).strip()
+        first, second = _caption(record["caption_a"]), _caption(record["caption_b"])
         return (first, second) if a > b else (second, first)
     raise UserError(f"{path} {where}: needs chosen and rejected (or caption_a, caption_b, votes_a, votes_b).")
 
@@ -88,17 +104,29 @@ def load_pairs_file(path: Path) -> LoadedPairs:
             loaded.skipped["tied_votes"] += 1
             continue
         chosen, rejected = choice
+        if chosen is None or rejected is None:
+            loaded.skipped["caption_not_text"] += 1
+            continue
         if not chosen or not rejected:
             loaded.skipped["empty_caption"] += 1
             continue
         if chosen == rejected:
             loaded.skipped["chosen_equals_rejected"] += 1
             continue
-        image = (root / str(record["image"])).resolve()
+        name = record["image"]
+        if not is_text(name) or not name.strip() or "\0" in name:
+            loaded.skipped["bad_image_path"] += 1
+            continue
+        try:
+            image = (root / name).resolve()
+            found = image.is_file()
+        except OSError:  # a name too long, a symlink loop
+            loaded.skipped["bad_image_path"] += 1
+            continue
         if not image.is_relative_to(root):
             loaded.skipped["path_escapes_folder"] += 1
             continue
-        if not image.is_file():
+        if not found:
             loaded.skipped["missing_image"] += 1
             continue
         loaded.pairs.append({"image": image, "chosen": chosen, "rejected": rejected})
@@ -107,15 +135,17 @@ def load_pairs_file(path: Path) -> LoadedPairs:
 
 def load_text_pairs(path: Path) -> LoadedPairs:
     """Image-free pairs from a prepared preference dataset, kept when both answers are caption-length."""
-    data = datasets.load_from_disk(str(path))
-    split = data["train"] if isinstance(data, datasets.DatasetDict) else data
+    data = open_prepared(path) if is_prepared(path) else open_saved(path)
+    split = get_split(data, "train") if isinstance(data, datasets.DatasetDict) else data
     missing = {"chosen", "rejected"} - set(split.column_names)
     if missing:
         raise UserError(f"{path} is not a preference dataset (no {', '.join(sorted(missing))} column).")
     loaded = LoadedPairs([])
     for chosen, rejected in zip(split["chosen"], split["rejected"]):
-        chosen, rejected = (chosen or "").strip(), (rejected or "").strip()
-        if not chosen or not rejected or chosen == rejected:
+        chosen, rejected = _caption(chosen), _caption(rejected)
+        if chosen is None or rejected is None:
+            loaded.skipped["caption_not_text"] += 1
+        elif not chosen or not rejected or chosen == rejected:
             loaded.skipped["bad_pair"] += 1
         elif max(len(chosen.split()), len(rejected.split())) > MAX_CAPTION_WORDS:
             loaded.skipped["longer_than_a_caption"] += 1

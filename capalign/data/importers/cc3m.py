@@ -10,6 +10,8 @@ import hashlib
 from pathlib import Path
 from typing import Iterator
 
+from capalign.usertext import iter_lines
+
 from .records import Candidate, clean_captions, require
 from .fetch_report import SkipLog
 from . import fetch_report as R
@@ -35,26 +37,25 @@ def _columns(first: list[str]) -> tuple[int, int, bool]:
 def url_list_candidates(path: Path, split: str | None, seed: int, log: SkipLog) -> Iterator[Candidate]:
     """Stream the candidates of one split (None: all rows) from a TSV URL list (header `caption<TAB>url` optional).
     A line without a tab, or whose URL is not http(s), is a UserError naming the line."""
-    with open(path, encoding="utf-8") as f:
-        cap_i = url_i = None
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
+    cap_i = url_i = None
+    for n, line in enumerate(iter_lines(path, "URL list"), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if cap_i is None:
+            cap_i, url_i, header = _columns(cols)
+            if header:
                 continue
-            cols = line.split("\t")
-            if cap_i is None:
-                cap_i, url_i, header = _columns(cols)
-                if header:
-                    continue
-            require(len(cols) > max(cap_i, url_i), path, f"line {n}", "expected 'caption<TAB>url'")
-            url = cols[url_i].strip()
-            require(url.startswith(("http://", "https://")), path, f"line {n}",
-                    f"{url[:60]!r} is not an http(s) URL")
-            if split is not None and hashed_split(url, seed) != split:
-                continue
-            ref = f"{path.name} line {n}"
-            caps = clean_captions([cols[cap_i]], ref, log)
-            if not caps:
-                log.skip(R.NO_CAPTIONS, ref)
-                continue
-            yield Candidate(image_id=f"{path.stem}-{n}", captions=caps, ref=ref, url=url)
+        require(len(cols) > max(cap_i, url_i), path, f"line {n}", "expected 'caption<TAB>url'")
+        url = cols[url_i].strip()
+        require(url.startswith(("http://", "https://")), path, f"line {n}",
+                f"{url[:60]!r} is not an http(s) URL")
+        if split is not None and hashed_split(url, seed) != split:
+            continue
+        ref = f"{path.name} line {n}"
+        caps = clean_captions([cols[cap_i]], ref, log)
+        if not caps:
+            log.skip(R.NO_CAPTIONS, ref)
+            continue
+        yield Candidate(image_id=f"{path.stem}-{n}", captions=caps, ref=ref, url=url)

@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import fetch_report as R
+from capalign.usertext import id_text
+
 from .records import Candidate, clean_captions, keep_with_captions, require
 from .fetch_report import SkipLog
 
@@ -15,20 +17,33 @@ def is_coco(doc: object) -> bool:
 
 
 def coco_candidates(path: Path, doc: dict, images: Path, log: SkipLog) -> list[Candidate]:
-    """One candidate per COCO image (id = str(image id)); the file defines no splits."""
+    """One candidate per COCO image (id = str(image id)); the file defines no splits. An entry
+    whose id is not a string or an integer, or that repeats an earlier id, is skipped and counted."""
     require(isinstance(doc.get("images"), list), path, "key 'images'", "must be a list")
     require(isinstance(doc.get("annotations"), list), path, "key 'annotations'", "must be a list")
     caps: dict[str, list] = defaultdict(list)
     refs: dict[str, list[str]] = defaultdict(list)
     meta: dict[str, str] = {}
     for i, im in enumerate(doc["images"]):
-        require(isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str),
+        require(isinstance(im, dict) and "id" in im and "file_name" in im,
                 path, f"images[{i}]", "needs 'id' and 'file_name'")
-        meta.setdefault(str(im["id"]), im["file_name"])
+        iid = id_text(im["id"])
+        if iid is None:
+            log.skip(R.BAD_ID, f"{path.name} images[{i}]", f"id {im['id']!r} is not a string or an integer")
+        elif not isinstance(im["file_name"], str):
+            log.skip(R.BAD_NAME, f"{path.name} images[{i}]", f"file_name {im['file_name']!r} is not a string")
+        elif iid in meta:
+            log.skip(R.DUPLICATE, f"{path.name} images[{i}] ({im['file_name']})",
+                     f"image id {iid} already listed for {meta[iid]}")
+        else:
+            meta[iid] = im["file_name"]
     for j, ann in enumerate(doc["annotations"]):
         require(isinstance(ann, dict) and "image_id" in ann and "caption" in ann,
                 path, f"annotations[{j}]", "needs 'image_id' and 'caption'")
-        iid = str(ann["image_id"])
+        iid = id_text(ann["image_id"])
+        if iid is None:
+            log.skip(R.BAD_ID, f"{path.name} annotations[{j}]", f"image_id {ann['image_id']!r}")
+            continue
         if iid not in meta:
             log.skip(R.UNKNOWN_IMAGE, f"{path.name} annotations[{j}]", f"image_id {iid}")
             continue

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capalign.usertext import printable
+
 # Reasons a record is skipped (keys of FetchReport.skipped and of fetch_report.json).
 MISSING_FILE = "missing_file"
 EMPTY_FILE = "empty_file"
@@ -26,6 +28,10 @@ BAD_SAMPLE = "malformed_sample"
 TRUNCATED_SHARD = "truncated_shard"
 BAD_PAIR = "bad_preference_pair"
 UNPAIRED = "image_left_without_partner"
+NOT_TEXT = "caption_not_text"
+BAD_ID = "bad_image_id"
+BAD_NAME = "bad_file_name"
+UNREADABLE = "unreadable_file"
 
 
 class SkipLog:
@@ -36,11 +42,12 @@ class SkipLog:
         self.records: list[dict[str, str]] = []
 
     def skip(self, reason: str, record: str, detail: str = "") -> None:
-        """Record that `record` (a path, id or line reference) was skipped for `reason`."""
+        """Record that `record` (a path, id or line reference) was skipped for `reason`; text that
+        cannot be written as UTF-8 (lone surrogates) is kept escaped."""
         self.counts[reason] += 1
-        entry = {"reason": reason, "record": str(record)}
+        entry = {"reason": reason, "record": printable(record)}
         if detail:
-            entry["detail"] = str(detail)
+            entry["detail"] = printable(detail)
         self.records.append(entry)
 
 

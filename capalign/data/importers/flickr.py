@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from capalign.errors import UserError
+from capalign.usertext import iter_lines, read_text
 
 from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions, require
@@ -25,30 +26,29 @@ def is_token_file(path: Path) -> bool:
 def is_captions_csv(path: Path) -> bool:
     if path.suffix.lower() not in (".txt", ".csv"):
         return False
-    with open(path, encoding="utf-8", errors="replace") as f:
-        head = f.readline().strip().lower().replace(" ", "")
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # a sniff: decoding is checked on reading
+        head = f.readline(256).strip().lower().replace(" ", "")
     return head == "image,caption"
 
 
 def _read_token(path: Path) -> dict[str, list[str]]:
     caps: dict[str, list[str]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            require("\t" in line, path, f"line {n}", "expected 'name.jpg#N<TAB>caption'")
-            name, caption = line.split("\t", 1)
-            name = name.split("#", 1)[0].strip()
-            require(bool(name), path, f"line {n}", "empty image name")
-            caps[name].append(caption)
+    for n, line in enumerate(iter_lines(path, "caption file"), 1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        require("\t" in line, path, f"line {n}", "expected 'name.jpg#N<TAB>caption'")
+        name, caption = line.split("\t", 1)
+        name = name.split("#", 1)[0].strip()
+        require(bool(name), path, f"line {n}", "empty image name")
+        caps[name].append(caption)
     return caps
 
 
 def _read_csv(path: Path) -> dict[str, list[str]]:
     caps: dict[str, list[str]] = defaultdict(list)
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(iter_lines(path, "caption file"))
+    try:
         for row in reader:
             n = reader.line_num
             if n == 1 or not row or not "".join(row).strip():
@@ -56,6 +56,8 @@ def _read_csv(path: Path) -> dict[str, list[str]]:
             require(len(row) >= 2 and row[0].strip() != "", path, f"line {n}",
                     "expected 'image,caption'")
             caps[row[0].strip()].append(",".join(row[1:]))
+    except csv.Error as exc:
+        raise UserError(f"{path} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
     return caps
 
 
@@ -65,7 +67,7 @@ def _split_lists(folder: Path) -> dict[str, str] | None:
         return None
     split_of = {}
     for split, p in found.items():
-        for line in p.read_text(encoding="utf-8").splitlines():
+        for line in read_text(p, "split list").splitlines():
             if line.strip():
                 split_of[line.strip()] = split
     return split_of

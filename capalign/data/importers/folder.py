@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from capalign.errors import UserError
+from capalign.usertext import iter_lines
 
 from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions, read_jsonl, require
@@ -53,26 +54,30 @@ def _pick(keys, wanted: str | None, options, path: Path, what: str) -> str:
                     f"pass --{'caption' if what == 'caption' else 'image'}-column NAME.")
 
 
+def _csv_rows(meta: Path, caption_column: str | None):
+    reader = csv.DictReader(iter_lines(meta, "metadata file"))
+    try:
+        keys = reader.fieldnames or []
+        fcol = _pick(keys, None, FILE_COLUMNS, meta, "file name")
+        ccol = _pick(keys, caption_column, CAPTION_COLUMNS, meta, "caption")
+        for row in reader:
+            yield reader.line_num, row.get(fcol), [row.get(ccol)]
+    except csv.Error as exc:
+        raise UserError(f"{meta} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
+
+
 def _rows(meta: Path, caption_column: str | None):
-    """Yield (line number, file name, list of raw captions) from metadata.jsonl / .csv."""
+    """Yield (line number, file name, list of raw captions) from metadata.jsonl / .csv; the file name
+    is whatever the row holds (checked by the caller)."""
     if meta.suffix == ".csv":
-        with open(meta, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            keys = reader.fieldnames or []
-            fcol = _pick(keys, None, FILE_COLUMNS, meta, "file name")
-            ccol = _pick(keys, caption_column, CAPTION_COLUMNS, meta, "caption")
-            for row in reader:
-                n = reader.line_num
-                require(row.get(fcol) not in (None, ""), meta, f"line {n}", f"empty {fcol!r}")
-                yield n, row[fcol], [row.get(ccol)]
+        yield from _csv_rows(meta, caption_column)
         return
     fcol = ccol = None
-    for n, row in read_jsonl(meta):
+    for n, row in read_jsonl(meta, "metadata file"):
         if fcol is None:
             fcol = _pick(row.keys(), None, FILE_COLUMNS, meta, "file name")
             ccol = _pick(row.keys(), caption_column, CAPTION_COLUMNS, meta, "caption")
-        require(isinstance(row.get(fcol), str) and row[fcol] != "", meta, f"line {n}",
-                f"needs a {fcol!r} string")
+        require(fcol in row, meta, f"line {n}", f"needs a {fcol!r} string")
         value = row.get(ccol)
         yield n, row[fcol], value if isinstance(value, list) else [] if value is None else [value]
 
@@ -80,7 +85,10 @@ def _rows(meta: Path, caption_column: str | None):
 def _candidates(folder: Path, split: str | None, caption_column: str | None, log: SkipLog):
     meta = metadata_file(folder)
     caps: dict[str, list] = defaultdict(list)
-    for _, name, raw in _rows(meta, caption_column):
+    for n, name, raw in _rows(meta, caption_column):
+        if not isinstance(name, str) or not name.strip():
+            log.skip(R.BAD_NAME, f"{meta.relative_to(folder.parent)} line {n}", f"file name {name!r}")
+            continue
         caps[name.replace("\\", "/")].extend(raw)
     named = {str(Path(n)) for n in caps}
     for p in sorted(folder.rglob("*")):

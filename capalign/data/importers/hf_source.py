@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from datasets import DatasetDict, Image
 
 from capalign.errors import UserError
+from capalign.usertext import id_text
 
 from . import fetch_report as R
 from .records import Candidate, clean_captions
@@ -122,8 +123,11 @@ def hf_candidates(ds: DatasetDict, spec: HubSpec, parts: list[tuple[str, Any]], 
         if not isinstance(idx, range) or idx != range(len(d)):
             d = d.select(idx)
         for i, row in enumerate(d):
-            iid = str(row[spec.id_column]) if spec.id_column else f"{src}-{idx[i]}"
+            iid = id_text(row[spec.id_column]) if spec.id_column else f"{src}-{idx[i]}"
             ref = f"{spec.repo}[{src}][{idx[i]}]"
+            if iid is None:
+                log.skip(R.BAD_ID, ref, f"image_id {row[spec.id_column]!r}")
+                continue
             raw = [t for c in spec.captions for t in _texts(row[c])]
             if spec.id_column:
                 if iid in seen:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from capalign.usertext import id_text, is_text
+
+from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions, require
 from .fetch_report import SkipLog
 from .splits import canonical_split
@@ -28,13 +31,18 @@ def karpathy_candidates(path: Path, doc: dict, images: Path, log: SkipLog) -> li
         require(split is not None, path, f"{where}.split",
                 f"unknown split {im.get('split')!r} (expected train, restval, val or test)")
         rel = f"{im['filepath']}/{im['filename']}" if im.get("filepath") else im["filename"]
-        iid = str(im["cocoid"]) if "cocoid" in im else Path(im["filename"]).stem
+        iid = id_text(im["cocoid"]) if "cocoid" in im else Path(im["filename"]).stem
+        ref = f"{path.name} {where} ({rel})"
+        if iid is None:
+            log.skip(R.BAD_ID, ref, f"cocoid {im['cocoid']!r} is not a string or an integer")
+            continue
         raw = []
         for k, s in enumerate(im["sentences"]):
             require(isinstance(s, dict) and ("raw" in s or "tokens" in s), path,
                     f"{where}.sentences[{k}]", "needs 'raw' or 'tokens'")
-            raw.append(s["raw"] if "raw" in s else " ".join(s["tokens"]))
-        ref = f"{path.name} {where} ({rel})"
+            tokens = s.get("tokens")
+            words = isinstance(tokens, list) and all(map(is_text, tokens))
+            raw.append(s["raw"] if "raw" in s else " ".join(tokens) if words else tokens)
         cands.append(Candidate(image_id=iid, captions=clean_captions(raw, ref, log), ref=ref,
                                path=rel, root=images, split=split))
     return keep_with_captions(cands, log)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from capalign.errors import UserError
+from capalign.usertext import id_text, is_text, iter_lines, read_text
 
 from . import fetch_report as R
 from .fetch_report import SkipLog
@@ -34,10 +35,14 @@ class Candidate:
 
 
 def clean_captions(raw: Iterable[Any], ref: str, log: SkipLog) -> list[str]:
-    """Strip captions; empty or non-string ones are skipped and counted as `empty_caption`."""
+    """Strip captions; empty or null ones are skipped and counted as `empty_caption`, numbers, lists
+    and strings that cannot be stored as UTF-8 (a lone surrogate) as `caption_not_text`."""
     out = []
     for i, c in enumerate(raw):
-        text = c.strip() if isinstance(c, str) else ""
+        if c is not None and not is_text(c):
+            log.skip(R.NOT_TEXT, f"{ref} caption {i}", repr(c))
+            continue
+        text = c.strip() if c is not None else ""
         if text:
             out.append(" ".join(text.split()))
         else:
@@ -46,11 +51,16 @@ def clean_captions(raw: Iterable[Any], ref: str, log: SkipLog) -> list[str]:
 
 
 def keep_with_captions(cands: Iterable[Candidate], log: SkipLog) -> list[Candidate]:
-    """Drop (and count) candidates without captions and repeated image ids."""
+    """Drop (and count) candidates whose file name or id cannot be used (a NUL byte, a lone
+    surrogate, not a string), without captions, and with a repeated image id."""
     seen: set[str] = set()
     kept = []
     for c in cands:
-        if not c.captions:
+        if c.path is not None and (not is_text(c.path) or "\0" in c.path):
+            log.skip(R.BAD_NAME, c.ref, f"file name {c.path!r}")
+        elif id_text(c.image_id) is None:
+            log.skip(R.BAD_ID, c.ref, f"image_id {c.image_id!r}")
+        elif not c.captions:
             log.skip(R.NO_CAPTIONS, c.ref)
         elif c.image_id in seen:
             log.skip(R.DUPLICATE, c.ref, f"image_id {c.image_id} already seen")
@@ -62,30 +72,31 @@ def keep_with_captions(cands: Iterable[Candidate], log: SkipLog) -> list[Candida
 
 def load_json(path: Path) -> Any:
     """Parse a JSON file; a syntax error becomes a UserError naming the file, line and column."""
+    text = read_text(path, "annotation file")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(
             f"{path} line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix or re-download the file."
         ) from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason}); is this the right annotation file?") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; fix or re-download the file.") from None
 
 
-def read_jsonl(path: Path):
-    """Yield (line number, object) for each non-blank line of a JSON Lines file; a line that is not
-    a JSON object is a UserError naming the file and line."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {number}: invalid JSON ({exc.msg}); fix that line.") from None
-            require(isinstance(record, dict), path, f"line {number}", "expected a JSON object")
-            yield number, record
+def read_jsonl(path: Path, what: str = "file"):
+    """Yield (line number, object) for each non-blank line of a JSON Lines file (UTF-8, streamed);
+    a line that is not a JSON object is a UserError naming the file and line."""
+    for number, line in enumerate(iter_lines(path, what), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {number}: invalid JSON ({exc.msg}); fix that line.") from None
+        except RecursionError:
+            raise UserError(f"{path} line {number}: JSON nested too deeply; fix that line.") from None
+        require(isinstance(record, dict), path, f"line {number}", "expected a JSON object")
+        yield number, record
 
 
 def require(cond: bool, path: Path, where: str, what: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 
 from capalign.errors import UserError
 
 from . import cifar_pairs, ultrafeedback
 from .download import Downloader
 from .hf_source import HUB_SPECS, HubSpec, hf_candidates, resolve_columns, split_indices
+from capalign.data.prepared import open_saved
 from capalign.hub import load_hub_dataset
 from .pipeline import run_candidates, write_prepared
 from .fetch_report import FetchReport, SkipLog
@@ -78,7 +79,7 @@ def import_saved(path: Path, *, out: Path, log: SkipLog, seed: int, limit: int |
     """A folder written by `save_to_disk` (e.g. a hub dataset copied from a connected machine)."""
     if Path(out).resolve() == path.resolve():
         raise UserError(f"--out {out} is the source folder itself; choose another --out.")
-    ds = load_from_disk(str(path))
+    ds = open_saved(path)
     if not isinstance(ds, DatasetDict):
         ds = DatasetDict({"train": ds})
     first = next(iter(ds.values()))

@@ -56,7 +56,7 @@ def _split_of(shard: Path, base: Path) -> str | None:
 
 def _captions(ext: str, data: bytes) -> list:
     if ext == "json":
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8-sig"))
         if not isinstance(doc, dict):
             raise ValueError("json member is not an object")
         for k in ("captions", "caption", "text", "sentences"):
@@ -64,7 +64,7 @@ def _captions(ext: str, data: bytes) -> list:
                 v = doc[k]
                 return v if isinstance(v, list) else [v]
         raise ValueError("json member has no captions/caption/text key")
-    return data.decode("utf-8").splitlines() or [""]
+    return data.decode("utf-8-sig").splitlines() or [""]
 
 
 def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
