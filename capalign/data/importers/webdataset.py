@@ -97,7 +97,7 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
                 elif ext in ("txt", "caption", "json"):
                     try:
                         s["caps"] += _captions(ext, tf.extractfile(m).read())
-                    except (ValueError, UnicodeDecodeError) as e:
+                    except (ValueError, UnicodeDecodeError, RecursionError) as e:
                         s["bad"] = f"{m.name}: {e}"
         except (tarfile.TarError, EOFError, OSError) as e:
             log.skip(R.TRUNCATED_SHARD, str(shard), f"stopped after {len(samples)} samples: {e}")
