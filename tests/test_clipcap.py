@@ -291,3 +291,16 @@ def test_existing_folder_and_missing_out_are_refused(backbones, tmp_path, capsys
     assert [p.name for p in used.iterdir()] == ["notes.txt"] and (used / "notes.txt").read_bytes() == b"mine"
     code, _, err = run_cli(args, capsys)
     _one_line_error(code, err, "needs --out")
+
+
+def test_interrupted_conversion_leaves_nothing(backbones, tmp_path, monkeypatch):
+    import capalign.models.clipcap_run as clipcap_run
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clipcap_run, "save_config", interrupt)  # after the model files are written
+    torch.save(_clipcap_state("mlp", backbones, with_gpt=True), tmp_path / "clipcap.pt")
+    with pytest.raises(KeyboardInterrupt):
+        clipcap_run.convert_clipcap(tmp_path / "clipcap.pt", tmp_path / "out", str(backbones["clip"]), str(backbones["gpt2"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clipcap.pt"]  # no run folder, no staging folder

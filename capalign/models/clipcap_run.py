@@ -62,7 +62,7 @@ def _load_vision(name: str, layout: ClipCapLayout):
         raise UserError(f"the checkpoint maps a {layout.image_dim}-wide image embedding but --vision {name} projects "
                         f"to {config.projection_dim}; pass the CLIP it was trained with (ResNet CLIPs such as "
                         "RN50x4 are not in transformers).")
-    clip = CLIPModel.from_pretrained(path, local_files_only=True)
+    clip = CLIPModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     vision = clip.vision_model  # a CLIPVisionModel in transformers 5: what capalign's load_vision gives
     processor = backbones.load_image_processor(name)
     if processor is None:
@@ -89,7 +89,7 @@ def _load_decoder(name: str, layout: ClipCapLayout, state, source: Path):
         if value is not None and getattr(config, field) != value:
             raise UserError(f"{source} was trained with a GPT-2 of {field}={value} but --decoder {name} has "
                             f"{field}={getattr(config, field)}; pass the GPT-2 it was trained with.")
-    decoder = GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+    decoder = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if layout.has_gpt:
         weights = {k: v for k, v in gpt_state(state).items() if not k.endswith(_IGNORED_GPT)}
         try:
