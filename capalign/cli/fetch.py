@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from capalign import ui
+from capalign.config import CLIP_B32
 from capalign.errors import UserError
 
 SHAPES_IMAGE_SIZE = 64
@@ -24,7 +25,7 @@ def fetch(
     image_column: Optional[str] = typer.Option(None, help="Image column of a Hugging Face dataset."),
     caption_column: Optional[str] = typer.Option(None, help="Caption column of a Hugging Face dataset."),
     model: Optional[str] = typer.Option(None, help="Cache this model (name or path) for offline use instead; a ClipCap checkpoint file (.pt) with --out: convert it into a run folder."),
-    vision: str = typer.Option("openai/clip-vit-base-patch32", help="ClipCap checkpoint: the CLIP it was trained with."),
+    vision: str = typer.Option(CLIP_B32, help="ClipCap checkpoint: the CLIP it was trained with."),
     decoder: str = typer.Option("gpt2", help="ClipCap checkpoint: the GPT-2 it was trained with."),
     normalize_prefix: Optional[bool] = typer.Option(None, "--normalize-prefix/--no-normalize-prefix", help="ClipCap checkpoint: L2-normalise the CLIP embedding (default: as ClipCap's inference code, on for the transformer mapper, off for MLP)."),
 ) -> None:
