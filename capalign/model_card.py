@@ -117,6 +117,9 @@ def render_model_card(run_dir: Path) -> str:
                   f"lr {align.get('lr')}, batch {align.get('batch_size')}, LoRA rank {align.get('lora_rank')}, "
                   f"dropout {'off' if align.get('disable_dropout') else 'on'}",
                   f"- Steps: {info.get('steps', '?')}"]
+    elif info.get("converted_from"):
+        lines.append(f"- Converted from the ClipCap checkpoint `{Path(info['converted_from']).name}` by `capalign fetch --model` "
+                     "(trained by ClipCap's own train.py, not by capalign)")
     else:
         lines += [f"- Steps: {info.get('steps', '?')} (batch {train.get('batch_size')}, lr {train.get('lr')}, "
                   f"weight decay {train.get('weight_decay')}, warm-up {train.get('warmup_ratio')}, mixed precision "

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from capalign import ui
+from capalign.config import CLIP_B32
 from capalign.errors import UserError
 
 SHAPES_IMAGE_SIZE = 64
@@ -33,12 +34,24 @@ def fetch(
     image_size: Optional[int] = typer.Option(None, help=f"Shorter side of stored images (default {IMPORT_IMAGE_SIZE}, never enlarged, 0 = keep; shapes: the image size, default {SHAPES_IMAGE_SIZE})."),
     image_column: Optional[str] = typer.Option(None, help="Image column of a Hugging Face dataset."),
     caption_column: Optional[str] = typer.Option(None, help="Caption column of a Hugging Face dataset."),
-    model: Optional[str] = typer.Option(None, help="Cache this model (name or path) for offline use instead."),
+    model: Optional[str] = typer.Option(None, help="Cache this model (name or path) for offline use instead; a ClipCap checkpoint file (.pt) with --out: convert it into a run folder."),
+    vision: str = typer.Option(CLIP_B32, help="ClipCap checkpoint: the CLIP it was trained with."),
+    decoder: str = typer.Option("gpt2", help="ClipCap checkpoint: the GPT-2 it was trained with."),
+    normalize_prefix: Optional[bool] = typer.Option(None, "--normalize-prefix/--no-normalize-prefix", help="ClipCap checkpoint: L2-normalise the CLIP embedding (default: as ClipCap's inference code, on for the transformer mapper, off for MLP)."),
 ) -> None:
     """Prepare a dataset into capalign's on-disk format (or cache a model with --model)."""
     _check_image_size(image_size, source == "shapes")
     from capalign.data import store  # deferred: imports datasets
 
+    if model is not None and Path(model).expanduser().is_file():
+        from capalign.models.clipcap_run import convert_clipcap, is_checkpoint_file  # deferred: imports torch and transformers
+
+        if not is_checkpoint_file(model):
+            raise UserError(f"{model} is a file but not a checkpoint (.pt, .pth, .bin, .ckpt, .safetensors); pass a model name or folder.")
+        if out is None:
+            raise UserError(f"converting the ClipCap checkpoint {model} needs --out DIR (the run folder to write).")
+        convert_clipcap(Path(model).expanduser(), out, vision, decoder, normalize_prefix)
+        return
     if model is not None:
         from capalign.hub import fetch_model  # deferred: imports huggingface_hub
 

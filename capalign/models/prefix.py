@@ -3,8 +3,14 @@ a causal language model (GPT-2, DistilGPT2, ...) fed through `inputs_embeds`.
 
 Mapping networks, as in ClipCap (Mokady et al., 2021):
 - `mlp`: Linear(image, L*D/2) → Tanh → Linear(L*D); used with a tuned language model.
-- `transformer`: Linear(image, L*D) → L tokens, concatenated with L learned constants → a transformer
-  encoder → the outputs at the constants' positions; used with a frozen language model.
+- `transformer`: Linear(image, C*D) → C tokens (C = `clip_length`, default L), concatenated with L
+  learned constants → a pre-norm transformer encoder (ReLU, feed-forward 2*D) → the outputs at the
+  constants' positions; used with a frozen language model.
+
+A converted ClipCap checkpoint (capalign.models.clipcap) also sets `image_projection` (CLIP's
+bias-free visual projection, applied to the pooled output first: ClipCap maps CLIP's projected image
+embedding), `normalize` (L2-normalise that embedding) and `qkv_bias=False` (ClipCap's attention has
+no query/key/value biases).
 
 The loss covers caption tokens only (the prefix has no labels). Generation is
 `decoder.generate(inputs_embeds=prefix, ...)`, which returns only the new tokens.
@@ -34,30 +40,46 @@ class PrefixMapper(nn.Module):
     """Pooled image features (B, image_dim) → prefix embeddings (B, prefix_length, text_dim)."""
 
     def __init__(self, image_dim: int, text_dim: int, prefix_length: int = 10, kind: str = "mlp",
-                 layers: int = 8, heads: int = 8):
+                 layers: int = 8, heads: int = 8, clip_length: int | None = None,
+                 image_projection: int | None = None, normalize: bool = False, qkv_bias: bool = True):
         super().__init__()
         if kind not in MAPPERS:
             raise ValueError(f"mapper must be one of {MAPPERS}, got {kind}")
+        clip_length = clip_length or prefix_length
         self.settings = {"image_dim": image_dim, "text_dim": text_dim, "prefix_length": prefix_length,
-                         "kind": kind, "layers": layers, "heads": heads}
-        self.prefix_length, self.text_dim, self.kind = prefix_length, text_dim, kind
+                         "kind": kind, "layers": layers, "heads": heads, "clip_length": clip_length,
+                         "image_projection": image_projection, "normalize": normalize, "qkv_bias": qkv_bias}
+        self.prefix_length, self.clip_length, self.text_dim, self.kind = prefix_length, clip_length, text_dim, kind
+        self.normalize = normalize
+        self.image_projection = None
+        if image_projection is not None:
+            self.image_projection = nn.Linear(image_dim, image_projection, bias=False)
+            self.image_projection.requires_grad_(False)  # CLIP's own projection: frozen with CLIP, as in ClipCap
+            image_dim = image_projection
         if kind == "mlp":
             hidden = max(1, text_dim * prefix_length // 2)
             self.net = nn.Sequential(nn.Linear(image_dim, hidden), nn.Tanh(), nn.Linear(hidden, text_dim * prefix_length))
         else:
-            self.project = nn.Linear(image_dim, prefix_length * text_dim)
+            self.project = nn.Linear(image_dim, clip_length * text_dim)
             self.constants = nn.Parameter(torch.randn(prefix_length, text_dim))
             layer = nn.TransformerEncoderLayer(text_dim, _heads_for(text_dim, heads), dim_feedforward=2 * text_dim,
                                                dropout=0.0, batch_first=True, norm_first=True)
             self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            if not qkv_bias:  # nn.MultiheadAttention's `bias` would also drop the output projection's bias
+                for block in self.transformer.layers:
+                    block.self_attn.register_parameter("in_proj_bias", None)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         n = pooled.size(0)
+        if self.image_projection is not None:
+            pooled = self.image_projection(pooled)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
         if self.kind == "mlp":
             return self.net(pooled).view(n, self.prefix_length, self.text_dim)
-        tokens = self.project(pooled).view(n, self.prefix_length, self.text_dim)
+        tokens = self.project(pooled).view(n, self.clip_length, self.text_dim)
         both = torch.cat([tokens, self.constants.unsqueeze(0).expand(n, -1, -1)], dim=1)
-        return self.transformer(both)[:, self.prefix_length :]
+        return self.transformer(both)[:, self.clip_length :]
 
 
 class PrefixCaptionModel(nn.Module):
