@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -38,6 +37,15 @@ HELD_RUNS: set[Path] = set()  # run folders this process trains into (their writ
 def resolved(path: str | Path) -> Path:
     """`path` with `~`, `..` and symlinks resolved: every decision is made about the real folder."""
     return Path(path).expanduser().resolve()
+
+
+def as_given(real: Path, given: str | Path) -> Path:
+    """`real` (a resolved path) relative to the current folder when `given` was relative and `real`
+    lies below it, so messages and return values read like what the user typed."""
+    try:
+        return real.relative_to(Path.cwd().resolve()) if not Path(given).is_absolute() else real
+    except ValueError:
+        return real
 
 
 def _choose(option: str | None) -> str:
@@ -75,12 +83,13 @@ class Claim:
 
     def write_dir(self, *, keep: bool = False, create: bool = True) -> Path:
         """Where to write now: the folder itself (created and marked), or, when it holds a finished
-        result, a fresh staging folder (an earlier unfinished one is kept with `keep`)."""
+        result, a fresh staging folder (an earlier unfinished one is kept with `keep`). Without
+        `create` (a non-main process of a distributed run) the folder is only made to exist."""
         target = self.staging() if self.holds_result else self.path
+        if create and self.holds_result and not keep:
+            shutil.rmtree(target.parent, ignore_errors=True)
+        target.mkdir(parents=True, exist_ok=True)
         if create:
-            if self.holds_result and not keep:
-                shutil.rmtree(target.parent, ignore_errors=True)
-            target.mkdir(parents=True, exist_ok=True)
             mark(target, self.kind)
         return target
 
@@ -91,7 +100,10 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, op
     nothing. Refused with one line: a file (or a path below one), a folder holding files capalign did
     not write (even with `overwrite`), another kind of capalign output, and a finished result unless
     `overwrite` (`hint` is put before the remedy). `option` is the flag named in messages."""
-    target = resolved(path)
+    try:
+        target = resolved(path)
+    except (RuntimeError, OSError) as exc:  # a symlink loop
+        raise UserError(f"cannot follow {path}: {exc}; {_choose(option)}.") from None
     shown = Path(path) if Path(path).absolute() == target else f"{path} (that is {target})"
     existing = next(p for p in (target, *target.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
@@ -106,8 +118,8 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, op
     found = owner(target)
     if found is None:
         if names - OWN_FILES:
-            raise UserError(f"{shown} exists and holds files capalign did not write; {_choose(option)} "
-                            "(capalign never writes into such a folder, not even with --overwrite).")
+            raise UserError(f"{shown} exists and is not a {NOUNS[kind]} (it holds files capalign did not write); "
+                            f"{_choose(option)} (capalign never writes into such a folder, not even with --overwrite).")
         return Claim(target, kind, holds_result=False)
     if found != kind:
         raise UserError(f"{shown} holds a capalign {NOUNS[found]}, not a {NOUNS[kind]}; {_choose(option)}.")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from capalign import ui
 from capalign.errors import UserError
-from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, claim_output_dir, commit, write_errors
+from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, as_given, claim_output_dir, commit, resolved, write_errors
 
 RUNS_ROOT = Path("runs")
 CONFIG_NAME = "capalign.yaml"  # the resolved RunConfig
@@ -47,15 +47,15 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         if main and overwrite and not resume:  # the replaced run's checkpoints must not be resumed into the new one
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if claim.holds_result and main:
-        ui.console.print(f"Writing the new run to {run_dir}; it replaces {claim.path} once it has finished.")
-    return run_dir
+        ui.console.print(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
+    return as_given(run_dir, out)
 
 
 def finish_run(run_dir: Path) -> Path:
     """Call once a run is completely written (after mark_finished and the model card): a run staged
     by an --overwrite now replaces the old one. Returns the run's final folder."""
     with write_errors(run_dir, option="--out"):
-        return commit(run_dir)
+        return as_given(resolved(commit(run_dir)), run_dir)
 
 
 def lock_run_dir(run_dir: Path) -> None:
