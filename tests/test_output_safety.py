@@ -118,6 +118,19 @@ def test_fetch_on_a_full_or_read_only_disk_is_one_line(here, capsys, monkeypatch
     assert "--resume" not in err and not (here / "full").exists()
 
 
+def test_an_import_on_a_full_disk_is_one_line_and_leaves_nothing(here, capsys, monkeypatch):
+    import datasets
+
+    def full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", full)
+    code, _, err = run_cli(["fetch", str(here / "data" / "shapes"), "--out", "imported"], capsys)
+    refused(code, err, "No space left", "--out")
+    assert "--resume" not in err and not (here / "imported").exists()
+    assert not [p for p in here.iterdir() if p.name.startswith(".imported")]
+
+
 def test_bare_pretrain_keeps_a_user_data_shapes_folder(here, capsys):
     (here / "data" / "shapes").unlink()
     before = user_folder(here / "data" / "shapes", ["photos.txt", "train/a.png"])
