@@ -1,20 +1,19 @@
-"""Run folders: their file names, naming, latest-run lookup and atomic writes."""
+"""Run folders: their file names, naming, claiming and locking, latest-run lookup and atomic writes."""
 
 from __future__ import annotations
 
 import atexit
-import errno
 import json
 import os
 import shutil
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+from capalign import ui
 from capalign.errors import UserError
+from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, as_given, claim_output_dir, commit, resolved, write_errors
 
 RUNS_ROOT = Path("runs")
 CONFIG_NAME = "capalign.yaml"  # the resolved RunConfig
@@ -23,62 +22,78 @@ MODEL_DESCRIPTION = "capalign_model.json"  # architecture, mapper and frozen par
 
 
 def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """The folder a run writes to (`--out`, or `runs/<kind>-<timestamp>`), locked for this process.
+    """The folder a run writes to (`--out`, or `runs/<kind>-<timestamp>`), claimed by the output rule
+    (capalign.outputs) and locked for this process.
 
-    A folder holding a finished run is never written over unless `overwrite` (then it is first marked
-    unfinished); a folder another live process trains into is refused."""
+    A folder holding a finished run is never written over unless `overwrite`; then the new run is
+    written into a staging folder of the same name (returned) and replaces the old one only in
+    `finish_run`, so an interrupted overwrite leaves the old run intact. A folder another live
+    process trains into is refused."""
     if out is None:
         out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         suffix = 1
         while out.exists():
             suffix += 1
             out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-    out = Path(out)
-    if (out / RUN_INFO).is_file() and not overwrite:
-        what = "resume it with --resume only if it was interrupted; " if resume else ""
-        raise UserError(f"{out} holds a finished run; {what}choose a new --out, or pass --overwrite to replace it.")
-    with write_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch the main process holds it
-            lock_run_dir(out)
-            if overwrite:
-                (out / RUN_INFO).unlink(missing_ok=True)
-                if not resume:  # the replaced run's checkpoints must not be resumed into the new one
-                    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return out
+    what = "resume it with --resume only if it was interrupted; " if resume else ""
+    claim = claim_output_dir(out, "run", overwrite=overwrite, option="--out", hint=what)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch the main process holds it
+    with write_errors(claim.path, option="--out"):
+        claim.path.mkdir(parents=True, exist_ok=True)
+        if main:
+            lock_run_dir(claim.path)
+        run_dir = claim.write_dir(keep=resume, create=main)
+        HELD_RUNS.add(run_dir)
+        if main and overwrite and not resume:  # the replaced run's checkpoints must not be resumed into the new one
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if claim.holds_result and main:
+        ui.console.print(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
+    return as_given(run_dir, out)
 
 
-LOCK = ".capalign.lock"
-WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+def finish_run(run_dir: Path) -> Path:
+    """Call once a run is completely written (after mark_finished and the model card): a run staged
+    by an --overwrite now replaces the old one. Returns the run's final folder."""
+    with write_errors(run_dir, option="--out"):
+        return as_given(resolved(commit(run_dir)), run_dir)
 
 
 def lock_run_dir(run_dir: Path) -> None:
-    """Mark `run_dir` as used by this process until it exits (a lock file with pid and host); a lock
-    left by a process that is gone (killed, crashed) is taken over, a live one is refused."""
-    lock = Path(run_dir) / LOCK
+    """Mark `run_dir` as used by this process until it exits (an owner record with pid and host).
+
+    The check and the take-over happen under a filelock (flock) on LOCK_GUARD, so racing processes
+    decide one at a time: exactly one takes a stale record (its process is gone). A live record is
+    refused; a record written on another host is never taken over (its process cannot be checked
+    from here), the message says how to remove it."""
+    from filelock import FileLock, Timeout  # deferred: only runs that train take the lock
+
+    run_dir = Path(run_dir)
+    lock = run_dir / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    try:
+        with FileLock(str(run_dir / LOCK_GUARD), timeout=60):
             try:
-                owner = json.loads(lock.read_text())
+                holder = json.loads(lock.read_text())
             except (OSError, ValueError):
-                owner = {}
-            if owner.get("pid") == me["pid"]:
+                holder = {}
+            holder = holder if isinstance(holder, dict) else {}
+            if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
                 return
-            if owner.get("host") == me["host"] and _alive(owner.get("pid")):
-                raise UserError(f"{run_dir} is in use by process {owner['pid']} (lock {lock}); wait for it or choose another --out.") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump(me, handle)
-        atexit.register(lambda: _release(lock, me["pid"]))
-        return
+            if holder.get("host") not in (None, me["host"]):
+                raise UserError(f"{run_dir} is in use by process {holder.get('pid')} on host {holder['host']} "
+                                f"(lock {lock}); if you are sure that process has ended, delete {lock} and rerun.")
+            if _alive(holder.get("pid")):
+                raise UserError(f"{run_dir} is in use by process {holder['pid']} (lock {lock}); "
+                                "wait for it or choose another --out.")
+            atomic_write_text(lock, json.dumps(me))  # a record left by a process that is gone is replaced
+    except Timeout:
+        raise UserError(f"{run_dir} is being claimed by another process ({run_dir / LOCK_GUARD}); "
+                        "wait for it or choose another --out.") from None
+    atexit.register(_release, run_dir, me["pid"])
 
 
 def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -86,39 +101,18 @@ def _alive(pid) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
+    except OverflowError:
+        return False
     return True
 
 
-def _release(lock: Path, pid: int) -> None:
+def _release(run_dir: Path, pid: int) -> None:
+    lock = run_dir / LOCK
     try:
         if json.loads(lock.read_text()).get("pid") == pid:
             lock.unlink()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
-
-
-@contextmanager
-def write_errors(path: Path) -> Iterator[None]:
-    """Disk full, permission denied or a read-only folder while writing `path` (or any file within a
-    block that writes a run) become one-line user errors naming the file (safetensors reports disk full
-    as its own error type, matched by message). Other errors pass through."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in WRITE_FAILURES:
-            raise
-        raise UserError(f"cannot write {exc.filename or path}: {exc.strerror or exc}; {_remedy(exc.errno)}") from None
-    except Exception as exc:
-        if type(exc).__name__ != "SafetensorError":
-            raise
-        code = errno.ENOSPC if "No space left" in str(exc) else errno.EIO
-        raise UserError(f"cannot write {path}: {exc}; {_remedy(code)}") from None
-
-
-def _remedy(code: int | None) -> str:
-    return {errno.ENOSPC: "free disk space (or point --out elsewhere) and rerun with --resume",
-            errno.EACCES: "check the folder's permissions or choose another --out",
-            errno.EROFS: "the file system is read-only; choose another --out"}.get(code, "check the folder and rerun")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -162,10 +156,11 @@ def resolve_model(model: str | Path | None, kind: str | None = None) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename over the target."""
+def atomic_write_text(path: Path, text: str, *, option: str | None = None) -> None:
+    """Write via a temporary file in the same folder and rename over the target (`option`: the flag
+    that chose `path`, named if the write fails)."""
     path = Path(path)
-    with write_errors(path):
+    with write_errors(path, option=option):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
         try:
             with os.fdopen(fd, "w") as handle:
@@ -178,11 +173,12 @@ def atomic_write_text(path: Path, text: str) -> None:
             raise
 
 
-def atomic_write_json(path: Path, payload) -> None:
+def atomic_write_json(path: Path, payload, *, option: str | None = None) -> None:
     """JSON (numpy scalars and sets allowed) written atomically; parent folders are created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(payload, indent=1, default=_json_default))
+    with write_errors(path, option=option):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=1, default=_json_default), option=option)
 
 
 def _json_default(value):

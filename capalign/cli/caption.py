@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +13,7 @@ import typer
 from capalign import ui
 from capalign.cli import options
 from capalign.errors import UserError
+from capalign.outputs import write_errors
 from capalign.runs import atomic_write_text, resolve_model
 
 
@@ -23,7 +26,7 @@ def caption(
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
     dtype: str = options.DTYPE,
-    output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results)."),
+    output: Optional[Path] = typer.Option(None, help="Write captions to FILE.jsonl or FILE.json (COCO results; image_id is the file name without its suffix, or, for files sharing one, the path below their common folder without the suffix, kept when that is shared too)."),
     scores: bool = typer.Option(False, "--scores", help="Also print each token's probability and the caption's log-probability (JSONL output gets tokens, probs, logprob)."),
     overwrite: bool = options.OVERWRITE,
 ) -> None:
@@ -67,13 +70,40 @@ def print_token_scores(paths: list[Path], scored) -> None:
 
 def write_captions(output: Path, paths: list[Path], captions: list[str], scored=None) -> None:
     """JSONL (image path + caption per line; with scores, tokens, probs and logprob) or a COCO results
-    file (image id = file stem)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    file (one distinct image id per file, see image_ids)."""
+    with write_errors(output, option="--output"):
+        output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".jsonl":
         records = [{"image": str(p), "caption": c} for p, c in zip(paths, captions)]
         for record, s in zip(records, scored or []):
             record.update(tokens=s.tokens, probs=s.probs, logprob=s.logprob)
         text = "".join(json.dumps(r) + "\n" for r in records)
     else:
-        text = json.dumps([{"image_id": p.stem, "caption": c} for p, c in zip(paths, captions)], indent=1)
-    atomic_write_text(output, text)
+        text = json.dumps([{"image_id": i, "caption": c} for i, c in zip(image_ids(paths), captions)], indent=1)
+    atomic_write_text(output, text, option="--output")
+
+
+def image_ids(paths: list[Path]) -> list[str]:
+    """COCO image ids for image files: the file stem; for files sharing a stem (a/photo.png,
+    b/photo.jpg), their path below the folder the sharing files have in common, without the suffix
+    (a/photo, b/photo), or with it when that is shared too (photo.png, photo.jpg); the same file
+    named twice gets -2, -3, ...: an id is never repeated."""
+    stems = Counter(p.stem for p in paths)
+    sharing = [p.resolve() for p in paths if stems[p.stem] > 1]
+    common = Path(os.path.commonpath([p.parent for p in sharing])) if sharing else None
+
+    def below(path: Path, keep_suffix: bool) -> str:
+        rel = path.resolve().relative_to(common)
+        return (rel if keep_suffix else rel.with_suffix("")).as_posix()
+
+    ids = [p.stem if stems[p.stem] == 1 else below(p, False) for p in paths]
+    shared = Counter(ids)
+    ids = [below(p, True) if shared[i] > 1 else i for p, i in zip(paths, ids)]
+    taken: set[str] = set()
+    for n, i in enumerate(ids):
+        copy = 1
+        while ids[n] in taken:
+            copy += 1
+            ids[n] = f"{i}-{copy}"
+        taken.add(ids[n])
+    return ids

@@ -9,6 +9,7 @@ import typer
 
 from capalign.cli import options
 from capalign.errors import UserError
+from capalign.outputs import claim_output_dir, commit, write_errors
 from capalign.runs import atomic_write_json
 from capalign.ui import console, print_missing, print_table, warn
 
@@ -18,7 +19,7 @@ def compare(
     data: Optional[str] = options.DATA,
     split: str = options.SPLIT,
     metrics: Optional[str] = typer.Option("bleu,meteor,rouge,cider,bertscore,clipscore,refclipscore,hallucination", "--metrics"),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (index.html, metrics.png, scores.json) here."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (index.html, metrics.png, scores.json) into this new or empty folder (an earlier report there only with --overwrite)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the comparison and per-image scores as JSON."),
     overwrite: bool = options.OVERWRITE,
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Compare on the ids all systems share."),
@@ -43,6 +44,7 @@ def compare(
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
     options.refuse_overwrite(output, overwrite)
+    claim = claim_output_dir(report, "report", overwrite=overwrite, option="--report") if report is not None else None
     if len(systems) < 2:
         raise UserError("compare needs at least two systems (run folders or results files)")
     if bootstrap < 100:
@@ -86,20 +88,23 @@ def compare(
                             "source": str(s.run_dir or s.results_file)} for label, s in zip(labels, loaded)},
     }
     if output is not None:
-        atomic_write_json(output, payload)
+        atomic_write_json(output, payload, option="--output")
         console.print(f"wrote {output}")
-    if report is not None:
+    if claim is not None:
         from capalign.evaluation.html_report import write_report  # deferred: imports matplotlib
 
         primary = next((m for m in ("CIDEr", *names) if m in names and all(
             m in results[label].per_image.get(ids[0], {}) for label in labels)), None)
-        page = write_report(report, rows, {label: s.captions for label, s in zip(labels, loaded)},
-                            {i: the_split.references[i] for i in ids},
-                            {label: results[label].per_image for label in labels},
-                            images=the_split.images(), metric=primary,
-                            title=f"capalign compare: {', '.join(labels)}")
-        atomic_write_json(Path(report) / "scores.json", payload)
-        console.print(f"wrote {page}")
+        with write_errors(report, option="--report"):  # an earlier report is replaced once this one is complete
+            where = claim.write_dir()
+            write_report(where, rows, {label: s.captions for label, s in zip(labels, loaded)},
+                         {i: the_split.references[i] for i in ids},
+                         {label: results[label].per_image for label in labels},
+                         images=the_split.images(), metric=primary,
+                         title=f"capalign compare: {', '.join(labels)}")
+            atomic_write_json(where / "scores.json", payload, option="--report")
+            commit(where)
+        console.print(f"wrote {Path(report) / 'index.html'}")
 
 
 def _unique_labels(labels: list[str]) -> list[str]:

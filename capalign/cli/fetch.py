@@ -10,6 +10,7 @@ import typer
 from capalign import ui
 from capalign.config import CLIP_B32
 from capalign.errors import UserError
+from capalign.outputs import claim_output_dir
 
 SHAPES_IMAGE_SIZE = 64
 IMPORT_IMAGE_SIZE = 256
@@ -27,7 +28,7 @@ def _check_image_size(size: int | None, shapes: bool) -> None:
 
 def fetch(
     source: str = typer.Argument("shapes", help="shapes | flickr8k | flickr30k | coco | cc3m | cifar100-pairs | ultrafeedback | HF dataset id | local path"),
-    out: Optional[Path] = typer.Option(None, help="Where to write the prepared dataset (default data/<source>)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the prepared dataset (default data/<source>): a new or empty folder, or one holding a dataset capalign prepared (replaced once the new one is complete)."),
     limit: Optional[int] = typer.Option(None, help="Number of images to keep."),
     seed: int = typer.Option(0, help="Seed for generation and splits."),
     images: Optional[Path] = typer.Option(None, help="Folder holding the images of a local annotation file."),
@@ -62,13 +63,15 @@ def fetch(
             raise UserError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
         target = out or store.DEFAULT_DATA_ROOT / "shapes"
         size = SHAPES_IMAGE_SIZE if image_size is None else image_size
-        dataset = store.prepare_shapes(target, limit=limit or store.SHAPES_DEFAULT_LIMIT, seed=seed, image_size=size)
+        dataset = store.prepare_shapes(target, limit=limit or store.SHAPES_DEFAULT_LIMIT, seed=seed, image_size=size,
+                                       option="--out")
         ui.print_table(f"shapes → {target}", ["split", "images", "captions"],
                        [[name, len(split), sum(map(len, split["captions"]))] for name, split in dataset.items()])
         return
     from capalign.data.importers import import_source  # deferred: imports datasets
 
     target = out or store.DEFAULT_DATA_ROOT / Path(source).name.replace("/", "_")
+    claim_output_dir(target, "dataset", overwrite=True)  # refused before any download or import work
     report = import_source(source, target, images=images, limit=limit, seed=seed,
                            image_size=IMPORT_IMAGE_SIZE if image_size is None else image_size,
                            image_column=image_column, caption_column=caption_column)

@@ -44,6 +44,14 @@ def resolved_config(run_dir: Path | None, resumed: Path | None = None) -> RunCon
 
 
 def refuse_overwrite(path: Path | None, overwrite: bool) -> None:
-    """An existing --output file is kept unless --overwrite."""
-    if path is not None and Path(path).exists() and not overwrite:
+    """An existing --output file is kept unless --overwrite; a folder (or a path below a file) is
+    never an --output."""
+    if path is None:
+        return
+    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists() or p == p.parent)
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a folder; --output takes a file name (choose one inside it, or elsewhere).")
+    if existing != Path(path) and existing.exists() and not existing.is_dir():
+        raise UserError(f"{existing} is a file, so {path} cannot be written; choose another --output.")
+    if Path(path).exists() and not overwrite:
         raise UserError(f"{path} exists; choose another --output or pass --overwrite to replace it.")

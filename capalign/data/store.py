@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import datasets
@@ -10,6 +11,7 @@ import datasets
 from capalign.data import shapes
 from capalign.data.prepared import open_prepared
 from capalign.errors import UserError
+from capalign.outputs import claim_output_dir, install, write_errors
 
 DEFAULT_DATA_ROOT = Path("data")
 SHAPES_DEFAULT_LIMIT = 3000
@@ -26,29 +28,35 @@ SHAPES_FEATURES = datasets.Features(
 )
 
 
-def prepare_shapes(out: Path, *, limit: int = SHAPES_DEFAULT_LIMIT, seed: int = 0, image_size: int = 64) -> datasets.DatasetDict:
-    """Generate the shapes dataset (deterministic from `seed`) and save it to `out`."""
+def prepare_shapes(out: Path, *, limit: int = SHAPES_DEFAULT_LIMIT, seed: int = 0, image_size: int = 64,
+                   option: str | None = None) -> datasets.DatasetDict:
+    """Generate the shapes dataset (deterministic from `seed`) and save it to `out` (which must pass
+    the output rule, capalign.outputs; `option` is the flag that chose it, named in errors)."""
     if limit < 4:
         raise UserError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
+    out = claim_output_dir(out, "dataset", overwrite=True, option=option).path  # before minutes of work
     splits = {}
     for split, count in shapes.split_counts(limit).items():
         rows = list(shapes.generate_split(split, count, seed, image_size))
         splits[split] = datasets.Dataset.from_list(rows, features=SHAPES_FEATURES)
     dataset = datasets.DatasetDict(splits)
-    save_atomically(dataset, out)
+    save_atomically(dataset, out, option=option)
     return dataset
 
 
-def save_atomically(dataset: datasets.DatasetDict, out: Path) -> None:
-    """Write to a sibling temporary folder, then rename, so a crash never leaves half a dataset."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dataset.save_to_disk(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+def save_atomically(dataset: datasets.DatasetDict, out: Path, *, option: str | None = None) -> None:
+    """Write to a hidden temporary folder beside `out`, then swap it in, so a crash never leaves half a
+    dataset and an earlier prepared dataset there is replaced only once the new one is complete.
+    `out` must pass the output rule (capalign.outputs): another folder there is refused."""
+    out = claim_output_dir(out, "dataset", overwrite=True, option=option).path
+    with write_errors(out, option=option):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            dataset.save_to_disk(str(work / "prepared"))
+            install(work / "prepared", out, "dataset")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def is_prepared(path: Path) -> bool:

@@ -30,7 +30,7 @@ from capalign.losses import info_nce, preference_loss, sequence_logps, token_cro
 from capalign.models.io import load_captioner, save_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
 from capalign.model_card import write_model_card
-from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
+from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train import rounds
 from capalign.train.engine import Engine, average_losses
 from capalign.train.reports import alignment_report
@@ -243,7 +243,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         alignment_report(policy, pretrained, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))),
                          run_dir, held_out_scores)
     write_model_card(run_dir)
-    return run_dir
+    return finish_run(run_dir)  # an --overwrite replaces the old run now
 
 
 def _progress(run_dir: Path, resume: bool, total: int, main: bool) -> rounds.RoundProgress:

@@ -18,7 +18,7 @@ from capalign.losses import stage1_loss
 from capalign.models.build import build_captioner
 from capalign.models.io import save_captioner
 from capalign.model_card import write_model_card
-from capalign.runs import CONFIG_NAME, mark_finished, new_run_dir
+from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
 from capalign.train.feature_cache import CachedCaptionPairs, cached_features
 from capalign.train.reports import report_dry_run
@@ -123,4 +123,4 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
                       best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric)
         write_model_card(run_dir)
     engine.finish()
-    return run_dir
+    return finish_run(run_dir) if process_state().is_main_process else run_dir  # an --overwrite replaces the old run now

@@ -16,6 +16,7 @@ from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from datasets.exceptions import DatasetGenerationError
 
 from capalign.errors import UserError
+from capalign.outputs import claim_output_dir, install, write_errors
 
 from .download import Downloader
 from capalign.data.images import BadImage, normalize_image, resolve_inside
@@ -117,21 +118,21 @@ def _build(gen: Callable[[], Iterator[dict]], features: Features, cache: Path, c
         raise
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "dataset_dict.json").exists())):
-        raise UserError(f"{out} exists and is not a prepared dataset; choose another --out or remove it.")
-
-
 def write_prepared(*, source: str, fmt: str, out: Path, gens: dict[str, Callable[[dict], Iterator[dict]]],
                    log: SkipLog, settings: dict, features: Features = FEATURES,
                    notes: list[str] | None = None, count_key: str = "captions") -> FetchReport:
     """Build every split from its generator, save_to_disk into `out` (replacing an earlier prepared
-    dataset there, atomically), write out/fetch_report.json, and return the FetchReport."""
-    out = Path(out)
-    _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    dataset there, atomically), write out/fetch_report.json, and return the FetchReport. `out` must
+    pass the output rule (capalign.outputs): a file or a folder holding anything else is refused."""
+    target = claim_output_dir(out, "dataset", overwrite=True).path
+    with write_errors(target, option="--out"):
+        return _write(source, fmt, Path(out), target, gens, log, settings, features, notes, count_key)
+
+
+def _write(source, fmt, out: Path, target: Path, gens, log, settings, features, notes, count_key) -> FetchReport:
+    """write_prepared's work: `out` as the user gave it (for the report), `target` its real folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         built, rows, caps = {}, {}, {}
         for split, make in gens.items():
@@ -149,10 +150,7 @@ def write_prepared(*, source: str, fmt: str, out: Path, gens: dict[str, Callable
                              skipped=dict(sorted(log.counts.items())), report_path=out / REPORT_NAME,
                              notes=list(notes or []))
         write_report(staged / REPORT_NAME, report, log, settings)
-        old = work / "previous"
-        if out.exists():
-            out.rename(old)
-        staged.rename(out)
+        install(staged, target, "dataset")
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
