@@ -287,7 +287,7 @@ def test_existing_folder_and_missing_out_are_refused(backbones, tmp_path, capsys
     (used / "notes.txt").write_bytes(b"mine")
     args = ["fetch", "--model", str(tmp_path / "clipcap.pt"), "--vision", str(backbones["clip"]), "--decoder", str(backbones["gpt2"])]
     code, _, err = run_cli([*args, "--out", str(used)], capsys)
-    _one_line_error(code, err, "not empty")
+    _one_line_error(code, err, "capalign did not write")
     assert [p.name for p in used.iterdir()] == ["notes.txt"] and (used / "notes.txt").read_bytes() == b"mine"
     code, _, err = run_cli(args, capsys)
     _one_line_error(code, err, "needs --out")

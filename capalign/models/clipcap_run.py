@@ -14,7 +14,6 @@ What ClipCap does, kept exactly:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from capalign.models.captioner import Captioner
 from capalign.models.clipcap import HEADS, ClipCapLayout, gpt_state, infer_layout, mapper_state, read_state_dict
 from capalign.models.io import save_captioner
 from capalign.models.prefix import PrefixCaptionModel, PrefixMapper
+from capalign.outputs import claim_output_dir, install
 from capalign.runs import CONFIG_NAME, mark_finished, write_errors
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -43,12 +43,6 @@ def is_checkpoint_file(model: str) -> bool:
     """Whether `--model` names an existing checkpoint file (rather than a model name or folder)."""
     path = Path(model).expanduser()
     return path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
-
-
-def _refuse_used_folder(out: Path) -> None:
-    # a simple local check; runs.claim_output_dir will take this over
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty; choose a new --out (nothing was written).")
 
 
 def _load_vision(name: str, layout: ClipCapLayout):
@@ -120,7 +114,7 @@ def convert_clipcap(source: Path, out: Path, vision: str, decoder: str, normaliz
     """Write a finished prefix run folder at `out` from the ClipCap checkpoint `source`; returns `out`.
     `normalize` None: as ClipCap's own inference code does for the checkpoint's mapper kind."""
     source, out = Path(source), Path(out)
-    _refuse_used_folder(out)
+    claim = claim_output_dir(out, "run")  # a new, empty or capalign's own folder; never a user's
     state = read_state_dict(source)
     layout = infer_layout(state, source, _decoder_config(decoder)[1].n_embd)
     normalize = layout.kind == "transformer" if normalize is None else normalize
@@ -153,9 +147,7 @@ def convert_clipcap(source: Path, out: Path, vision: str, decoder: str, normaliz
                               "mapper": layout.kind, "prefix_length": layout.prefix_length,
                               "clip_length": layout.clip_length, "layers": layout.layers, "heads": HEADS,
                               "normalize_prefix": normalize, "gpt2_from": "checkpoint" if layout.has_gpt else decoder})
-            if out.exists():
-                out.rmdir()  # empty (checked above): replaced by the finished folder
-            os.replace(staging, out)
+            install(staging, claim.path, "run")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_model_card(out)
