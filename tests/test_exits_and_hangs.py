@@ -141,6 +141,8 @@ def test_ctrl_c_in_fetch(in_workspace, monkeypatch, capsys):
 
 def test_sigterm_in_fetch_is_143_and_one_line(in_workspace, monkeypatch, capsys):
     def terminated(*args, **kwargs):
+        # without capalign's handler the signal would end the test session itself: fail instead
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(60)  # the handler interrupts this at once
 

@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         if exc.format_message():  # empty after `capalign` alone has printed the help
             ui.err_console.print(f"capalign: error: {exc.format_message()} (see --help)", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+    except typer.Abort:  # end of input where typer reads it
+        _interrupted(received)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     finally:
