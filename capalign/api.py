@@ -30,6 +30,7 @@ from capalign.metrics import RETRIEVAL_METRICS, EvaluationResult, parse_metrics
 from capalign.model_card import record_evaluation
 from capalign.models.io import load_captioner
 from capalign.runs import is_run_dir, resolve_model
+from capalign.ui import err_console
 
 __all__ = ["Captioner", "Evaluation", "ScoredCaption", "evaluate"]
 
@@ -106,10 +107,8 @@ class Captioner:
         Returns a list of captions (one caption for a single image). With `return_scores=True`, each is
         a `ScoredCaption` (`.caption`, `.logprob` — the sequence log-probability —, `.tokens`, `.probs`).
         """
-        if num_beams < 1 or (max_length is not None and max_length < 1) or batch_size < 1 or temperature < 0:
-            raise UserError("num_beams, max_length and batch_size must be at least 1 and temperature at least 0.")
-        pil, single = _images(images)
         options = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
+        pil, single = _images(images)
         if return_scores:
             out: list = caption_images_scored(self.module, self.tokenizer, self.processor, pil, options)
         else:
@@ -173,6 +172,9 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     records, the others return the captions with an empty result."""
     if model is not None and results is not None:
         raise UserError("give either --model or --results, not both")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit} (leave it out to score the whole split).")
+    DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size)  # refuses bad values before any work
     names = parse_metrics(metrics if metrics is None or isinstance(metrics, str) else ",".join(metrics))
     notes: dict[str, str] = {}
     if references is not None:
@@ -189,6 +191,9 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     else:
         the_split = load_split(data, split, limit, want_train="Copied" in names)
         data_label, split_label = data or "shapes", split
+    if not the_split.references:  # scores over nothing would read as 0.0000
+        where = f"{references}" if references is not None else f"split '{split}' of {data_label}"
+        raise UserError(f"{where} holds no images to score; choose another --split or re-run `capalign fetch`.")
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
                          num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
                          captions_needed=not set(names) <= set(RETRIEVAL_METRICS))
@@ -199,5 +204,9 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     result = score_system(system, the_split, names, scoring) if names else EvaluationResult()
     result.missing.update(notes)
     if record and system.run_dir is not None and limit is None and result.summary:
-        record_evaluation(system.run_dir, data_label, split_label, len(system.captions), result.summary)
+        # after the scoring, not before: a read-only run folder (a shared model) still gets scored
+        problem = record_evaluation(system.run_dir, data_label, split_label, len(system.captions), result.summary)
+        if problem:
+            err_console.print(f"warning: the scores were not recorded in {system.run_dir}'s model card: {problem}",
+                              markup=False, highlight=False, soft_wrap=True)  # one line, however long the path
     return Evaluation(result, system, data_label, split_label, notes)

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from capalign import __version__
+from capalign.errors import UserError
 from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION, RUN_INFO, atomic_write_text
 
 CARD_NAME = "README.md"
@@ -189,10 +190,17 @@ def write_model_card(run_dir: Path) -> Path:
     return path
 
 
-def record_evaluation(run_dir: Path, data: str, split: str, images: int, metrics: dict[str, float]) -> None:
-    """Keep one evaluation's summary in RUN/evaluations.json (by data/split) and refresh the card."""
+def record_evaluation(run_dir: Path, data: str, split: str, images: int, metrics: dict[str, float]) -> str | None:
+    """Keep one evaluation's summary in RUN/evaluations.json (by data/split) and refresh the card.
+    Returns None, or why the folder could not be written (read-only, full): the scores themselves
+    are the caller's to report either way."""
     path = Path(run_dir) / EVALUATIONS
     entries = _read_json(path) or {}
     entries[f"{data}/{split}"] = {"images": images, "metrics": {k: float(v) for k, v in metrics.items()}}
-    atomic_write_text(path, json.dumps(entries, indent=1))
-    write_model_card(run_dir)
+    try:
+        atomic_write_text(path, json.dumps(entries, indent=1))
+        write_model_card(run_dir)
+    except UserError as exc:
+        failure = exc.__context__  # the OSError atomic_write_text turned into a message with a remedy for --out
+        return f"cannot write {getattr(failure, 'filename', None) or path}: {getattr(failure, 'strerror', None) or exc}"
+    return None

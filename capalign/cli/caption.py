@@ -38,14 +38,12 @@ def caption(
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
     options.refuse_overwrite(output, overwrite)
-    if num_beams < 1 or (max_length is not None and max_length < 1) or temperature < 0 or batch_size < 1:
-        raise UserError("--num-beams, --max-length and --batch-size must be at least 1 and --temperature at least 0.")
+    decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
     if output is not None and output.suffix not in (".jsonl", ".json"):
         raise UserError(f"--output must end in .jsonl or .json, got {output.name}.")
     paths, images, skipped = collect_images(inputs)
     model_dir = resolve_model(model)
     captioner, tokenizer, processor = load_captioner(model_dir, resolve_device(device), dtype)
-    decode = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
     scored = caption_sharded(captioner, tokenizer, processor, images, decode, scored=True) if scores else None
     captions = [s.caption for s in scored] if scored else caption_sharded(captioner, tokenizer, processor, images, decode)
     if not process_state().is_main_process:  # under torchrun / accelerate launch the main process reports

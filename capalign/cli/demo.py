@@ -47,5 +47,9 @@ def demo(
             ui.console.rule("fetch: data/shapes is already prepared")
             continue
         ui.console.rule(f"capalign {' '.join(args)}")
-        capalign.main(args=args, prog_name="capalign", standalone_mode=False)
+        code = capalign.main(args=args, prog_name="capalign", standalone_mode=False)
+        if code == 130:  # the step's Ctrl-C (typer returns it as a status): stop the whole demo
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            raise typer.Exit(code)
     ui.console.rule(f"demo finished in {time.perf_counter() - started:.0f} s; report: {workdir / 'report' / 'index.html'}")

@@ -8,10 +8,13 @@ torch, transformers or datasets is imported inside the command, so `capalign --h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 
 import typer
 from typer.exceptions import TyperException
@@ -74,12 +77,25 @@ for command in COMMANDS:
     app.command()(_runs_quietly(command))
 
 
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one stderr line and exit status 2."""
+    """Entry point: user errors become one stderr line and exit status 2; Ctrl-C (anywhere outside the
+    training loop, which checkpoints first) one line and 130; SIGTERM one line and 143."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = typer.main.get_command(app)
+    received: list[int] = []
     try:
-        command.main(args=argv, prog_name="capalign", standalone_mode=False)
+        with _sigterm_interrupts(received):
+            code = command.main(args=argv, prog_name="capalign", standalone_mode=False)
+        # Typer turns KeyboardInterrupt into Exit(130), and a command's typer.Exit(n) into n: returned here.
+        if isinstance(code, int) and code:
+            if code == INTERRUPTED:
+                _interrupted(received)
+            sys.exit(code)
+    except KeyboardInterrupt:  # outside typer's own handling (option parsing, start-up)
+        _interrupted(received)
     except UserError as exc:
         ui.err_console.print(f"capalign: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -87,12 +103,38 @@ def main(argv: list[str] | None = None) -> None:
         if exc.format_message():  # empty after `capalign` alone has printed the help
             ui.err_console.print(f"capalign: error: {exc.format_message()} (see --help)", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+    except typer.Abort:  # end of input where typer reads it
+        _interrupted(received)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     finally:
         _leave_process_group()
+
+
+def _interrupted(received: list[int]) -> None:
+    """One line, and 130 for Ctrl-C (143 for SIGTERM)."""
+    signum = received[0] if received else signal.SIGINT
+    ui.err_console.print(f"capalign: interrupted ({signal.Signals(signum).name})", markup=False, highlight=False)
+    sys.exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(received: list[int]):
+    """SIGTERM (a scheduler, `timeout`, `kill`) stops a command as Ctrl-C does, so its clean-up runs
+    (temporary files removed) and it ends with one line; the training loop installs its own handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _leave_process_group() -> None:

@@ -12,18 +12,54 @@ from accelerate.utils import gather_object
 from capalign import ui
 from capalign.data.collate import pixel_values
 from capalign.distributed import process_state
+from capalign.errors import UserError
 from capalign.models.io import load_captioner
+
+# Beam search keeps batch × beams sequences (and their logits over the vocabulary) in memory; far
+# fewer beams than this already give the best captions, so a larger width is a typo, not a setting.
+MAX_NUM_BEAMS = 100
 
 
 @dataclass
 class DecodeOptions:
     """How captions are decoded; `temperature` > 0 turns on sampling; `max_length` None: the model's
-    own caption length (its generation config, set from `model.max_caption_tokens`)."""
+    own caption length (its generation config, set from `model.max_caption_tokens`).
+
+    The one place decoding settings are checked (the CLI's options and capalign.Captioner's
+    arguments alike): out-of-range values are a UserError naming the option and the allowed range,
+    here for what needs no model, in `check_model` for what depends on the model."""
 
     num_beams: int = 1
     max_length: int | None = None
     temperature: float = 0.0
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_beams <= MAX_NUM_BEAMS:
+            raise UserError(f"--num-beams must be between 1 and {MAX_NUM_BEAMS}, got {self.num_beams}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise UserError(f"--max-length must be at least 1, got {self.max_length}.")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UserError(f"--temperature must be a finite number of at least 0 (0 = no sampling), got {self.temperature}.")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}.")
+
+    def check_model(self, captioner) -> None:
+        """Refuse more new tokens than the decoder has positions left after its prompt (the image
+        prefix, or the start token) and more beams than it has tokens to start them with."""
+        decoder = getattr(captioner.model, "decoder", None)
+        if decoder is None:  # contrastive-only: generate() says it cannot caption
+            return
+        config = decoder.config
+        if self.num_beams > config.vocab_size:
+            raise UserError(f"--num-beams must be between 1 and {config.vocab_size} for this model (its vocabulary "
+                            f"size), got {self.num_beams}.")
+        positions = getattr(config, "max_position_embeddings", None)
+        mapper = getattr(captioner.model, "mapper", None)
+        prompt = mapper.prefix_length if mapper is not None else 1
+        if self.max_length is not None and positions is not None and self.max_length > positions - prompt:
+            raise UserError(f"--max-length must be between 1 and {positions - prompt} for this model ({positions} "
+                            f"positions, {prompt} taken by the prompt), got {self.max_length}.")
 
     def generate_kwargs(self) -> dict:
         kwargs = {"num_beams": self.num_beams}
@@ -39,6 +75,7 @@ class DecodeOptions:
 @torch.no_grad()
 def caption_images(captioner, tokenizer, processor, images, options: DecodeOptions = DecodeOptions()) -> list[str]:
     """Caption PIL images in batches; returns one caption per image, in order."""
+    options.check_model(captioner)
     captioner.eval()
     device = next(captioner.parameters()).device
     captions: list[str] = []
@@ -64,6 +101,7 @@ class ScoredCaption:
 def caption_images_scored(captioner, tokenizer, processor, images, options: DecodeOptions = DecodeOptions()) -> list[ScoredCaption]:
     """As caption_images, with each token's probability under the model (softmax of its raw logits,
     before temperature or other processors) via transformers' compute_transition_scores."""
+    options.check_model(captioner)
     captioner.eval()
     device = next(captioner.parameters()).device
     scorer = captioner.model if captioner.arch == "cross-attention" else captioner.model.decoder

@@ -34,6 +34,7 @@ from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train import rounds
 from capalign.train.engine import Engine, average_losses
 from capalign.train.reports import alignment_report
+from capalign.train.stages import check_resume, clear_stage, record_stage
 
 REPORT_IMAGES = 1000
 
@@ -170,6 +171,8 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy.
     `resume` skips the rounds capalign.train.rounds records as finished (restoring the policy they
     ended with), rebuilds the next round's pairs (seeded) and continues it from its newest checkpoint."""
+    if resume:
+        check_resume(out, "align")
     pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
     config.model = pretrained_config.model
     config.data = data or pretrained_config.data
@@ -193,6 +196,8 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     main = process_state().is_main_process
     progress = _progress(run_dir, resume, a.rounds, main)
     save_config(config, run_dir / CONFIG_NAME)
+    if main:
+        record_stage(run_dir, "align")
     text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
     collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens, text_inputs)
     loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight, contrastive_weight)
@@ -231,6 +236,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
                   seed=config.train.seed, reference_each_round=a.reference, pair_scorer=scorer_used,
                   contrastive_weight=contrastive_weight, frozen=dict(policy.frozen))
     rounds.clear(run_dir)
+    clear_stage(run_dir)
     report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
     held_out_scores = None
     if progress.finished:  # resumed after round 1: its held-out pairs again (seeded, from the pretrained model)
@@ -287,6 +293,7 @@ def _train_round(policy, train_pairs: PairSet, held_out: PairSet | None, collate
         validate=held_out_metrics(held_out, collate, loss_fn, a.batch_size) if held_out else None,
         description=f"align {round_index + 1}/{a.rounds}" if a.rounds > 1 else "align",
         step_offset=steps_before, log_extra={"round": round_index + 1} if a.rounds > 1 else None,
+        remedy="lower --lr or --beta",
     )
     if resume and engine.resume():
         ui.console.print(f"Resumed from step {engine.state.step + steps_before}.")

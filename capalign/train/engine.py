@@ -42,6 +42,10 @@ from capalign.runs import atomic_write_text, write_errors
 from capalign.train import checkpoints
 from capalign.train.reports import plot_curves
 
+# Consecutive micro-batches with a non-finite loss or gradient norm after which training stops as
+# diverged: a few are normal (an fp16 overflow, one odd batch); this many means the weights are broken.
+MAX_CONSECUTIVE_NONFINITE = 20
+
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -77,8 +81,10 @@ class Engine:
         tracker_config: dict | None = None,
         step_offset: int = 0,
         log_extra: dict | None = None,
+        remedy: str = "lower --lr",
     ):
         self.settings = settings
+        self.remedy = remedy  # what a diverged run's message suggests
         self.run_dir = Path(run_dir)
         self.loss_fn, self.validate, self.save_best = loss_fn, validate, save_best
         self.description = description
@@ -125,6 +131,7 @@ class Engine:
         )
         self.state = EngineState()
         self._stop: list[int] = []  # signals received (see fit)
+        self._nonfinite_in_a_row = 0  # not checkpointed: a resumed run gets the full allowance again
         self._rng_to_restore: torch.Tensor | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.checkpoints = self.run_dir / "checkpoints"
@@ -133,7 +140,10 @@ class Engine:
 
     def save_checkpoint(self) -> Path:
         """Write weights, optimiser, scheduler, RNG and engine state under a temporary name, fsync and
-        seal them with a manifest, rename into place, then drop all but the newest checkpoints."""
+        seal them with a manifest, rename into place, then drop all but the newest checkpoints. Weights
+        that are no longer finite are never saved: training stops as diverged, the last good
+        checkpoint kept."""
+        self._refuse_nonfinite_weights()
         self.accelerator.wait_for_everyone()
         final = self.checkpoints / f"{checkpoints.PREFIX}{self.state.step:08d}"
         partial = final.with_name(final.name + ".partial")
@@ -158,6 +168,22 @@ class Engine:
             checkpoints.prune(self.checkpoints, self.settings.keep_checkpoints)
         self.accelerator.wait_for_everyone()
         return final
+
+    def _refuse_nonfinite_weights(self) -> None:
+        """Stop as diverged when a parameter holds NaN or inf (one host sync, only when saving)."""
+        finite = all(bool(torch.isfinite(p).all()) for p in self.module.parameters() if p.requires_grad)
+        if not finite:
+            self._diverged("the weights are no longer finite")
+
+    def _diverged(self, what: str) -> None:
+        """Raise the one-line error of a diverged run, naming the checkpoint a --resume would use."""
+        try:
+            path, _ = checkpoints.newest_intact(self.checkpoints)
+        except UserError:  # checkpoints exist, none intact
+            path = None
+        where = f"the last good checkpoint is {path}" if path else "no intact resume checkpoint was written yet"
+        raise UserError(f"training diverged: {what} at step {self.state.step + self.step_offset}; "
+                        f"{self.remedy}; {where}.")
 
     def resume(self) -> bool:
         """Load the newest intact checkpoint if there is one (saying which damaged ones were passed
@@ -258,17 +284,16 @@ class Engine:
             loss, logs = self.loss_fn(self.module, batch)
             # A sync, but a needed one: whether to run backward and step at all depends on the value.
             if not torch.isfinite(loss.detach()).all():
-                self.state.skipped_nonfinite += 1
-                self.optimizer.zero_grad()
+                self._skip_nonfinite()
                 return False
             acc.backward(loss)
             if not acc.sync_gradients:
                 return False
             norm = acc.clip_grad_norm_(self.module.parameters(), self.settings.grad_clip)
             if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
-                self.state.skipped_nonfinite += 1
-                self.optimizer.zero_grad()
+                self._skip_nonfinite()
                 return False
+            self._nonfinite_in_a_row = 0
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
@@ -276,6 +301,15 @@ class Engine:
         for key, value in {"loss": loss, **logs}.items():
             window.setdefault(key, []).append(value.detach().float().mean())
         return True
+
+    def _skip_nonfinite(self) -> None:
+        """Drop a micro-batch whose loss or gradients are not finite; too many in a row is divergence
+        (the step never advances otherwise, and training would never end)."""
+        self.state.skipped_nonfinite += 1
+        self.optimizer.zero_grad()
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= MAX_CONSECUTIVE_NONFINITE:
+            self._diverged(f"{self._nonfinite_in_a_row} consecutive non-finite losses")
 
     def _log(self, window: dict[str, list[torch.Tensor]], rate: float) -> None:
         """Append the window's means (one device-to-host copy per logged value) to metrics.jsonl."""
@@ -308,7 +342,8 @@ class Engine:
         self._append({"step": self.state.step + self.step_offset, **self.log_extra, **results})
         val_loss = results.get("val_loss")
         if val_loss is not None:
-            if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+            # a NaN loss is never an improvement: broken weights are not kept as the best
+            if math.isfinite(val_loss) and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
                 self.state.best_val_loss = val_loss
                 self.state.validations_without_improvement = 0
                 if self.save_best and self.accelerator.is_main_process:
@@ -318,7 +353,7 @@ class Engine:
                 if self.settings.patience and self.state.validations_without_improvement >= self.settings.patience:
                     self.state.stopped_early = True
         score = results.get("val_select")
-        if score is not None and (self.state.best_metric is None or score > self.state.best_metric):
+        if score is not None and math.isfinite(score) and (self.state.best_metric is None or score > self.state.best_metric):
             self.state.best_metric = score
             if self.save_best and self.accelerator.is_main_process:
                 self.save_best(module, self.run_dir / "best-metric")

@@ -23,6 +23,7 @@ from capalign.train.engine import Engine, average_losses
 from capalign.train.feature_cache import CachedCaptionPairs, cached_features
 from capalign.train.reports import report_dry_run
 from capalign.train.selection import RETRIEVAL, parse_select, validation_metric
+from capalign.train.stages import check_resume, clear_stage, record_stage
 
 VALIDATION_PAIRS = 512
 
@@ -68,6 +69,8 @@ def _pairs(split, name: str, captioner, processor, use_cache: bool):
 def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False,
              overwrite: bool = False) -> Path | None:
     """Train stage 1 and write a run folder; returns its path (None for a dry run, which writes nothing)."""
+    if resume:
+        check_resume(out, "pretrain")
     set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
     data, tokenizer, processor, captioner = build_run(config)
     text_inputs = None
@@ -83,6 +86,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     run_dir = new_run_dir("pretrain", out, resume=resume, overwrite=overwrite)
     if process_state().is_main_process:
         save_config(config, run_dir / CONFIG_NAME)
+        record_stage(run_dir, "pretrain")
 
     def save(module, where: Path) -> None:
         save_captioner(where, module, tokenizer, processor)
@@ -121,6 +125,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
         mark_finished(run_dir, "pretrain", data=str(config.data), steps=engine.state.step,
                       skipped_nonfinite=engine.state.skipped_nonfinite, stopped_early=engine.state.stopped_early,
                       best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric)
+        clear_stage(run_dir)
         write_model_card(run_dir)
     engine.finish()
     return finish_run(run_dir) if process_state().is_main_process else run_dir  # an --overwrite replaces the old run now
