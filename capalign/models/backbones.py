@@ -57,7 +57,7 @@ def resolve(name_or_path: str) -> str:
 
 
 def _config(path: str):
-    with guard.loading(path, HINT):
+    with guard.loading(path, HINT, what="config.json"):
         return AutoConfig.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
 
 
@@ -71,10 +71,10 @@ def load_vision(name_or_path: str) -> torch.nn.Module:
         cls = getattr(transformers, _VISION_TOWERS[model_type][1])
         tower_config = getattr(config, "vision_config", None) or config
         guard.check_size(path, lambda: cls(tower_config), HINT)
-        with guard.loading(path, HINT):
+        with guard.loading(path, HINT, what="weights"):
             return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
     guard.check_size(path, lambda: AutoModel.from_config(config, **NO_REMOTE_CODE), HINT)
-    with guard.loading(path, HINT):
+    with guard.loading(path, HINT, what="weights"):
         model = AutoModel.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
     if getattr(model.config, "vision_config", None) is not None or getattr(model.config, "text_config", None) is not None:
         raise UserError(f"{name_or_path} is a composite '{model_type}' model; pass a vision-only model or a CLIP/SigLIP checkpoint.")
@@ -94,7 +94,7 @@ def load_text_tower(name_or_path: str) -> torch.nn.Module:
         kwargs["config"] = text_config
     cls = getattr(transformers, _TEXT_TOWERS[config.model_type])
     guard.check_size(path, lambda: cls(kwargs.get("config", config)), HINT)
-    with guard.loading(path, HINT):
+    with guard.loading(path, HINT, what="weights"):
         return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
 
 
@@ -105,14 +105,14 @@ def load_decoder(name_or_path: str, cross_attention: bool = False) -> torch.nn.M
     kwargs = {"add_cross_attention": True, "is_decoder": True} if cross_attention else {}
     config = _config(path)
     guard.check_size(path, lambda: AutoModelForCausalLM.from_config(config, **NO_REMOTE_CODE), HINT)
-    with guard.loading(path, HINT):
+    with guard.loading(path, HINT, what="weights"):
         return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
 
 
 def load_tokenizer(name_or_path: str):
     """The model's tokenizer, with a pad token."""
     path = resolve(name_or_path)
-    with guard.loading(path, HINT):
+    with guard.loading(path, HINT, what="tokenizer files"):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
     ensure_pad_token(tokenizer)
     return tokenizer
@@ -123,7 +123,7 @@ def load_image_processor(name_or_path: str):
     path = resolve(name_or_path)
     if not (Path(path) / "preprocessor_config.json").is_file():
         return None
-    with guard.loading(path, HINT):
+    with guard.loading(path, HINT, what="preprocessor_config.json"):
         return AutoImageProcessor.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
 
 

@@ -45,7 +45,7 @@ class ContrastiveHead(nn.Module):
         run_dir = Path(run_dir)
         if not (run_dir / HEAD_CONFIG).is_file():
             return None
-        with guard.loading(run_dir):
+        with guard.loading(run_dir, what=HEAD_CONFIG):
             dims = json.loads((run_dir / HEAD_CONFIG).read_bytes().decode("utf-8"))
         keys = ("image_dim", "text_dim", "projection_dim")
         if not isinstance(dims, dict) or set(dims) != set(keys) or \
@@ -57,7 +57,7 @@ class ContrastiveHead(nn.Module):
         if guard.safetensors_shapes(run_dir / HEAD_WEIGHTS, run_dir) != wanted:
             raise UserError(f"cannot load model from {run_dir}: {HEAD_WEIGHTS} does not match {HEAD_CONFIG}; {guard.HINT}")
         head = cls(**dims)
-        with guard.loading(run_dir):
+        with guard.loading(run_dir, what=HEAD_WEIGHTS):
             head.load_state_dict(load_file(str(run_dir / HEAD_WEIGHTS)))
         return head
 

@@ -79,12 +79,13 @@ def _check_generation(data, folder: Path, hint: str) -> None:
     for key, limit in GENERATION_INTS.items():
         value = data.get(key)
         if value is not None and (type(value) is not int or not 0 <= value <= limit):
-            raise _refuse(folder, f"generation_config.json has {key} = {str(value)[:40]} (expected a whole number "
+            raise _refuse(folder, f"generation_config.json has {key} = {json.dumps(value)[:40]} (expected a whole number "
                                   f"from 0 to {limit})", hint)
     for key in GENERATION_FLOATS:
         value = data.get(key)
         if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value < 0):
-            raise _refuse(folder, f"generation_config.json has {key} = {str(value)[:40]} (expected a number >= 0)", hint)
+            raise _refuse(folder, f"generation_config.json has {key} = {json.dumps(value)[:40]} (expected a number >= 0)",
+                          hint)
     if data.get("do_sample") is not None and type(data["do_sample"]) is not bool:
         raise _refuse(folder, "generation_config.json has a do_sample that is not true/false", hint)
 
@@ -148,6 +149,14 @@ def check_folder(folder: str | Path, hint: str = HINT) -> None:
             check_pickle(path, folder, hint)
 
 
+def require(folder: str | Path, *names: str, hint: str = HINT) -> None:
+    """Each of `names` (a file, or alternatives joined by "|") must be in `folder`."""
+    folder = Path(folder)
+    for name in names:
+        if not any((folder / option).is_file() for option in name.split("|")):
+            raise _refuse(folder, f"{name.replace('|', ' or ')} is missing", hint)
+
+
 def _stored_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) + \
         sum(p.stat().st_size for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -180,11 +189,11 @@ def load_pretrained(cls, folder: str | Path, hint: str = HINT):
     allocated, and every weight required (with tensors missing transformers would fill in random ones)."""
     folder = Path(folder)
     check_folder(folder, hint)
-    with loading(folder, hint):
+    with loading(folder, hint, what="config.json"):
         config = AutoConfig.from_pretrained(folder, local_files_only=True, **NO_REMOTE_CODE)
     build = (lambda: cls.from_config(config, **NO_REMOTE_CODE)) if cls.__name__.startswith("Auto") else (lambda: cls(config))
     check_size(folder, build, hint)
-    with loading(folder, hint):
+    with loading(folder, hint, what="weights"):
         model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **NO_REMOTE_CODE)
     if info.get("missing_keys"):
         missing = sorted(info["missing_keys"])
@@ -193,10 +202,12 @@ def load_pretrained(cls, folder: str | Path, hint: str = HINT):
 
 
 @contextmanager
-def loading(folder: str | Path, hint: str = HINT, action: str = "cannot load model from") -> Iterator[None]:
+def loading(folder: str | Path, hint: str = HINT, action: str = "cannot load model from",
+            what: str | None = None) -> Iterator[None]:
     """Around library calls that read a model folder: what they raise (OSError, ValueError, JSON and
     safetensors errors, UnpicklingError, KeyError, RuntimeError on a size mismatch, tokenizers'
-    plain Exceptions) becomes one UserError line naming the folder and what to do."""
+    plain Exceptions) becomes one UserError line naming the folder, the file(s) read (`what`) and
+    what to do."""
     try:
         yield
     except UserError:
@@ -205,4 +216,5 @@ def loading(folder: str | Path, hint: str = HINT, action: str = "cannot load mod
         raise _refuse(Path(folder), "it needs more memory than this machine has", hint, action) from None
     except Exception as exc:  # the libraries raise many unrelated types; every one means "this folder is unusable"
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise _refuse(Path(folder), f"{type(exc).__name__}: {first[:200]}", hint, action) from None
+        where = f"{what}: " if what else ""
+        raise _refuse(Path(folder), f"{where}{type(exc).__name__}: {first[:200]}", hint, action) from None

@@ -38,7 +38,7 @@ def read_description(run_dir: Path) -> dict | None:
     path = Path(run_dir) / MODEL_DESCRIPTION
     if not path.is_file():
         return None
-    with guard.loading(run_dir):
+    with guard.loading(run_dir, what=MODEL_DESCRIPTION):
         info = json.loads(path.read_bytes().decode("utf-8"))
     problem = _description_problem(info)
     if problem:
@@ -91,7 +91,7 @@ def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) ->
 def trained_precision(run_dir: Path) -> str | None:
     """The run's `train.mixed_precision` (no, fp16, bf16) from its saved config, or None."""
     path = Path(run_dir) / CONFIG_NAME
-    with guard.loading(run_dir):
+    with guard.loading(run_dir, what=CONFIG_NAME):
         config = yaml.safe_load(path.read_bytes().decode("utf-8")) if path.is_file() else None
     train = config.get("train") if isinstance(config, dict) else None
     return train.get("mixed_precision") if isinstance(train, dict) else None
@@ -110,13 +110,15 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtyp
         model = ImageEncoderModel.from_pretrained(run_dir, info)
     else:
         model = guard.load_pretrained(VisionEncoderDecoderModel, run_dir)
-    with guard.loading(run_dir):
+    guard.require(run_dir, "preprocessor_config.json", "tokenizer.json|vocab.json|vocab.txt")
+    with guard.loading(run_dir, what="tokenizer files"):
         tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
+    with guard.loading(run_dir, what="preprocessor_config.json"):
         processor = AutoImageProcessor.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
     text_tower = text_tokenizer = None
     if info.get("text_tower"):
         text_tower = guard.load_pretrained(CLIPTextModelWithProjection, run_dir / "text")
-        with guard.loading(run_dir / "text"):
+        with guard.loading(run_dir / "text", what="tokenizer files"):
             text_tokenizer = AutoTokenizer.from_pretrained(run_dir / "text", local_files_only=True, **NO_REMOTE_CODE)
     captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer)
     frozen = info.get("frozen", {})
