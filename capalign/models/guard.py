@@ -34,6 +34,8 @@ GENERATION_INTS = {"max_length": 1 << 16, "max_new_tokens": 1 << 16, "min_length
                    "no_repeat_ngram_size": 1 << 10, "decoder_start_token_id": 1 << 24, "bos_token_id": 1 << 24,
                    "pad_token_id": 1 << 24}
 GENERATION_FLOATS = ("temperature", "top_p", "repetition_penalty", "length_penalty", "diversity_penalty")
+MODEL_JSON = {"tokenizer.json", "vocab.json", "added_tokens.json", "special_tokens_map.json", "capalign_model.json",
+              "contrastive_head.json"}
 MAX_LAYERS = 1024  # layer counts beyond this are refused before a model is even built on the meta device
 SIZE_SLACK = 4  # a model may be this many times larger than its stored weights (new cross-attention, ties)
 
@@ -101,16 +103,17 @@ def _check_layers(data, folder: Path, hint: str) -> None:
             raise _refuse(folder, f"config.json has {key} = {value} (at most {MAX_LAYERS})", hint)
 
 
-def safetensors_shapes(path: Path, folder: Path, hint: str = HINT) -> dict[str, tuple[int, ...]]:
+def safetensors_shapes(path: Path, folder: Path, hint: str = HINT,
+                       action: str = "cannot load model from") -> dict[str, tuple[int, ...]]:
     """Tensor name → shape from a safetensors header (the safetensors library validates the header:
     its length, JSON, offsets and sizes against the file); a damaged file is a UserError."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except FileNotFoundError:
-        raise _refuse(folder, f"{path.name} is missing", hint) from None
+        raise _refuse(folder, f"{path.name} is missing", hint, action) from None
     except Exception as exc:  # SafetensorError and OSError carry the reason (HeaderTooLarge, InvalidHeader, ...)
-        raise _refuse(folder, f"{path.name} is damaged ({str(exc).splitlines()[0][:100]})", hint) from None
+        raise _refuse(folder, f"{path.name} is damaged ({str(exc).splitlines()[0][:100]})", hint, action) from None
 
 
 def check_pickle(path: Path, folder: Path, hint: str = HINT, allowed: frozenset[str] = frozenset(),
@@ -127,6 +130,11 @@ def check_pickle(path: Path, folder: Path, hint: str = HINT, allowed: frozenset[
                               "refused)", hint, action)
 
 
+def _read_by_loaders(name: str) -> bool:
+    """Whether transformers or capalign's model loading reads this JSON file of a model folder."""
+    return name.endswith(("config.json", ".index.json")) or name in MODEL_JSON
+
+
 def check_folder(folder: str | Path, hint: str = HINT) -> None:
     """Refuse, with one UserError line naming the file, a model folder that links out of itself, asks
     to run its own code, holds unreadable JSON, damaged safetensors, code-carrying pickles or absurd
@@ -134,7 +142,12 @@ def check_folder(folder: str | Path, hint: str = HINT) -> None:
     folder = Path(folder)
     _symlinks_out(folder, hint)
     for path in sorted(folder.glob("*.json")):
-        data = _read_json(path, folder, hint)
+        try:
+            data = _read_json(path, folder, hint)
+        except UserError:
+            if _read_by_loaders(path.name):
+                raise
+            continue  # a record of capalign's (run.json, ...) that no loader reads
         if _has_auto_map(data):
             raise _refuse(folder, f"{path.name} asks to run the folder's own Python code (auto_map); capalign never "
                                   "runs code from model folders", hint)

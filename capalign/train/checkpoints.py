@@ -131,11 +131,12 @@ def restore(accelerator, folder: Path, state_cls):
     action = "cannot resume from"
     for path in sorted(folder.iterdir()):
         if path.suffix == ".safetensors":
-            guard.safetensors_shapes(path, folder, RESUME_HINT)
+            guard.safetensors_shapes(path, folder, RESUME_HINT, action)
         elif path.suffix in guard.PICKLE_SUFFIXES:
             guard.check_pickle(path, folder, RESUME_HINT, _ALLOWED_GLOBALS, action)
-    with guard.loading(folder, RESUME_HINT, action):
+    with guard.loading(folder, RESUME_HINT, action, what="weights, optimiser, scheduler or RNG state"):
         accelerator.load_state(str(folder))
+    with guard.loading(folder, RESUME_HINT, action, what=ENGINE_STATE):
         data = json.loads((folder / ENGINE_STATE).read_bytes().decode("utf-8"))
     names = {f.name for f in fields(state_cls)}
     if not isinstance(data, dict) or not set(data) <= names or \
