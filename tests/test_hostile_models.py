@@ -307,6 +307,9 @@ HOSTILE_FOLDERS = {
     "generation do_sample as text": _json_edit("generation_config.json", _set("do_sample", "yes")),
     "generation_config.json a list": _write("generation_config.json", "[]"),
     "capalign.yaml garbage": _write("capalign.yaml", "train: [unclosed\n\0"),
+    "sharded index naming ../ files": _write("model.safetensors.index.json", json.dumps(
+        {"metadata": {}, "weight_map": {"encoder.x": "../../../etc/passwd"}})),
+    "tokenizer_config naming an absolute file": _json_edit("tokenizer_config.json", _set("vocab_file", "/etc/passwd")),
 }
 
 
@@ -448,3 +451,69 @@ def test_ui_printable_escapes_control_characters():
     from capalign import ui
 
     assert ui.printable("a\x1b[2Jb\x07\r\x9b\u202ec\n\t") == "a\\x1b[2Jb\\x07\\x0d\\x9b\\u202ec\n\t"
+
+
+def test_hugging_face_cache_snapshots_may_link_to_their_blobs(tmp_path):
+    """A hub snapshot's files are symlinks into the model's blobs/: allowed; one out of the model's cache is not."""
+    from capalign.errors import UserError
+    from capalign.models import guard
+
+    model = tmp_path / "models--org--name"
+    (model / "blobs").mkdir(parents=True)
+    (model / "blobs" / "abc").write_text('{"model_type": "gpt2"}')
+    snapshot = model / "snapshots" / "0123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").symlink_to("../../blobs/abc")
+    guard.check_folder(snapshot)
+    (tmp_path / "elsewhere.json").write_text("{}")
+    (snapshot / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(UserError, match="tokenizer.json is a symlink"):
+        guard.check_folder(snapshot)
+
+
+@pytest.fixture(scope="module")
+def prefix_run(workspace, tmp_path_factory) -> Path:
+    """A finished prefix (ClipCap) run: vision/, decoder/ and mapper.safetensors."""
+    out = tmp_path_factory.mktemp("prefix") / "run"
+    old = Path.cwd()
+    os.chdir(workspace)
+    try:
+        config = build_config(None, workspace / "tiny.yaml", {"train": {"max_steps": 2}, "model": {"arch": "prefix"}})
+        pretrain(config, out)
+    finally:
+        os.chdir(old)
+    return out
+
+
+def _prefix_auto_map(run: Path, marker: Path) -> None:
+    payload(run / "decoder", marker)
+    add_auto_map(run / "decoder" / "config.json", "AutoModelForCausalLM")
+
+
+HOSTILE_PREFIX = {
+    "decoder/config.json with auto_map": _prefix_auto_map,
+    "vision/ a symlink out of the run": lambda run, marker: (shutil.move(run / "vision", run.parent / "v"),
+                                                             (run / "vision").symlink_to(run.parent / "v")),
+    "mapper.safetensors shape lies": lambda run, marker: _lie_shape(run, "mapper.safetensors"),
+    "mapper.safetensors missing": _remove("mapper.safetensors"),
+    "decoder weights missing": lambda run, marker: (run / "decoder" / "model.safetensors").unlink(),
+    "decoder config asks for 4 TB": lambda run, marker: _json_edit("config.json", _set("vocab_size", 10**9))(
+        run / "decoder", marker),
+    "mapper of 10^9 layers": _json_edit("capalign_model.json", _set("mapper.layers", 10**9)),
+    "vision/ pickle weights with code": lambda run, marker: _pickle_weights(run / "vision", marker, zipped=True),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_PREFIX))
+def test_hostile_prefix_run_is_one_line(prefix_run, tmp_path, image, capsys, yes_stdin, case):
+    run = tmp_path / "run"
+    shutil.copytree(prefix_run, run, ignore=shutil.ignore_patterns("best-*"))
+    marker = tmp_path / "marker"
+    HOSTILE_PREFIX[case](run, marker)
+    one_line(*_caption(run, image, capsys)[::2])
+    assert not marker.exists()
+
+
+def test_intact_prefix_run_captions(prefix_run, image, capsys):
+    code, _, err = _caption(prefix_run, image, capsys)
+    assert code == 0, err

@@ -92,6 +92,19 @@ def _check_generation(data, folder: Path, hint: str) -> None:
         raise _refuse(folder, "generation_config.json has a do_sample that is not true/false", hint)
 
 
+def _check_named_files(name: str, data, folder: Path, hint: str) -> None:
+    """Files a config names (a sharded index's weight_map, a tokenizer's `*_file`) must be plain
+    names inside the folder: `../` or an absolute path would make the loader read anything."""
+    if not isinstance(data, dict):
+        return
+    named = list(data["weight_map"].values()) if name.endswith(".index.json") and isinstance(data.get("weight_map"), dict) \
+        else [v for k, v in data.items() if k.endswith("_file") and v is not None] if name == "tokenizer_config.json" else []
+    for value in named:
+        if not isinstance(value, str) or Path(value).name != value or value in ("", ".", ".."):
+            raise _refuse(folder, f"{name} names the file {json.dumps(value)[:80]}, which is not a plain file name in the "
+                                  "folder (refused)", hint)
+
+
 def _check_layers(data, folder: Path, hint: str) -> None:
     """Layer counts anywhere in config.json (nested encoder/decoder configs too) must be sane."""
     if not isinstance(data, dict):
@@ -153,6 +166,7 @@ def check_folder(folder: str | Path, hint: str = HINT) -> None:
                                   "runs code from model folders", hint)
         if path.name == "generation_config.json":
             _check_generation(data, folder, hint)
+        _check_named_files(path.name, data, folder, hint)
         if path.name == "config.json":
             _check_layers(data, folder, hint)
     for path in sorted(folder.glob("*.safetensors")):
