@@ -110,7 +110,7 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtyp
         model = ImageEncoderModel.from_pretrained(run_dir, info)
     else:
         model = guard.load_pretrained(VisionEncoderDecoderModel, run_dir)
-    guard.require(run_dir, "preprocessor_config.json", "tokenizer.json|vocab.json|vocab.txt")
+    guard.require(run_dir, "preprocessor_config.json", "tokenizer.json|vocab.json|vocab.txt|tokenizer.model")
     with guard.loading(run_dir, what="tokenizer files"):
         tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
     with guard.loading(run_dir, what="preprocessor_config.json"):
@@ -130,4 +130,3 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtyp
     if dtype is not None:
         captioner.to(dtype)
     return captioner, tokenizer, processor
-
