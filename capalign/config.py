@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from capalign.errors import UserError
+from capalign.usertext import read_text
 
 
 def setting(default, help: str, **kwargs):
@@ -223,7 +224,7 @@ def _read_yaml(config_file: Path) -> dict:
     if not path.is_file():
         raise UserError(f"Config file {path} does not exist.")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"Config file {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
     if not isinstance(loaded, dict):
@@ -284,5 +285,5 @@ def save_config(config: RunConfig, path: Path) -> None:
 def load_config(path: Path) -> RunConfig:
     """Read a run folder's resolved config back."""
     config = RunConfig()
-    _merge(config, yaml.safe_load(Path(path).read_text()) or {}, "")
+    _merge(config, _read_yaml(path), "")  # a damaged file: one line, as a --config file
     return config

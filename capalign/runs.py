@@ -35,6 +35,8 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         while out.exists():
             suffix += 1
             out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+    if resume and not Path(out).is_dir():
+        raise UserError(f"--resume: {out} does not exist; point --out at the interrupted run folder, or drop --resume to start a new run.")
     what = "resume it with --resume only if it was interrupted; " if resume else ""
     claim = claim_output_dir(out, "run", overwrite=overwrite, option="--out", hint=what)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch the main process holds it

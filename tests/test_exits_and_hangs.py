@@ -237,6 +237,15 @@ def test_pretrain_resume_refuses_an_interrupted_align_run(pretrained_run, in_wor
     assert _snapshot(out) == before
 
 
+@pytest.mark.parametrize("command", ["pretrain", "align"])
+def test_resume_into_a_folder_that_does_not_exist_is_refused(pretrained_run, in_workspace, capsys, command):
+    out = in_workspace / "runs/never-started"
+    extra = ["--model", str(pretrained_run)] if command == "align" else []
+    code, _, err = run_cli([command, "--resume", "--out", str(out), "--max-steps", "2", *extra], capsys)
+    _one_line(code, err, 2)
+    assert "does not exist" in err and not out.exists()
+
+
 # ---------------------------------------------------------------- 9: evaluate over nothing, read-only runs
 
 
