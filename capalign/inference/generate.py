@@ -5,6 +5,7 @@ several captions per image."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -158,26 +159,34 @@ def _caption_batch(captioner, tokenizer, processor, images: list, options: Decod
         return []
     device = next(captioner.parameters()).device
     pixels = pixel_values(processor, images).to(device)
-    if not scored:
-        output = captioner.generate(pixels, **options.generate_kwargs())
-        items: list = [t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
-    else:
-        # each token's probability under the model (softmax of its raw logits, before temperature or
-        # other processors) via transformers' compute_transition_scores
-        scorer = captioner.model if captioner.arch == "cross-attention" else captioner.model.decoder
-        eos = tokenizer.eos_token_id
-        generated = captioner.generate(pixels, **options.generate_kwargs(), output_logits=True, return_dict_in_generate=True)
-        steps = len(generated.logits)
-        logps = scorer.compute_transition_scores(generated.sequences, generated.logits,
-                                                 getattr(generated, "beam_indices", None), normalize_logits=True)
-        items = []
-        for ids, row in zip(generated.sequences[:, -steps:].tolist(), logps.tolist()):
-            n = ids.index(eos) + 1 if eos in ids else len(ids)  # up to and including EOS; padding after it is not the model's
-            ids, row = ids[:n], row[:n]
-            items.append(ScoredCaption(tokenizer.decode(ids, skip_special_tokens=True).strip(), float(sum(row)),
-                                       tokenizer.convert_ids_to_tokens(ids), [math.exp(x) for x in row]))
+    with warnings.catch_warnings():
+        # the prefix architecture's prompt is image embeddings, with no tokens an n-gram could repeat
+        warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
+        items = _generate(captioner, tokenizer, pixels, options, scored)
     n = options.num_captions
     return [items[i * n : (i + 1) * n] for i in range(len(images))]
+
+
+def _generate(captioner, tokenizer, pixels: torch.Tensor, options: DecodeOptions, scored: bool) -> list:
+    """The decoded rows of one generate call: captions, or ScoredCaptions with `scored` (each token's
+    probability under the model, softmax of its raw logits before temperature or other processors,
+    via transformers' compute_transition_scores)."""
+    if not scored:
+        output = captioner.generate(pixels, **options.generate_kwargs())
+        return [t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    scorer = captioner.model if captioner.arch == "cross-attention" else captioner.model.decoder
+    eos = tokenizer.eos_token_id
+    generated = captioner.generate(pixels, **options.generate_kwargs(), output_logits=True, return_dict_in_generate=True)
+    steps = len(generated.logits)
+    logps = scorer.compute_transition_scores(generated.sequences, generated.logits,
+                                             getattr(generated, "beam_indices", None), normalize_logits=True)
+    items = []
+    for ids, row in zip(generated.sequences[:, -steps:].tolist(), logps.tolist()):
+        n = ids.index(eos) + 1 if eos in ids else len(ids)  # up to and including EOS; padding after it is not the model's
+        ids, row = ids[:n], row[:n]
+        items.append(ScoredCaption(tokenizer.decode(ids, skip_special_tokens=True).strip(), float(sum(row)),
+                                   tokenizer.convert_ids_to_tokens(ids), [math.exp(x) for x in row]))
+    return items
 
 
 @torch.no_grad()
