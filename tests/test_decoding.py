@@ -195,3 +195,19 @@ def test_the_prefix_architecture_takes_the_same_controls(prefix_model):
                                                **beams.generate_kwargs())
     plain = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     assert [c for group in together for c in group] == plain
+
+
+def test_align_candidate_sampling_takes_decode_options(captioner):
+    from capalign.data.images import open_rgb
+    from capalign.pairs.generated import sample_candidates
+
+    images = [open_rgb(p) for p in IMAGES]
+    module, tokenizer, processor = captioner.module, captioner.tokenizer, captioner.processor
+    greedy = caption_images(module, tokenizer, processor, images)
+    forced = caption_images(module, tokenizer, processor, images, DecodeOptions(min_new_tokens=3))
+    top1 = DecodeOptions(temperature=1.0, top_k=1, min_new_tokens=3)
+    candidates = sample_candidates(module, tokenizer, processor, images, samples=2, seed=0, sampling=top1)
+    assert candidates == [list(dict.fromkeys([g, f])) for g, f in zip(greedy, forced)]
+    several = sample_candidates(module, tokenizer, processor, images, samples=1, seed=0,
+                                sampling=DecodeOptions(temperature=1.0, num_captions=4, min_new_tokens=2))
+    assert all(1 <= len(c) <= 5 and len(set(c)) == len(c) for c in several) and any(len(c) > 2 for c in several)

@@ -45,7 +45,7 @@ def caption(
     overwrite: bool = options.OVERWRITE,
 ) -> None:
     """Caption images with a trained model (under torchrun / accelerate launch, each process captions its part of each batch)."""
-    from capalign.data.images import ImageFiles, collect_images  # deferred: the rest imports torch and transformers
+    from capalign.data.images import ImageFiles, collect_images  # deferred: imports numpy and PIL
     from capalign.inference.generate import DecodeOptions  # deferred: imports torch and transformers
     from capalign.devices import resolve_device  # deferred: imports torch
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
@@ -85,6 +85,7 @@ class Run:
         from capalign.distributed import process_state  # deferred: imports torch and accelerate
         from capalign.inference.generate import caption_chunks  # deferred: imports torch and transformers
 
+        self.decode.check_model(captioner)  # before the bar: a refusal is one line
         state = process_state()
         main = state.is_main_process
         if main:

@@ -26,7 +26,6 @@ REPETITION_PENALTY = typer.Option(1.0, "--repetition-penalty", help="Divide the 
 NO_REPEAT_NGRAM_SIZE = typer.Option(0, "--no-repeat-ngram-size", help="Never repeat an n-gram of this many tokens within a caption (0 = off).")
 LENGTH_PENALTY = typer.Option(1.0, "--length-penalty", help="Beam search: finished beams score log-probability / length ** this (> 1 favours longer captions; needs --num-beams > 1).")
 MIN_NEW_TOKENS = typer.Option(0, "--min-new-tokens", help="Fewest new tokens per caption before it may end.")
-NUM_CAPTIONS = typer.Option(1, "--num-captions", help="Captions per image: the N best beams (N <= --num-beams) or N samples (--temperature > 0).")
 BATCH_SIZE = typer.Option(64, "--batch-size", help="Images per batch.")
 DEVICE = typer.Option(None, "--device", help="auto (default: the accelerator when present) | cpu | cuda | cuda:N | mps: where the models run.")
 DTYPE = typer.Option("auto", "--dtype", help="auto (the run's training precision on an accelerator, else float32) | float32 | bfloat16 | float16.")
@@ -39,7 +38,7 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace what --out / --outp
 def decoding(num_beams: int, max_length: int | None, temperature: float, top_k: int, top_p: float,
              repetition_penalty: float, no_repeat_ngram_size: int, length_penalty: float, min_new_tokens: int,
              num_captions: int) -> dict:
-    """The decoding options (NUM_BEAMS ... NUM_CAPTIONS) as keyword arguments of DecodeOptions,
+    """The decoding options (NUM_BEAMS ... MIN_NEW_TOKENS, and --num-captions) as keyword arguments of DecodeOptions,
     capalign.Captioner.caption and capalign.evaluate."""
     return dict(num_beams=num_beams, max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p,
                 repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
