@@ -50,6 +50,7 @@ def caption(
     from capalign.devices import resolve_device  # deferred: imports torch
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
+    options.refuse_overwrite(output, overwrite or resume)  # --resume appends to the file it names
     decode = DecodeOptions(**options.decoding(num_beams, max_length, temperature, top_k, top_p, repetition_penalty,
                                               no_repeat_ngram_size, length_penalty, min_new_tokens, num_captions),
                            batch_size=batch_size)
@@ -59,7 +60,6 @@ def caption(
         raise UserError("--resume continues a --output FILE.jsonl; give that file (a COCO .json is written only at the end).")
     if resume and overwrite:
         raise UserError("give either --resume (keep FILE's captions) or --overwrite (replace them), not both.")
-    options.refuse_overwrite(output, overwrite or resume)
     paths, skipped = collect_images(inputs)
     model_dir = resolve_model(model)
     run = Run(model_dir, decode, output, scores, table or output is None or len(paths) <= SCREENFUL, skipped)
