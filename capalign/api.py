@@ -101,13 +101,22 @@ class Captioner:
         return cls(module.to(resolve_device(device and str(device))), tokenizer, processor, source=run_folder_or_hub_id)
 
     def caption(self, images: Any, num_beams: int = 1, max_length: int | None = None, batch_size: int = 32,
-                temperature: float = 0.0, return_scores: bool = False) -> Any:
+                temperature: float = 0.0, return_scores: bool = False, *, top_k: int = 0, top_p: float = 1.0,
+                repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0, length_penalty: float = 1.0,
+                min_new_tokens: int = 0, num_captions: int = 1) -> Any:
         """Caption image paths, PIL images or a `datasets` Image column (`dataset["image"]`).
 
-        Returns a list of captions (one caption for a single image). With `return_scores=True`, each is
-        a `ScoredCaption` (`.caption`, `.logprob` — the sequence log-probability —, `.tokens`, `.probs`).
+        Returns a list of captions (one caption for a single image); with `num_captions` N > 1, a list
+        of N captions per image (the N best beams, best first, with `num_beams` >= N; N samples with
+        `temperature` > 0). With `return_scores=True`, each is a `ScoredCaption` (`.caption`,
+        `.logprob` — the sequence log-probability —, `.tokens`, `.probs`). The decoding arguments are
+        `capalign caption`'s options (`max_length` is --max-length, the most new tokens; see
+        capalign.inference.generate.DecodeOptions); a value out of range is a UserError naming it.
         """
-        options = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size)
+        options = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size,
+                                top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
+                                min_new_tokens=min_new_tokens, num_captions=num_captions)
         pil, single = _images(images)
         if return_scores:
             out: list = caption_images_scored(self.module, self.tokenizer, self.processor, pil, options)
@@ -161,20 +170,26 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
              allow_partial: bool = False, clip_model: str = CLIP_B32, bertscore_model: str | None = None,
              bertscore_layer: int | None = None, instances: str | Path | None = None, num_beams: int = 1,
              max_length: int | None = None, batch_size: int = 64, device: str | None = None, dtype: str = "auto",
-             limit: int | None = None, record: bool = True) -> Evaluation:
+             limit: int | None = None, record: bool = True, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+             length_penalty: float = 1.0, min_new_tokens: int = 0, num_captions: int = 1) -> Evaluation:
     """Score a run (`model`, captions generated for the split) or a COCO results file (`results`)
     against a prepared split's references (`data`, `split`), or against a references file alone
     (`references`: a COCO annotations file or `{id: [refs]}`; text metrics only — image-based metrics
     are reported missing, one line each). `metrics` is the `--metrics` text or a list of names;
     `dtype` the run's inference dtype (`--dtype`, see capalign.devices.resolve_dtype).
-    With `record`, a run's numbers are kept in its evaluations.json and model card. Under torchrun /
+    The decoding arguments are Captioner.caption's (with `num_captions` > 1 the first caption of each
+    image is scored). With `record`, a run's numbers are kept in its evaluations.json and model card. Under torchrun /
     accelerate launch each process captions its share of the split; the main process scores and
     records, the others return the captions with an empty result."""
     if model is not None and results is not None:
         raise UserError("give either --model or --results, not both")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit} (leave it out to score the whole split).")
-    DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size)  # refuses bad values before any work
+    decode = DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size, temperature=temperature,
+                           top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                           no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
+                           min_new_tokens=min_new_tokens, num_captions=num_captions)  # refuses bad values before any work
     names = parse_metrics(metrics if metrics is None or isinstance(metrics, str) else ",".join(metrics))
     notes: dict[str, str] = {}
     if references is not None:
@@ -196,7 +211,7 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         raise UserError(f"{where} holds no images to score; choose another --split or re-run `capalign fetch`.")
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
                          num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
-                         captions_needed=not set(names) <= set(RETRIEVAL_METRICS))
+                         captions_needed=not set(names) <= set(RETRIEVAL_METRICS), decode=decode)
     if not process_state().is_main_process:
         return Evaluation(EvaluationResult(), system, data_label, split_label, notes)
     scoring = Scoring(clip_model, bertscore_model, bertscore_layer, batch_size, device,

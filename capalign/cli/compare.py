@@ -31,6 +31,14 @@ def compare(
     seed: int = typer.Option(0, "--seed"),
     num_beams: int = options.NUM_BEAMS,
     max_length: Optional[int] = options.MAX_LENGTH,
+    temperature: float = options.TEMPERATURE,
+    top_k: int = options.TOP_K,
+    top_p: float = options.TOP_P,
+    repetition_penalty: float = options.REPETITION_PENALTY,
+    no_repeat_ngram_size: int = options.NO_REPEAT_NGRAM_SIZE,
+    length_penalty: float = options.LENGTH_PENALTY,
+    min_new_tokens: int = options.MIN_NEW_TOKENS,
+    num_captions: int = typer.Option(1, "--num-captions", help="Decode N captions per image (see caption --num-captions) and compare the first."),
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
     dtype: str = options.DTYPE,
@@ -41,9 +49,13 @@ def compare(
     from capalign.evaluation.systems import (  # deferred: imports torch, transformers and datasets
         Scoring, load_instances, load_split, load_system, score_system)
     from capalign.distributed import process_state  # deferred: imports torch and accelerate
+    from capalign.inference.generate import DecodeOptions  # deferred: imports torch and transformers
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
     options.refuse_overwrite(output, overwrite)
+    decode = DecodeOptions(**options.decoding(num_beams, max_length, temperature, top_k, top_p, repetition_penalty,
+                                              no_repeat_ngram_size, length_penalty, min_new_tokens, num_captions),
+                           batch_size=batch_size)
     claim = claim_output_dir(report, "report", overwrite=overwrite, option="--report") if report is not None else None
     if len(systems) < 2:
         raise UserError("compare needs at least two systems (run folders or results files)")
@@ -52,7 +64,8 @@ def compare(
     names = parse_metrics(metrics)
     the_split = load_split(data, split, limit, want_train="Copied" in names)
     loaded = [load_system(s, None, the_split, allow_partial=allow_partial, num_beams=num_beams,
-                          max_length=max_length, batch_size=batch_size, device=device, dtype=dtype) for s in systems]
+                          max_length=max_length, batch_size=batch_size, device=device, dtype=dtype, decode=decode)
+              for s in systems]
     labels = _unique_labels([s.label for s in loaded])
     common = set(the_split.references).intersection(*(s.captions for s in loaded))
     if any(len(s.captions) != len(common) for s in loaded):

@@ -29,6 +29,14 @@ def evaluate(
     instances: Optional[Path] = options.INSTANCES,
     num_beams: int = options.NUM_BEAMS,
     max_length: Optional[int] = options.MAX_LENGTH,
+    temperature: float = options.TEMPERATURE,
+    top_k: int = options.TOP_K,
+    top_p: float = options.TOP_P,
+    repetition_penalty: float = options.REPETITION_PENALTY,
+    no_repeat_ngram_size: int = options.NO_REPEAT_NGRAM_SIZE,
+    length_penalty: float = options.LENGTH_PENALTY,
+    min_new_tokens: int = options.MIN_NEW_TOKENS,
+    num_captions: int = typer.Option(1, "--num-captions", help="Decode N captions per image (see caption --num-captions) and score the first."),
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
     dtype: str = options.DTYPE,
@@ -42,7 +50,9 @@ def evaluate(
     evaluation = run_evaluation(
         model, results, data=data, split=split, references=references, metrics=metrics, allow_partial=allow_partial,
         clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer, instances=instances,
-        num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype, limit=limit)
+        batch_size=batch_size, device=device, dtype=dtype, limit=limit,
+        **options.decoding(num_beams, max_length, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                           length_penalty, min_new_tokens, num_captions))
     if not process_state().is_main_process:  # under torchrun / accelerate launch the main process reports
         return
     result = evaluation.result

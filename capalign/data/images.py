@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,26 +155,88 @@ def open_rgb(path: Path) -> Image.Image:
         raise ValueError(f"{path} is not a readable image ({exc.reason})") from None
 
 
-def collect_images(inputs: list[Path]) -> tuple[list[Path], list[Image.Image], list[str]]:
-    """Files named directly must be images (else UserError); files found in folders that fail to
-    decode are skipped and reported. Returns (paths, images, skipped messages)."""
-    paths, images, skipped = [], [], []
+def probe_image(path: Path) -> None:
+    """Read only an image's header (no pixels): raises ValueError, worded as open_rgb's, when the file
+    is empty, not an image, unreadable or a decompression bomb by its size. A file that passes may
+    still turn out truncated when decoded."""
+    def refuse(reason: str) -> ValueError:
+        return ValueError(f"{path} is not a readable image ({reason})")
+
+    try:
+        empty = Path(path).stat().st_size == 0
+    except OSError:  # no permission, vanished since it was listed
+        raise refuse(R.UNREADABLE) from None
+    if empty:
+        raise refuse(R.EMPTY_FILE)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+    except Image.DecompressionBombError:
+        raise refuse(R.BOMB) from None
+    except UnidentifiedImageError:
+        raise refuse(R.NOT_IMAGE) from None
+    except PermissionError:
+        raise refuse(R.UNREADABLE) from None
+    except (OSError, SyntaxError, ValueError):
+        raise refuse(R.TRUNCATED) from None
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        raise refuse(R.BOMB)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image file that failed to decode when its batch was read; `message` says which and why."""
+
+    path: Path
+    message: str
+
+
+class ImageFiles(Sequence):
+    """Image files decoded only when indexed or sliced (so a batch at a time, never all at once):
+    each item is an RGB image (open_rgb), or an Unreadable in place of a file that fails."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._open(p) for p in self.paths[index]]
+        return self._open(self.paths[index])
+
+    @staticmethod
+    def _open(path: Path) -> Image.Image | Unreadable:
+        try:
+            return open_rgb(path)
+        except ValueError as exc:
+            return Unreadable(path, str(exc))
+
+
+def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The image files of `inputs`, checked by their headers only (nothing is decoded here; read
+    them a batch at a time through ImageFiles): files named directly must be images (else
+    UserError); files found in folders that are not are skipped. Returns (paths, skipped messages)."""
+    paths, skipped = [], []
     for given in inputs:
         if not given.exists():
             raise UserError(f"{given} does not exist.")
         if given.is_dir():
             for path in sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
                 try:
-                    images.append(open_rgb(path))
+                    probe_image(path)
                     paths.append(path)
                 except ValueError as exc:
                     skipped.append(str(exc))
         else:
             try:
-                images.append(open_rgb(given))
+                probe_image(given)
             except ValueError as exc:
                 raise UserError(f"{exc}; pass image files (JPEG, PNG, ...) or folders of them.") from None
             paths.append(given)
-    if not images:
+    if not paths:
         raise UserError("No images found in " + ", ".join(map(str, inputs)) + ".")
-    return paths, images, skipped
+    return paths, skipped

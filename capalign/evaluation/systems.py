@@ -79,10 +79,11 @@ def references_split(path: Path) -> Split:
 
 def load_system(spec: str | None, results: Path | None, split: Split, *, allow_partial: bool, num_beams: int,
                 max_length: int | None, batch_size: int, device: str | None = None, dtype: str | None = None,
-                captions_needed: bool = True) -> System:
+                captions_needed: bool = True, decode=None) -> System:
     """A results file (COCO format) or a capalign run (captions generated for the split on `device`
     in `dtype`, see capalign.devices; none when only retrieval is asked for, which scores references,
-    so that contrastive-only runs are judged too)."""
+    so that contrastive-only runs are judged too). `decode` (a DecodeOptions), when given, replaces the
+    three decoding arguments."""
     path = Path(results) if results is not None else (Path(spec) if spec is not None else None)
     if path is not None and path.is_file():
         loaded = load_results(path)
@@ -100,7 +101,7 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
     if not captions_needed:
         return System(run_dir.name, dict.fromkeys(split.references, ""), run_dir=run_dir)
     captions = caption_split(run_dir, split.dataset, num_beams=num_beams, max_length=max_length, batch_size=batch_size,
-                             device=resolve_device(device), dtype=dtype)
+                             device=resolve_device(device), dtype=dtype, options=decode)
     captions = {str(k): v for k, v in captions.items()}
     return System(run_dir.name, captions, run_dir=run_dir)
 

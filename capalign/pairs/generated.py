@@ -75,16 +75,21 @@ def corrupted_pairs(split, seed: int) -> list[PreferencePair]:
     return pairs
 
 
-def sample_candidates(captioner, tokenizer, processor, images, samples: int, seed: int) -> list[list[str]]:
-    """The policy's greedy caption plus `samples` sampled ones (temperature 1) per image, deduplicated;
-    a progress bar counts images × decoding passes."""
+def sample_candidates(captioner, tokenizer, processor, images, samples: int, seed: int,
+                      sampling: DecodeOptions | None = None) -> list[list[str]]:
+    """The policy's greedy caption plus `samples` sampled ones per image, deduplicated; `sampling`
+    (default: temperature 1, nothing filtered) decodes the sampled passes, with any of DecodeOptions'
+    controls (top-k, top-p, ..., several captions per pass with `num_captions`). A progress bar
+    counts images × decoding passes."""
     torch.manual_seed(seed)
-    passes = [DecodeOptions()] + [DecodeOptions(temperature=1.0)] * samples
-    runs: list[list[str]] = [[] for _ in passes]
+    sampling = sampling if sampling is not None else DecodeOptions(temperature=1.0)
+    passes = [DecodeOptions()] + [sampling] * samples
+    runs: list[list] = [[] for _ in passes]
     with ui.progress_bar("sampling candidates", len(images) * len(passes)) as (progress, task):
         for run, options in zip(runs, passes):
             for start in range(0, len(images), options.batch_size):  # caption_images' own batches, so the same draws
                 chunk = images[start : start + options.batch_size]
                 run.extend(caption_images(captioner, tokenizer, processor, chunk, options))
                 progress.advance(task, len(chunk))
-    return [list(dict.fromkeys(per_image)) for per_image in zip(*runs)]
+    return [list(dict.fromkeys(c for item in per_image for c in (item if isinstance(item, list) else [item])))
+            for per_image in zip(*runs)]
