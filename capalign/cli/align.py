@@ -52,9 +52,9 @@ def align(
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
-        align=dict(method=method, reward=reward, baseline=baseline, num_samples=num_samples, pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight,
-                   lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                   disable_dropout=disable_dropout),
+        align=dict(method=method, reward=reward, baseline=baseline, num_samples=num_samples, pairs=pairs, beta=beta,
+                   loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight, lora_rank=lora_rank, rounds=rounds,
+                   lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, disable_dropout=disable_dropout),
         train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum, device=device))
     build_config(config_file=config, overrides=overrides)  # a bad option is reported before a missing model
     model_dir = resolve_model(model, kind="pretrain")
