@@ -1,20 +1,30 @@
 """The README's headline numbers over several seeds: the demo's commands per seed, then mean ± sd.
 
     python bench/bench_embedded.py [--seeds 0 1 2] [--workdir runs/bench-embedded] [--output FILE.json]
+                                   [--systems dpo | all | NAME ...] [--quick]
 
 For each seed, exactly what a user types (through `capalign`'s own entry point):
 
     capalign fetch shapes
     capalign pretrain --seed S --out W/seed-S/pretrain
-    capalign align --model W/seed-S/pretrain --beta 0.1 --out W/seed-S/align
-    capalign evaluate --model W/seed-S/{pretrain,align} --metrics cider,bleu,meteor,hallucination,retrieval
+    capalign align --model W/seed-S/pretrain --beta 0.1 --out W/seed-S/align                       (dpo)
+    capalign align --model W/seed-S/pretrain --method scst --reward cider SCST --out W/seed-S/scst  (scst)
+    capalign align --model W/seed-S/pretrain --method scst --reward cider:1,hallucination:-1 SCST
+                   --out W/seed-S/scst-halluc                                                      (scst-halluc)
+    capalign align --model W/seed-S/align --method scst --reward cider SCST --out W/seed-S/dpo-scst (dpo-scst)
+    capalign evaluate --model W/seed-S/RUN --metrics cider,bleu,meteor,hallucination,retrieval,diversity
+
+SCST is `SCST_SETTINGS` below (the settings the README measured). `--systems dpo` (the default) is
+the DPO comparison alone, checked against issue 13's bars; `--systems all` adds the three SCST
+systems, checked against issue 24's: CIDEr >= 110% of pretrained and above DPO's, R@1 >= 95% of
+pretrained both ways, Hallucination not above pretrained (at most half of it with the penalty),
+mean caption length not above the longest reference. `--quick` rehearses the whole pipeline in a
+few minutes (60 shapes images, a few steps per stage; its figures mean nothing).
 
 The data is the same for every seed (shapes, seed 0); the seed fixes initialisation, data order and
-sampling. Prints each seed's pretrained and aligned CIDEr, Hallucination, image→text and text→image
-R@1 and held-out pair accuracy, their mean ± sd (sample sd, n-1) and min–max, and whether each of
-issue 13's bars holds for every seed: retrieval R@1 ≥ 95% of pretrained (both directions), held-out
-pair accuracy ≥ 0.95, Hallucination ≤ ½ of pretrained, CIDEr at most 2% below pretrained.
-Exits 1 when a bar fails for any seed.
+sampling. Prints each seed's figures per system, their mean ± sd (sample sd, n-1) and min–max, the
+wall time of each system's stage-2 run, and whether each bar holds for every seed. Exits 1 when a
+bar fails for any seed.
 """
 
 from __future__ import annotations
@@ -29,8 +39,18 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-METRICS = "cider,bleu,meteor,hallucination,retrieval"
-SHOWN = ["CIDEr", "Hallucination", "I2T-R@1", "T2I-R@1"]
+METRICS = "cider,bleu,meteor,hallucination,retrieval,diversity"
+SHOWN = ["CIDEr", "Hallucination", "I2T-R@1", "T2I-R@1", "Distinct-2", "Length"]
+SCST_SETTINGS = ["--batch-size", "16", "--num-samples", "5", "--max-steps", "150", "--lr", "5e-4", "--beta", "0.1"]
+QUICK = {"pretrain": ["--max-steps", "4"], "dpo": ["--max-steps", "2", "--rounds", "1"],
+         "scst": ["--max-steps", "2", "--batch-size", "8"]}
+# name: (the run it starts from, align's arguments)
+SYSTEMS = {
+    "dpo": ("pretrain", ["--beta", "0.1"]),
+    "scst": ("pretrain", ["--method", "scst", "--reward", "cider", *SCST_SETTINGS]),
+    "scst-halluc": ("pretrain", ["--method", "scst", "--reward", "cider:1,hallucination:-1", *SCST_SETTINGS]),
+    "dpo-scst": ("dpo", ["--method", "scst", "--reward", "cider", *SCST_SETTINGS]),
+}
 
 
 def capalign(*args: str) -> None:
@@ -38,36 +58,70 @@ def capalign(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "capalign", *args], check=True)
 
 
-def run_seed(seed: int, workdir: Path) -> dict:
-    """The demo's commands for one seed; returns the figures of both models."""
+def run_seed(seed: int, workdir: Path, systems: list[str], data: list[str], quick: bool) -> dict:
+    """The commands for one seed; returns each model's figures and each stage-2 run's wall time."""
     out = workdir / f"seed-{seed}"
-    pretrained, aligned = out / "pretrain", out / "align"
-    started = time.perf_counter()
-    if not (pretrained / "run.json").is_file():
-        capalign("pretrain", "--seed", str(seed), "--out", str(pretrained))
-    if not (aligned / "run.json").is_file():
-        capalign("align", "--model", str(pretrained), "--beta", "0.1", "--out", str(aligned))
-    figures = {"seed": seed}
-    for name, run in (("pretrained", pretrained), ("aligned", aligned)):
+    runs = {"pretrained": out / "pretrain"}
+    seconds = {}
+    if not (runs["pretrained"] / "run.json").is_file():
+        capalign("pretrain", *data, "--seed", str(seed), "--out", str(runs["pretrained"]), *(QUICK["pretrain"] if quick else []))
+    for name in systems:
+        base, args = SYSTEMS[name]
+        run = runs[name] = out / name
+        if not (run / "run.json").is_file():
+            started = time.perf_counter()
+            extra = (QUICK["scst"] if "scst" in args else QUICK["dpo"]) if quick else []
+            model = runs["pretrained"] if base == "pretrain" else runs[base]
+            capalign("align", "--model", str(model), *args, *extra, "--out", str(run))
+            seconds[name] = time.perf_counter() - started
+    figures = {"seed": seed, "seconds": seconds}
+    for name, run in runs.items():
         scores = out / f"eval-{name}.json"
-        capalign("evaluate", "--model", str(run), "--metrics", METRICS, "--output", str(scores), "--overwrite")
-        figures[name] = json.loads(scores.read_text())["metrics"]
-    report = json.loads((aligned / "alignment_report.json").read_text())
-    figures["held_out_pair_accuracy"] = report["held_out_pairs"]["eval_rewards/accuracies"]
-    figures["seconds"] = time.perf_counter() - started
+        capalign("evaluate", "--model", str(run), *data, "--metrics", METRICS, "--output", str(scores), "--overwrite")
+        evaluation = json.loads(scores.read_text())
+        figures[name] = evaluation["metrics"]
+        captions = list(evaluation.get("captions", {}).values())
+        figures[name]["Length"] = sum(len(c.split()) for c in captions) / max(len(captions), 1)
+    if "dpo" in systems:
+        report = json.loads((runs["dpo"] / "alignment_report.json").read_text())
+        figures["held_out_pair_accuracy"] = report["held_out_pairs"]["eval_rewards/accuracies"]
     return figures
 
 
-def bars(f: dict) -> dict[str, bool]:
-    """Issue 13's bars for one seed."""
-    before, after = f["pretrained"], f["aligned"]
-    return {
-        "I2T-R@1 >= 95% of pretrained": after["I2T-R@1"] >= 0.95 * before["I2T-R@1"],
-        "T2I-R@1 >= 95% of pretrained": after["T2I-R@1"] >= 0.95 * before["T2I-R@1"],
-        "held-out pair accuracy >= 0.95": f["held_out_pair_accuracy"] >= 0.95,
-        "Hallucination <= 1/2 of pretrained": after["Hallucination"] <= 0.5 * before["Hallucination"],
-        "CIDEr >= 98% of pretrained": after["CIDEr"] >= 0.98 * before["CIDEr"],
-    }
+def longest_reference(data: list[str]) -> int:
+    """Words in the longest test reference (issue 24's bar on caption length)."""
+    from datasets import load_from_disk  # deferred: only for this figure
+
+    folder = data[1] if data else "data/shapes"
+    return max(len(c.split()) for refs in load_from_disk(folder)["test"]["captions"] for c in refs)
+
+
+def bars(f: dict, longest: int) -> dict[str, bool]:
+    """Issue 13's bars for DPO and issue 24's for the SCST systems, for one seed."""
+    before = f["pretrained"]
+    out = {}
+    if "dpo" in f:
+        after = f["dpo"]
+        out.update({
+            "dpo: I2T-R@1 >= 95% of pretrained": after["I2T-R@1"] >= 0.95 * before["I2T-R@1"],
+            "dpo: T2I-R@1 >= 95% of pretrained": after["T2I-R@1"] >= 0.95 * before["T2I-R@1"],
+            "dpo: held-out pair accuracy >= 0.95": f["held_out_pair_accuracy"] >= 0.95,
+            "dpo: Hallucination <= 1/2 of pretrained": after["Hallucination"] <= 0.5 * before["Hallucination"],
+            "dpo: CIDEr >= 98% of pretrained": after["CIDEr"] >= 0.98 * before["CIDEr"],
+        })
+    for name in ("scst", "scst-halluc", "dpo-scst"):
+        if name not in f:
+            continue
+        after = f[name]
+        out[f"{name}: CIDEr >= 110% of pretrained"] = after["CIDEr"] >= 1.1 * before["CIDEr"]
+        if "dpo" in f and name != "dpo-scst":
+            out[f"{name}: CIDEr above DPO's"] = after["CIDEr"] > f["dpo"]["CIDEr"]
+        out[f"{name}: I2T-R@1 >= 95% of pretrained"] = after["I2T-R@1"] >= 0.95 * before["I2T-R@1"]
+        out[f"{name}: T2I-R@1 >= 95% of pretrained"] = after["T2I-R@1"] >= 0.95 * before["T2I-R@1"]
+        share = 0.5 if name == "scst-halluc" else 1.0
+        out[f"{name}: Hallucination <= {share:g} x pretrained"] = after["Hallucination"] <= share * before["Hallucination"]
+        out[f"{name}: length <= longest reference ({longest} words)"] = after["Length"] <= longest
+    return out
 
 
 def summary(values: list[float]) -> str:
@@ -80,24 +134,44 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-embedded"))
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--systems", nargs="+", default=["dpo"], help="dpo (default), all, or names from: " + ", ".join(SYSTEMS))
+    parser.add_argument("--quick", action="store_true", help="rehearse on 60 images with a few steps per stage")
     args = parser.parse_args()
+    systems = list(SYSTEMS) if args.systems == ["all"] else args.systems
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)} or all")
+    for name in list(systems):  # a system that starts from another needs that one
+        base = SYSTEMS[name][0]
+        if base != "pretrain" and base not in systems:
+            systems.insert(systems.index(name), base)
 
-    capalign("fetch", "shapes")
-    results = [run_seed(seed, args.workdir) for seed in args.seeds]
-    print(f"\nshapes test split, tiny preset, align --beta 0.1; {len(results)} seeds: {args.seeds}")
-    header = ["seed"] + [f"{m} {w}" for m in SHOWN for w in ("pre", "aligned")] + ["held-out acc", "s"]
-    print(" | ".join(header))
+    if args.quick:
+        folder = args.workdir / "shapes-quick"
+        if not folder.is_dir():
+            capalign("fetch", "shapes", "--limit", "60", "--out", str(folder))
+        data = ["--data", str(folder)]
+    else:
+        capalign("fetch", "shapes")
+        data = []
+    results = [run_seed(seed, args.workdir, systems, data, args.quick) for seed in args.seeds]
+    longest = longest_reference(data)
+    names = ["pretrained", *systems]
+    print(f"\nshapes test split, tiny preset; {len(results)} seeds: {args.seeds}; SCST: {' '.join(SCST_SETTINGS)}")
     for f in results:
-        cells = [str(f["seed"])] + [f"{f[w][m]:.3f}" for m in SHOWN for w in ("pretrained", "aligned")]
-        print(" | ".join(cells + [f"{f['held_out_pair_accuracy']:.3f}", f"{f['seconds']:.0f}"]))
+        print(f"\nseed {f['seed']}: " + " | ".join(["system", *SHOWN, "stage-2 s"]))
+        for name in names:
+            cells = [f"{f[name][m]:.3f}" for m in SHOWN]
+            print(" | ".join([name, *cells, f"{f['seconds'][name]:.0f}" if name in f["seconds"] else "-"]))
     print("\nmean ± sd (min–max):")
-    for m in SHOWN:
-        for w in ("pretrained", "aligned"):
-            print(f"  {m} {w}: {summary([f[w][m] for f in results])}")
-    print(f"  held-out pair accuracy: {summary([f['held_out_pair_accuracy'] for f in results])}")
+    for name in names:
+        for m in SHOWN:
+            print(f"  {name} {m}: {summary([f[name][m] for f in results])}")
+    if "dpo" in systems:
+        print(f"  dpo held-out pair accuracy: {summary([f['held_out_pair_accuracy'] for f in results])}")
     failed = []
     for f in results:
-        for bar, ok in bars(f).items():
+        for bar, ok in bars(f, longest).items():
             if not ok:
                 failed.append(f"seed {f['seed']}: {bar}")
     print("\nbars: " + ("all hold on every seed" if not failed else "FAILED — " + "; ".join(failed)))

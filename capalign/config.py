@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,11 @@ class TrainConfig:
 
 @dataclass
 class AlignConfig:
-    """Stage-2 preference optimisation settings (TRL's names where TRL has one)."""
+    """Stage-2 settings (TRL's names where TRL has one): DPO-family preference optimisation, or
+    self-critical sequence training (`method: scst`)."""
 
-    beta: float = setting(0.1, "Strength of the pull towards the reference.")
+    method: str = setting("dpo", "Stage-2 method: dpo (preference pairs) | scst (self-critical sequence training: sampled captions scored by --reward against a baseline; ignores the pair settings and rounds).")
+    beta: float = setting(0.1, "Strength of the pull towards the reference (dpo: the DPO beta, > 0; scst: weight of the per-token KL estimate against the frozen pretrained model, 0 = off).")
     loss: str = setting("sigmoid", "sigmoid | ipo | hinge | robust")
     label_smoothing: float = setting(0.0, "Robust / conservative DPO noise rate.")
     sft_weight: float = setting(0.0, "Weight of a supervised loss on the chosen caption.")
@@ -103,6 +106,9 @@ class AlignConfig:
     log_every: int = setting(5, "Stage-2 steps between metrics.jsonl records.")
     eval_every: int = setting(50, "Stage-2 steps between held-out pair evaluations.")
     reference: str = setting("pretrained", "Each round's frozen reference: pretrained (the pretrained run) | previous (the previous round's policy).")
+    reward: str = setting("cider", "scst reward, a weighted sum of cider (CIDEr-D against the image's references), clipscore (the run's contrastive head) and hallucination (hallucinated mentions; shapes data): e.g. cider, cider:1,clipscore:0.5, cider:1,hallucination:-1.")
+    baseline: str = setting("mean", "scst baseline: mean (the other samples of the same image, as RLOO / new SCST) | greedy (the greedy caption's reward, classic SCST).")
+    num_samples: int = setting(5, "scst: captions sampled per image each step.")
     disable_dropout: bool = setting(True, "Turn the policy's dropout off in stage 2, as TRL's DPOTrainer does by default: the reference's log-probs are taken without dropout, so the policy's should be too.")
 
 
@@ -187,6 +193,30 @@ ARCHS = ("cross-attention", "prefix", "contrastive")
 TRACKERS = ("tensorboard", "wandb")
 
 LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+METHODS = ("dpo", "scst")
+BASELINES = ("mean", "greedy")
+REWARD_TERMS = ("cider", "clipscore", "hallucination")
+
+
+def parse_reward(spec: str) -> dict[str, float]:
+    """`cider`, `cider:1,clipscore:0.5` → {term: weight}; a term without a weight weighs 1."""
+    example = "e.g. cider or cider:1,hallucination:-1"
+    terms: dict[str, float] = {}
+    for part in str(spec).split(","):
+        name, _, weight = part.strip().partition(":")
+        name = name.strip()
+        if name not in REWARD_TERMS:
+            raise UserError(f"--reward: unknown term '{name}' in '{spec}'; the terms are {', '.join(REWARD_TERMS)} ({example}).")
+        if name in terms:
+            raise UserError(f"--reward: '{name}' appears twice in '{spec}' ({example}).")
+        try:
+            value = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise UserError(f"--reward: the weight of '{name}' must be a number, got '{weight.strip()}' ({example}).") from None
+        if not math.isfinite(value) or value == 0:
+            raise UserError(f"--reward: the weight of '{name}' must be a finite non-zero number, got {weight.strip()} ({example}).")
+        terms[name] = value
+    return terms
 
 
 def _merge(target, values: dict, where: str) -> None:
@@ -248,7 +278,12 @@ def validate(config: RunConfig) -> None:
         (config.train.epochs > 0, "--epochs must be positive"),
         (config.train.max_steps is None or config.train.max_steps > 0, "--max-steps must be positive"),
         (config.align.max_steps is None or config.align.max_steps > 0, "--max-steps must be positive"),
-        (config.align.beta > 0, f"--beta must be positive (got {config.align.beta})"),
+        (config.align.method in METHODS, f"--method must be one of {', '.join(METHODS)} (got {config.align.method})"),
+        (config.align.beta > 0 or (config.align.method == "scst" and config.align.beta == 0),
+         f"--beta must be positive (0 turns the KL pull off with --method scst; got {config.align.beta})"),
+        (config.align.baseline in BASELINES, f"--baseline must be one of {', '.join(BASELINES)} (got {config.align.baseline})"),
+        (config.align.num_samples >= (2 if config.align.baseline == "mean" else 1),
+         f"--num-samples must be at least 2 with --baseline mean (the other samples are the baseline), at least 1 with greedy (got {config.align.num_samples})"),
         (config.align.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)} (got {config.align.loss})"),
         (0 <= config.align.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
         (config.align.sft_weight >= 0, "--sft-weight must not be negative"),
@@ -272,6 +307,7 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message + ".")
+    parse_reward(config.align.reward)
 
 
 def to_dict(config: RunConfig) -> dict:

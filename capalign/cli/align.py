@@ -1,4 +1,5 @@
-"""`capalign align`: stage 2, DPO-family preference optimisation of caption generation."""
+"""`capalign align`: stage 2, DPO-family preference optimisation of caption generation, or
+self-critical sequence training (`--method scst`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ from capalign.runs import RUNS_ROOT, resolve_model, write_errors
 def align(
     model: Optional[str] = typer.Option(None, help="Pretrained run folder (default: the latest pretrain run)."),
     data: Optional[str] = typer.Option(None, help="Dataset (default: the one the model was trained on)."),
+    method: Optional[str] = typer.Option(None, help=help_for("align.method")),
     pairs: Optional[str] = typer.Option(None, help=help_for("align.pairs")),
     beta: Optional[float] = typer.Option(None, help=help_for("align.beta")),
     loss: Optional[str] = typer.Option(None, help=help_for("align.loss")),
     label_smoothing: Optional[float] = typer.Option(None, help=help_for("align.label_smoothing")),
     sft_weight: Optional[float] = typer.Option(None, help=help_for("align.sft_weight")),
+    reward: Optional[str] = typer.Option(None, help=help_for("align.reward")),
+    baseline: Optional[str] = typer.Option(None, help=help_for("align.baseline")),
+    num_samples: Optional[int] = typer.Option(None, help=help_for("align.num_samples")),
     lora_rank: Optional[int] = typer.Option(None, help=help_for("align.lora_rank")),
     rounds: Optional[int] = typer.Option(None, help=help_for("align.rounds")),
     lr: Optional[float] = typer.Option(None, help=help_for("align.lr")),
@@ -37,7 +42,8 @@ def align(
     resume: bool = options.RESUME,
     overwrite: bool = options.OVERWRITE,
 ) -> None:
-    """Stage 2: DPO-family preference optimisation of caption generation.
+    """Stage 2: DPO-family preference optimisation of caption generation (default), or self-critical
+    sequence training with --method scst (sampled captions scored by --reward against --baseline).
 
     Starts from the pretrained run's resolved configuration (its preset's alignment settings, mixed
     precision, gradient accumulation, seed); --config and the options override it."""
@@ -46,9 +52,9 @@ def align(
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
-        align=dict(pairs=pairs, beta=beta, loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight,
-                   lora_rank=lora_rank, rounds=rounds, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                   disable_dropout=disable_dropout),
+        align=dict(method=method, reward=reward, baseline=baseline, num_samples=num_samples, pairs=pairs, beta=beta,
+                   loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight, lora_rank=lora_rank, rounds=rounds,
+                   lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, disable_dropout=disable_dropout),
         train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum, device=device))
     build_config(config_file=config, overrides=overrides)  # a bad option is reported before a missing model
     model_dir = resolve_model(model, kind="pretrain")

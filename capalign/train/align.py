@@ -1,4 +1,5 @@
-"""Stage 2: DPO-family preference optimisation of caption generation against a frozen reference.
+"""Stage 2: DPO-family preference optimisation of caption generation against a frozen reference
+(`--method dpo`, the default; `--method scst` is capalign.train.scst, dispatched from `align`).
 
 The reference model's log-probabilities of every chosen and rejected caption are computed once,
 before training, and stored with the pairs: the reference is never run inside the training loop.
@@ -33,7 +34,9 @@ from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train import rounds
 from capalign.train.engine import Engine, average_losses
+from capalign.train.policy import add_lora, disable_dropout, merge_lora
 from capalign.train.reports import alignment_report
+from capalign.train.scst import align_scst
 from capalign.train.stages import check_resume, clear_stage, record_stage
 
 REPORT_IMAGES = 1000
@@ -134,38 +137,10 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
     return run
 
 
-def disable_dropout(module: torch.nn.Module) -> None:
-    """Set every dropout rate to 0 (the saved config keeps the model's own rates)."""
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Dropout):
-            layer.p = 0.0
-        elif isinstance(getattr(layer, "dropout", None), float):  # attention dropout kept as a rate (CLIP)
-            layer.dropout = 0.0
-
-
-def add_lora(policy, rank: int) -> None:
-    """Freeze the captioner and train rank-`rank` LoRA adapters on its decoder (peft's default
-    target modules for the decoder's architecture)."""
-    try:
-        from peft import LoraConfig, get_peft_model  # deferred: peft is needed only with --lora-rank
-    except ImportError:
-        raise UserError("--lora-rank needs peft: pip install peft.") from None
-    policy.requires_grad_(False)
-    try:
-        policy.model.decoder = get_peft_model(policy.model.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0))
-    except ValueError as exc:
-        raise UserError(f"LoRA cannot wrap this decoder: {str(exc).splitlines()[0]}") from None
-
-
-def merge_lora(policy) -> None:
-    """Fold trained adapters back into the decoder, so the run folder is a plain model again."""
-    if hasattr(policy.model.decoder, "merge_and_unload"):
-        policy.model.decoder = policy.model.decoder.merge_and_unload()
-
-
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False,
           overwrite: bool = False) -> Path:
-    """Align a pretrained run with preference pairs; writes a new run folder and returns it.
+    """Align a pretrained run with preference pairs (or, with `align.method` scst, by self-critical
+    sequence training: capalign.train.scst); writes a new run folder and returns it.
 
     With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy; its frozen
     reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy.
@@ -191,6 +166,9 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         add_lora(policy, a.lora_rank)
     if a.disable_dropout:
         disable_dropout(policy)
+    if a.method == "scst":
+        return align_scst(model_dir, config, dataset, policy, pretrained, tokenizer, processor, contrastive_weight,
+                          out, resume, overwrite)
     scorer = pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     main = process_state().is_main_process

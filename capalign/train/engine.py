@@ -82,9 +82,11 @@ class Engine:
         step_offset: int = 0,
         log_extra: dict | None = None,
         remedy: str = "lower --lr",
+        shown: dict[str, str] | None = None,
     ):
         self.settings = settings
         self.remedy = remedy  # what a diverged run's message suggests
+        self.shown = shown or {}  # logged values the progress bar shows besides the loss: {key: label}
         self.run_dir = Path(run_dir)
         self.loss_fn, self.validate, self.save_best = loss_fn, validate, save_best
         self.description = description
@@ -257,7 +259,9 @@ class Engine:
                     if step % settings.log_every == 0 or step == self.total_steps:
                         rate = samples / max(time.perf_counter() - started, 1e-9)
                         self._log(window, rate)
-                        progress.update(task, info=f"loss {self.last_logged['loss']:.4f} lr {self.last_logged['lr']:.2e} {rate:.0f} samples/s")
+                        extra = "".join(f" {label} {self.last_logged[key]:.4f}" for key, label in self.shown.items()
+                                        if key in self.last_logged)
+                        progress.update(task, info=f"loss {self.last_logged['loss']:.4f}{extra} lr {self.last_logged['lr']:.2e} {rate:.0f} samples/s")
                         window = {}
                     if self.validate and (step % settings.eval_every == 0 or step == self.total_steps):
                         self._validate()

@@ -4,8 +4,10 @@ end of `capalign align` (the aligned model against its reference)."""
 from __future__ import annotations
 
 import json
+import math
 import resource
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -70,31 +72,84 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     return report
 
 
-def plot_curves(metrics_path: Path, out: Path) -> None:
-    """Plot every numeric series against step: training losses left, validation right."""
+NOT_PLOTTED = ("step", "epoch", "round", "lr", "samples_per_s")  # axes and bookkeeping, not quantities
+
+# One panel per family of quantities, in this order; the first family whose test accepts a key takes it.
+CURVE_FAMILIES: list[tuple[str, Callable[[str], bool]]] = [
+    ("validation", lambda k: k.startswith(("val", "eval_"))),
+    ("losses", lambda k: k == "loss" or k.endswith("_loss")),
+    ("accuracies", lambda k: "accurac" in k),
+    ("preference rewards", lambda k: k.startswith("rewards/")),
+    ("log-probs", lambda k: k.startswith("logps/")),
+    ("reward (SCST)", lambda k: k.startswith(("reward/", "advantage/"))),
+    ("KL to the reference", lambda k: k == "kl"),
+    ("caption length (words)", lambda k: k == "length"),
+    ("other", lambda k: True),
+]
+
+
+def curve_panels(records: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
+    """{family: {key: (steps, values)}} of every numeric series in metrics.jsonl records, families
+    with no series left out."""
+    panels: dict[str, dict[str, tuple[list, list]]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key in NOT_PLOTTED or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            family = next(name for name, accepts in CURVE_FAMILIES if accepts(key))
+            xs, ys = panels.setdefault(family, {}).setdefault(key, ([], []))
+            xs.append(record["step"])
+            ys.append(value)
+    order = [name for name, _ in CURVE_FAMILIES]
+    return dict(sorted(panels.items(), key=lambda item: order.index(item[0])))
+
+
+def round_starts(records: list[dict]) -> list[float]:
+    """Where each round after the first begins (between its predecessor's last step and its first)."""
+    starts, last = [], {}
+    for record in records:
+        r = record.get("round")
+        if r is None:
+            continue
+        if last and r != last["round"]:
+            starts.append((last["step"] + record["step"]) / 2)
+        last = {"round": r, "step": record["step"]}
+    return starts
+
+
+def curves_figure(records: list[dict]):
+    """A figure with one panel per family (curve_panels), two columns, rounds as dashed vertical lines."""
     import matplotlib  # deferred: matplotlib is slow to import; only the curves need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # deferred: after choosing the headless backend
 
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    series: dict[str, tuple[list, list]] = {}
-    for record in records:
-        for key, value in record.items():
-            if key in ("step", "epoch", "lr", "samples_per_s") or not isinstance(value, (int, float)):
-                continue
-            xs, ys = series.setdefault(key, ([], []))
-            xs.append(record["step"])
-            ys.append(value)
-    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, (xs, ys) in series.items():
-        (val_ax if key.startswith("val") else train_ax).plot(xs, ys, label=key)
-    for ax, title in ((train_ax, "training"), (val_ax, "validation")):
-        ax.set_title(title)
+    panels = curve_panels(records)
+    columns = 2 if len(panels) > 1 else 1
+    rows = max(1, math.ceil(len(panels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.2 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        fig.delaxes(ax)
+    starts = round_starts(records)
+    for ax, (family, series) in zip(flat, panels.items()):
+        for key, (xs, ys) in series.items():
+            ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
+        for x in starts:
+            ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(family, fontsize=10)
         ax.set_xlabel("step")
-        if ax.lines:
-            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics_path: Path, out: Path) -> None:
+    """Draw metrics.jsonl as curves_figure into `out` (written under a temporary name, then renamed)."""
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    fig = curves_figure(records)
+    import matplotlib.pyplot as plt  # deferred: curves_figure chose the headless backend first
     tmp = out.with_name(out.stem + ".tmp.png")
     fig.savefig(tmp, dpi=80)
     plt.close(fig)

@@ -1,0 +1,97 @@
+"""CIDEr-D as a training reward: pycocoevalcap's `Cider` (which is CIDEr-D: n = 1..4, sigma = 6,
+clipped tf-idf products and the Gaussian length penalty) with its document frequencies and the
+references' tf-idf vectors computed once, so that each sampled caption costs only its own n-grams.
+
+Written here rather than calling pycocoevalcap per batch because pycocoevalcap recomputes document
+frequencies from whatever references it is handed (the batch's, not the training set's) and rebuilds
+every reference vector for every candidate. The arithmetic follows pycocoevalcap 1.2's
+cider_scorer.py line for line, including its quirk that the length compared by the penalty is the
+number of bigrams; tests/test_cider_reward.py checks equality with it per caption.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from capalign.metrics.coco import tokenize_in_python
+
+NGRAMS = 4
+SIGMA = 6.0
+
+
+def _ngram_counts(text: str, n: int = NGRAMS) -> dict[tuple[str, ...], int]:
+    """pycocoevalcap's precook: counts of every 1..n-gram of a whitespace-tokenised caption."""
+    words = text.split()
+    counts: dict[tuple[str, ...], int] = defaultdict(int)
+    for k in range(1, n + 1):
+        for i in range(len(words) - k + 1):
+            counts[tuple(words[i : i + k])] += 1
+    return counts
+
+
+class CiderD:
+    """CIDEr-D of candidates against fixed references, one reference set per image.
+
+    `references[i]` are image i's reference captions; document frequencies count, for every n-gram,
+    the images whose references contain it (pycocoevalcap's definition, over these images only).
+    With `tokenized` False the references, and the candidates given to `scores`, are tokenised with
+    capalign.metrics.coco.tokenize_in_python (the PTB tokenizer's output on shapes, without Java)."""
+
+    def __init__(self, references: list[list[str]], tokenized: bool = False, n: int = NGRAMS, sigma: float = SIGMA):
+        if not references or any(not refs for refs in references):
+            raise ValueError("CIDEr-D needs at least one image with at least one reference")
+        self.n, self.sigma, self.tokenized = n, sigma, tokenized
+        if not tokenized:
+            tokens = tokenize_in_python({str(i): list(refs) for i, refs in enumerate(references)})
+            references = [tokens[str(i)] for i in range(len(references))]
+        cooked = [[_ngram_counts(r, n) for r in refs] for refs in references]
+        self.document_frequency: dict[tuple[str, ...], float] = defaultdict(float)
+        for refs in cooked:
+            for ngram in {g for ref in refs for g in ref}:
+                self.document_frequency[ngram] += 1
+        self.ref_len = math.log(float(len(cooked)))
+        self._references = [[self._vector(ref) for ref in refs] for refs in cooked]
+
+    def __len__(self) -> int:
+        return len(self._references)
+
+    def _vector(self, counts: dict[tuple[str, ...], int]):
+        """pycocoevalcap's counts2vec: per-order tf-idf dicts, their norms, and the bigram count."""
+        vec = [dict() for _ in range(self.n)]
+        norm = [0.0] * self.n
+        length = 0
+        for ngram, tf in counts.items():
+            df = math.log(max(1.0, self.document_frequency.get(ngram, 0.0)))
+            order = len(ngram) - 1
+            value = float(tf) * (self.ref_len - df)
+            vec[order][ngram] = value
+            norm[order] += value ** 2
+            if order == 1:
+                length += tf
+        return vec, [math.sqrt(x) for x in norm], length
+
+    def score(self, index: int, candidate: str) -> float:
+        """CIDEr-D of one already-tokenised candidate against image `index`'s references."""
+        vec, norm, length = self._vector(_ngram_counts(candidate, self.n))
+        refs = self._references[index]
+        total = [0.0] * self.n
+        for vec_ref, norm_ref, length_ref in refs:
+            penalty = math.e ** (-(float(length - length_ref) ** 2) / (2 * self.sigma ** 2))
+            for order in range(self.n):
+                ref_order = vec_ref[order]
+                value = 0.0
+                for ngram, weight in vec[order].items():
+                    other = ref_order.get(ngram, 0.0)
+                    value += min(weight, other) * other  # CIDEr-D's clipping
+                if norm[order] != 0 and norm_ref[order] != 0:
+                    value /= norm[order] * norm_ref[order]
+                total[order] += value * penalty
+        return sum(total) / self.n / len(refs) * 10.0
+
+    def scores(self, indices: list[int], candidates: list[str]) -> list[float]:
+        """CIDEr-D of each candidate against its image's references (tokenised as the references were)."""
+        if not self.tokenized:
+            tokens = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
+            candidates = [tokens[str(k)][0] for k in range(len(candidates))]
+        return [self.score(i, c) for i, c in zip(indices, candidates)]

@@ -1,0 +1,293 @@
+"""Stage 2, `--method scst`: self-critical sequence training (Rennie et al. 2017).
+
+Each step samples `num_samples` captions per training image from the policy (ancestral sampling
+from torch's RNG, so a resumed run draws what an uninterrupted one would), scores them with the
+reward (`align.reward`: a weighted sum of CIDEr-D, CLIPScore with the pretrained run's contrastive
+head, and a hallucination count), and follows the policy gradient
+
+    loss = -mean_k[(r_k - b_k) * sum_t log p(w_kt)] + beta * KL + contrastive_weight * InfoNCE
+
+with baseline b_k the mean reward of the image's other samples (`mean`, as RLOO / "new SCST") or the
+reward of the greedy caption (`greedy`, classic SCST). KL is the per-token k3 estimate
+exp(d) - d - 1, d = log p_ref - log p, on the sampled tokens against the frozen pretrained model
+(GRPO's form: non-negative, and its gradient pulls towards the reference); beta 0 turns it off.
+The InfoNCE term on (image, its first reference) keeps the contrastive head matched, as in DPO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from capalign import ui
+from capalign.config import RunConfig, parse_reward, save_config
+from capalign.data.collate import pixel_values
+from capalign.data.shapes import find_hallucinations
+from capalign.distributed import process_state
+from capalign.errors import UserError
+from capalign.inference.generate import DecodeOptions, caption_images
+from capalign.inference.scorer import RunScorer
+from capalign.losses import info_nce
+from capalign.metrics.cider_reward import CiderD
+from capalign.model_card import write_model_card
+from capalign.models.io import save_captioner
+from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
+from capalign.train.engine import Engine
+from capalign.train.policy import merge_lora
+from capalign.train.reports import alignment_report
+from capalign.train.stages import clear_stage, record_stage
+
+REPORT_IMAGES = 1000
+CLIP_W = 2.5  # CLIPScore's weight (Hessel et al. 2021): w * max(cos, 0)
+
+# A reward term: (dataset rows, batch positions of the images, captions, pixel values) -> one reward per caption.
+RewardFn = Callable[[list[int], torch.Tensor, list[str], torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RewardContext:
+    """What the reward terms are built from: the training split and the frozen pretrained model."""
+
+    split: object
+    pretrained: torch.nn.Module
+    tokenizer: object
+    processor: object
+
+
+def cider_reward(context: RewardContext) -> RewardFn:
+    """CIDEr-D against each image's references, document frequencies over the whole training split."""
+    scorer = CiderD([list(c) for c in context.split["captions"]])
+
+    def reward(rows, positions, captions, pixels):
+        return torch.tensor(scorer.scores(rows, captions), dtype=torch.float32)
+
+    return reward
+
+
+def clipscore_reward(context: RewardContext) -> RewardFn:
+    """CLIP-S = 2.5 max(cos, 0) with the pretrained run's contrastive head (frozen: the policy cannot
+    move its own judge)."""
+    model = context.pretrained
+    if model.head is None:
+        raise UserError("--reward clipscore needs a run with a contrastive head; this pretrained run has none "
+                        "(use --reward cider).")
+    scorer = RunScorer(model, context.tokenizer, context.processor)
+
+    def reward(rows, positions, captions, pixels):
+        with torch.no_grad():
+            images = model.head.embed_image(model.encode_images(pixels).pooler_output).float()
+            texts = scorer.embed_texts(captions)
+        cosines = (images[positions.to(images.device)] * texts).sum(-1)
+        return (CLIP_W * cosines.clamp(min=0)).cpu()
+
+    return reward
+
+
+def hallucination_reward(context: RewardContext) -> RewardFn:
+    """The number of hallucinated mentions in each caption (exact: shapes' ground-truth objects)."""
+    if "objects" not in context.split.column_names:
+        raise UserError("--reward hallucination needs each image's ground-truth objects (the shapes data has them); "
+                        "this dataset has no objects column.")
+    objects = list(context.split["objects"])
+
+    def reward(rows, positions, captions, pixels):
+        return torch.tensor([float(len(find_hallucinations(c, objects[r]))) for r, c in zip(rows, captions)])
+
+    return reward
+
+
+REWARD_BUILDERS: dict[str, Callable[[RewardContext], RewardFn]] = {
+    "cider": cider_reward, "clipscore": clipscore_reward, "hallucination": hallucination_reward,
+}
+
+
+class WeightedReward:
+    """The weighted sum of `align.reward`'s terms, with each term's mean kept for the logs."""
+
+    def __init__(self, spec: str, context: RewardContext):
+        self.weights = parse_reward(spec)
+        self.terms = {name: REWARD_BUILDERS[name](context) for name in self.weights}
+
+    def __call__(self, rows, positions, captions, pixels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, parts = torch.zeros(len(captions)), {}
+        for name, weight in self.weights.items():
+            values = self.terms[name](rows, positions, captions, pixels).float().cpu()
+            parts[f"reward/{name}"] = values.mean()
+            total = total + weight * values
+        return total, parts
+
+
+class TrainingImages(Dataset):
+    """The training split's rows, by index (the batch maker loads their images)."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class ImageBatchMaker:
+    """Rows → {"index", "pixel_values"} and, for the contrastive term, each image's first reference
+    tokenised for the text side."""
+
+    def __init__(self, split, processor, text_inputs=None):
+        self.split, self.processor, self.text_inputs = split, processor, text_inputs
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        chosen = self.split.select(rows)
+        batch = {"index": torch.tensor(rows), "pixel_values": pixel_values(self.processor, list(chosen["image"]))}
+        if self.text_inputs is not None:
+            text = self.text_inputs([c[0] for c in chosen["captions"]])
+            batch["text_input_ids"], batch["text_attention_mask"] = text["input_ids"], text["attention_mask"]
+        return batch
+
+
+def sample_labels(sequences: torch.Tensor, prompt: int, eos: int) -> torch.Tensor:
+    """Generated ids → labels: the new tokens up to and including the first EOS, -100 after it."""
+    labels = sequences[:, prompt:].clone()
+    is_eos = labels == eos
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return labels.masked_fill(after, -100)
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each label token (0 where the label is -100)."""
+    mask = labels != -100
+    picked = torch.gather(logits.float().log_softmax(-1), 2, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask
+
+
+def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int, baseline: str, beta: float,
+                 contrastive_weight: float = 0.0):
+    """The SCST objective (see the module docstring) with its logs: reward mean / std, advantage
+    mean / mean absolute value, the per-token KL estimate, sampled caption length in words."""
+    eos = tokenizer.eos_token_id
+
+    def decode(sequences, prompt):
+        labels = sample_labels(sequences, prompt, eos)
+        texts = tokenizer.batch_decode(labels.masked_fill(labels == -100, eos), skip_special_tokens=True)
+        return labels, [t.strip() for t in texts]
+
+    def loss_fn(module, batch):
+        pixels, rows = batch["pixel_values"], batch["index"].tolist()
+        prompt = 1 if module.arch == "cross-attention" else 0  # VisionEncoderDecoder's output starts with its start token
+        with torch.no_grad():
+            sampled = module.generate(pixels, do_sample=True, top_k=0, num_beams=1, num_return_sequences=num_samples)
+        labels, captions = decode(sampled, prompt)
+        positions = torch.arange(len(rows)).repeat_interleave(num_samples)
+        owners = [rows[p] for p in positions.tolist()]
+        rewards, parts = reward(owners, positions, captions, pixels)
+        if baseline == "greedy":
+            with torch.no_grad():
+                greedy = module.generate(pixels, do_sample=False, num_beams=1)
+            greedy_rewards, _ = reward(rows, torch.arange(len(rows)), decode(greedy, prompt)[1], pixels)
+            base = greedy_rewards.repeat_interleave(num_samples)
+        else:
+            grouped = rewards.view(len(rows), num_samples)
+            base = ((grouped.sum(1, keepdim=True) - grouped) / (num_samples - 1)).flatten()
+        advantage = (rewards - base).to(pixels.device)
+        labels = labels.to(pixels.device)
+        mask = labels != -100
+
+        encoded = module.encode_images(pixels)
+        pooled = encoded.pooler_output
+        encoded.last_hidden_state = encoded.last_hidden_state.repeat_interleave(num_samples, 0)
+        logps = token_logps(module.caption_logits(encoded, labels), labels)
+        loss = -(advantage * logps.sum(-1)).mean()
+        with torch.no_grad():
+            ref_encoded = reference.encode_images(pixels)
+            ref_encoded.last_hidden_state = ref_encoded.last_hidden_state.repeat_interleave(num_samples, 0)
+            ref_logps = token_logps(reference.caption_logits(ref_encoded, labels), labels)
+        delta = ref_logps - logps
+        kl = ((delta.exp() - delta - 1) * mask).sum() / mask.sum().clamp(min=1)
+        if beta:
+            loss = loss + beta * kl
+        logs = {
+            "reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.tensor(0.0),
+            "advantage/mean": advantage.detach().mean(), "advantage/abs": advantage.detach().abs().mean(),
+            "kl": kl.detach(), "length": torch.tensor(sum(len(c.split()) for c in captions) / len(captions)),
+            **(parts if len(parts) > 1 else {}),
+        }
+        if contrastive_weight and "text_input_ids" in batch:
+            text = module.text_features(batch["text_input_ids"], batch["text_attention_mask"])
+            logs["contrastive_loss"] = info_nce(module.head.embed_image(pooled), module.head.embed_text(text), module.head.logit_scale)
+            loss = loss + contrastive_weight * logs["contrastive_loss"]
+        return loss, logs
+
+    return loss_fn
+
+
+def greedy_validation(split, tokenizer, processor, images: int):
+    """Greedy captions of the first `images` validation images: their CIDEr-D (document frequencies
+    from these references, as pycocoevalcap computes them) and mean length in words."""
+    split = split.select(range(min(images, len(split))))
+    pictures = list(split["image"])
+    scorer = CiderD([list(c) for c in split["captions"]])
+
+    def run(module) -> dict[str, float]:
+        captions = caption_images(module, tokenizer, processor, pictures, DecodeOptions())
+        scores = scorer.scores(list(range(len(captions))), captions)
+        return {"val_cider": sum(scores) / len(scores),
+                "val_length": sum(len(c.split()) for c in captions) / len(captions)}
+
+    return run
+
+
+def align_scst(model_dir: Path, config: RunConfig, dataset, policy, pretrained, tokenizer, processor,
+               contrastive_weight: float, out: Path | None, resume: bool, overwrite: bool) -> Path:
+    """Train `policy` (loaded and prepared by capalign.train.align) with SCST; writes the run folder."""
+    a = config.align
+    if "train" not in dataset or not len(dataset["train"]):
+        raise UserError(f"{config.data} has no training images for --method scst.")
+    split = dataset["train"]
+    reward = WeightedReward(a.reward, RewardContext(split, pretrained, tokenizer, processor))
+    run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
+    main = process_state().is_main_process
+    save_config(config, run_dir / CONFIG_NAME)
+    if main:
+        record_stage(run_dir, "align")
+    text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
+    collate = ImageBatchMaker(split, processor, text_inputs)
+    loss_fn = scst_loss_fn(reward, pretrained, tokenizer, a.num_samples, a.baseline, a.beta, contrastive_weight)
+    validation = dataset["validation"] if "validation" in dataset and len(dataset["validation"]) else None
+    settings = dataclasses.replace(
+        config.train, lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
+        weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, log_every=a.log_every,
+        eval_every=a.eval_every, patience=None,
+    )
+    ui.console.print(f"SCST on {len(split)} training images, {a.num_samples} samples each, reward {a.reward}, "
+                     f"baseline {a.baseline}, beta {a.beta}.")
+    engine = Engine(
+        policy, loss_fn, TrainingImages(split), collate, settings, run_dir,
+        validate=greedy_validation(validation, tokenizer, processor, config.train.val_images) if validation is not None else None,
+        description="scst", remedy="lower --lr or raise --beta", shown={"reward/mean": "reward"},
+    )
+    if resume and engine.resume():
+        ui.console.print(f"Resumed from step {engine.state.step}.")
+    engine.fit()
+    policy = engine.unwrapped()
+    engine.finish()
+    if not main:
+        return run_dir
+    merge_lora(policy)
+    save_captioner(run_dir, policy, tokenizer, processor)
+    mark_finished(run_dir, "align", method="scst", reference=str(model_dir), data=str(config.data),
+                  steps=engine.state.step, rounds=1, seed=config.train.seed, reward=a.reward, baseline=a.baseline,
+                  num_samples=a.num_samples, beta=a.beta, contrastive_weight=contrastive_weight,
+                  frozen=dict(policy.frozen))
+    clear_stage(run_dir)
+    report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
+    if report_split is not None:
+        alignment_report(policy, pretrained, tokenizer, processor,
+                         report_split.select(range(min(REPORT_IMAGES, len(report_split)))), run_dir)
+    write_model_card(run_dir)
+    return finish_run(run_dir)
