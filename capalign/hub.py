@@ -127,6 +127,17 @@ def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
 PUSH_IGNORE = ["checkpoints/*", "checkpoints/**", "*.partial*", ".*"]
 
 
+def symlinks_in(folder: Path) -> list[str]:
+    """Every symlink below `folder` as "NAME -> TARGET" (upload_folder would upload what they point at)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            if path.is_symlink():
+                found.append(f"{path.relative_to(folder)} -> {os.readlink(path)}")
+    return found
+
+
 def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
     """Upload a finished run folder (its model card refreshed first, checkpoints left out) to the Hub
     model repo `repo_id` (created if needed); returns the repo URL. Offline, unreachable or without a
@@ -137,6 +148,10 @@ def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise UserError(f"--repo-id {repo_id} is not a valid Hugging Face repo id (owner/name).") from None
+    links = symlinks_in(Path(run_dir))
+    if links:
+        raise UserError(f"cannot push {run_dir}: it holds {len(links)} symlink(s) ({', '.join(links[:3])}), whose targets "
+                        "lie outside the run; replace them with copies of the files or remove them, then push again.")
     if offline_requested():
         raise UserError("cannot push: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); unset it on a "
                         "machine with Hub access.")

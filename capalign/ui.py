@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 from contextlib import contextmanager, redirect_stdout
 from typing import Iterator
@@ -11,8 +12,27 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# C0/C1 control characters (ESC starts terminal commands: clear screen, set title, ...) and the
+# Unicode direction overrides; \n and \t stay as they are.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Untrusted text (captions, tokens from a model's vocabulary, file names) with its control
+    characters written as visible escapes (`\\x1b`), so it cannot drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text)
+
+
+class _Console(Console):
+    """A rich Console whose `print` passes plain strings through `printable` (rich itself lets ESC
+    through); capalign's own styling is markup, not control characters, so nothing of ours is lost."""
+
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 VERBOSE = False  # `capalign --verbose`: third-party output is shown (on stderr) instead of swallowed
 
 
@@ -36,7 +56,7 @@ def print_table(title: str, columns: list[str], rows: list[list[object]]) -> Non
     for column in columns:
         table.add_column(column, overflow="fold")  # wrap long cells instead of cutting them
     for row in rows:
-        table.add_row(*(f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in row))
+        table.add_row(*(f"{cell:.4f}" if isinstance(cell, float) else printable(str(cell)) for cell in row))
     console.print(table)
 
 

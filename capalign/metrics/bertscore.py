@@ -17,8 +17,11 @@ from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
 
 from capalign.errors import UserError
 from capalign.metrics.types import EvaluationResult, MetricOptions
+from capalign.models import guard
+from capalign.models.guard import NO_REMOTE_CODE
 
 DEFAULT_MODEL = "roberta-large"
+HINT = "pass a valid --bertscore-model folder"
 
 
 def _packaged_baseline(name: str) -> str | None:
@@ -52,6 +55,9 @@ def resolve_model(model: str | None, layer: int | None, baseline: str | None) ->
                 raise UserError(f"--bertscore-layer N is required for {name} (bert-score has no default layer)")
             layer = model2layers[name]
         base = baseline or _packaged_baseline(name)
+    # bert-score loads with AutoModel / AutoTokenizer and no trust_remote_code: refuse a folder that
+    # would make transformers ask to run its code (or is damaged) before bert-score sees it.
+    guard.check_folder(Path(path), HINT)
     scaling = f"rescaled with baseline {Path(base).name}" if base else "no baseline rescaling"
     label = f"bert-score {_version()}: {name}, layer {layer}, {scaling}"
     return path, layer, base, label
@@ -65,11 +71,12 @@ def _version() -> str:
 def _scorer(path: str, layer: int, baseline: str | None, device: str | None):
     from bert_score import BERTScorer  # deferred: as bert_score above
 
-    scorer = BERTScorer(
-        model_type=path, num_layers=layer, lang="en", rescale_with_baseline=baseline is not None,
-        baseline_path=baseline, device=device,
-    )
-    scorer._tokenizer = fix_prefix_space(scorer._tokenizer, path)
+    with guard.loading(path, HINT):
+        scorer = BERTScorer(
+            model_type=path, num_layers=layer, lang="en", rescale_with_baseline=baseline is not None,
+            baseline_path=baseline, device=device,
+        )
+        scorer._tokenizer = fix_prefix_space(scorer._tokenizer, path)
     return scorer
 
 
@@ -81,7 +88,8 @@ def fix_prefix_space(tokenizer, path: str):
     probe = "a"
     if tokenizer.encode(probe, add_prefix_space=True) == tokenizer.encode(" " + probe):
         return tokenizer
-    return AutoTokenizer.from_pretrained(path, use_fast=False, add_prefix_space=True, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, use_fast=False, add_prefix_space=True, local_files_only=True,
+                                         **NO_REMOTE_CODE)
 
 
 def score_bertscore(

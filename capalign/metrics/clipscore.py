@@ -10,6 +10,7 @@ Written here (not a package) because jmhessel/clipscore is a script around OpenA
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,23 +18,33 @@ import torch
 from transformers import AutoProcessor, CLIPModel
 
 from capalign.metrics.types import EvaluationResult, MetricOptions
+from capalign.models import guard
+from capalign.models.guard import NO_REMOTE_CODE
 
 W = 2.5
 PROMPT = "A photo depicts"
+HINT = "pass a valid --clip-model folder"
 
 
 class HFClipScorer:
     """L2-normalised image and text embeddings from a transformers CLIPModel."""
 
     def __init__(self, name_or_path: str, device: str | None = None, batch_size: int = 64):
-        try:
-            self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=True)
-            self.processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True)
-        except OSError:
-            raise FileNotFoundError(
-                f"CLIP model '{name_or_path}' is not on this machine; run `capalign fetch --model {name_or_path}` "
-                "on a connected machine, or pass --clip-model PATH"
-            ) from None
+        folder = Path(name_or_path).expanduser()
+        if folder.is_dir():  # a folder the user gave: damaged or hostile is a one-line error, never "missing"
+            guard.check_folder(folder, HINT)
+            with guard.loading(folder, HINT):
+                self.model = CLIPModel.from_pretrained(folder, local_files_only=True, **NO_REMOTE_CODE)
+                self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True, **NO_REMOTE_CODE)
+        else:
+            try:
+                self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=True, **NO_REMOTE_CODE)
+                self.processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True, **NO_REMOTE_CODE)
+            except OSError:
+                raise FileNotFoundError(
+                    f"CLIP model '{name_or_path}' is not on this machine; run `capalign fetch --model {name_or_path}` "
+                    "on a connected machine, or pass --clip-model PATH"
+                ) from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.batch_size = batch_size

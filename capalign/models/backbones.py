@@ -17,7 +17,11 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from capalign.errors import UserError
 from capalign.hub import fetch_model, offline_mode
+from capalign.models import guard
+from capalign.models.guard import NO_REMOTE_CODE
 from capalign.models.tokenizer import ensure_pad_token
+
+HINT = "pass a valid model folder or Hugging Face model id"
 
 # Composite (image + text) checkpoints whose vision tower has its own model class.
 _VISION_TOWERS = {
@@ -39,30 +43,39 @@ def resolve(name_or_path: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json; pass a folder written by save_pretrained or a Hugging Face model id.")
+        guard.check_folder(path.resolve(), HINT)
         return str(path.resolve())
     if path.exists():
         raise UserError(f"{path} is a file; pass a model folder or a Hugging Face model id.")
     try:
         with offline_mode():
-            return snapshot_download(name_or_path, local_files_only=True)
+            found = snapshot_download(name_or_path, local_files_only=True)
     except Exception:  # not cached (or not a valid id): fetch_model says which, or downloads
-        pass
-    return str(fetch_model(name_or_path))
+        found = str(fetch_model(name_or_path))
+    guard.check_folder(Path(found), HINT)
+    return found
 
 
 def _config(path: str):
-    return AutoConfig.from_pretrained(path, local_files_only=True)
+    with guard.loading(path, HINT, what="config.json"):
+        return AutoConfig.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
 
 
 def load_vision(name_or_path: str) -> torch.nn.Module:
     """An image encoder: the vision tower of a CLIP/SigLIP checkpoint, or any AutoModel vision model
     (ViT, MobileNetV2, DINOv2, ...)."""
     path = resolve(name_or_path)
-    model_type = _config(path).model_type
+    config = _config(path)
+    model_type = config.model_type
     if model_type in _VISION_TOWERS:
         cls = getattr(transformers, _VISION_TOWERS[model_type][1])
-        return cls.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+        tower_config = getattr(config, "vision_config", None) or config
+        guard.check_size(path, lambda: cls(tower_config), HINT)
+        with guard.loading(path, HINT, what="weights"):
+            return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
+    guard.check_size(path, lambda: AutoModel.from_config(config, **NO_REMOTE_CODE), HINT)
+    with guard.loading(path, HINT, what="weights"):
+        model = AutoModel.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
     if getattr(model.config, "vision_config", None) is not None or getattr(model.config, "text_config", None) is not None:
         raise UserError(f"{name_or_path} is a composite '{model_type}' model; pass a vision-only model or a CLIP/SigLIP checkpoint.")
     return model
@@ -79,7 +92,10 @@ def load_text_tower(name_or_path: str) -> torch.nn.Module:
         text_config = config.text_config
         text_config.projection_dim = config.projection_dim
         kwargs["config"] = text_config
-    return getattr(transformers, _TEXT_TOWERS[config.model_type]).from_pretrained(path, local_files_only=True, **kwargs)
+    cls = getattr(transformers, _TEXT_TOWERS[config.model_type])
+    guard.check_size(path, lambda: cls(kwargs.get("config", config)), HINT)
+    with guard.loading(path, HINT, what="weights"):
+        return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
 
 
 def load_decoder(name_or_path: str, cross_attention: bool = False) -> torch.nn.Module:
@@ -87,11 +103,17 @@ def load_decoder(name_or_path: str, cross_attention: bool = False) -> torch.nn.M
     layers are switched on (new, randomly initialised) for the encoder–decoder architecture."""
     path = resolve(name_or_path)
     kwargs = {"add_cross_attention": True, "is_decoder": True} if cross_attention else {}
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+    config = _config(path)
+    guard.check_size(path, lambda: AutoModelForCausalLM.from_config(config, **NO_REMOTE_CODE), HINT)
+    with guard.loading(path, HINT, what="weights"):
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
 
 
 def load_tokenizer(name_or_path: str):
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), local_files_only=True)
+    """The model's tokenizer, with a pad token."""
+    path = resolve(name_or_path)
+    with guard.loading(path, HINT, what="tokenizer files"):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -101,7 +123,8 @@ def load_image_processor(name_or_path: str):
     path = resolve(name_or_path)
     if not (Path(path) / "preprocessor_config.json").is_file():
         return None
-    return AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    with guard.loading(path, HINT, what="preprocessor_config.json"):
+        return AutoImageProcessor.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
 
 
 def pooled(outputs) -> torch.Tensor:

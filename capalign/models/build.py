@@ -28,10 +28,11 @@ from transformers import (
 from capalign import ui
 from capalign.config import ModelConfig
 from capalign.errors import UserError
-from capalign.models import backbones
+from capalign.models import backbones, guard
 from capalign.data.collate import pixel_values
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
+from capalign.models.guard import NO_REMOTE_CODE
 from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel, PrefixMapper
 from capalign.models.tokenizer import train_word_tokenizer
 
@@ -100,11 +101,12 @@ def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
                 # transformers 5 reads `is_decoder` off the decoder config, which hub GPT-2 configs lack:
                 # pass the config with cross-attention switched on (what the method would do itself).
                 path = backbones.resolve(cfg.decoder)
-                decoder_config = AutoConfig.from_pretrained(path, local_files_only=True)
-                decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
-                model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
-                    encoder_model=vision, decoder_pretrained_model_name_or_path=path,
-                    decoder_config=decoder_config, decoder_local_files_only=True)
+                with guard.loading(path, backbones.HINT):
+                    decoder_config = AutoConfig.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
+                    decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
+                    model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
+                        encoder_model=vision, decoder_pretrained_model_name_or_path=path, decoder_config=decoder_config,
+                        decoder_local_files_only=True, decoder_trust_remote_code=False)
             else:
                 model = VisionEncoderDecoderModel(encoder=vision, decoder=GPT2LMHeadModel(tiny_decoder_config(cfg, tokenizer, True)))
             configure_special_tokens(model, tokenizer, cfg.max_caption_tokens)

@@ -11,8 +11,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from capalign.errors import UserError
+from capalign.models import guard
+
 HEAD_WEIGHTS = "contrastive_head.safetensors"
 HEAD_CONFIG = "contrastive_head.json"
+MAX_DIM = 1 << 16  # widths beyond this are refused before anything is allocated
 
 
 class ContrastiveHead(nn.Module):
@@ -41,8 +45,20 @@ class ContrastiveHead(nn.Module):
         run_dir = Path(run_dir)
         if not (run_dir / HEAD_CONFIG).is_file():
             return None
-        head = cls(**json.loads((run_dir / HEAD_CONFIG).read_text()))
-        head.load_state_dict(load_file(str(run_dir / HEAD_WEIGHTS)))
+        with guard.loading(run_dir, what=HEAD_CONFIG):
+            dims = json.loads((run_dir / HEAD_CONFIG).read_bytes().decode("utf-8"))
+        keys = ("image_dim", "text_dim", "projection_dim")
+        if not isinstance(dims, dict) or set(dims) != set(keys) or \
+                not all(type(dims[k]) is int and 1 <= dims[k] <= MAX_DIM for k in keys):
+            raise UserError(f"cannot load model from {run_dir}: {HEAD_CONFIG} must give {', '.join(keys)} as whole "
+                            f"numbers from 1 to {MAX_DIM}; {guard.HINT}")
+        wanted = {"image_proj.weight": (dims["projection_dim"], dims["image_dim"]),
+                  "text_proj.weight": (dims["projection_dim"], dims["text_dim"]), "logit_scale": ()}
+        if guard.safetensors_shapes(run_dir / HEAD_WEIGHTS, run_dir) != wanted:
+            raise UserError(f"cannot load model from {run_dir}: {HEAD_WEIGHTS} does not match {HEAD_CONFIG}; {guard.HINT}")
+        head = cls(**dims)
+        with guard.loading(run_dir, what=HEAD_WEIGHTS):
+            head.load_state_dict(load_file(str(run_dir / HEAD_WEIGHTS)))
         return head
 
 

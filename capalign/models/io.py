@@ -19,17 +19,49 @@ import torch
 import yaml
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModelWithProjection, VisionEncoderDecoderModel
 
+from capalign.errors import UserError
+from capalign.models import guard
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
-from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel
+from capalign.models.guard import NO_REMOTE_CODE
+from capalign.models.prefix import MAPPERS, ImageEncoderModel, PrefixCaptionModel
 from capalign.devices import resolve_dtype
 from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION
 
+ARCHS = ("cross-attention", "prefix", "contrastive")
+MAPPER_LIMITS = {"image_dim": 1 << 16, "text_dim": 1 << 16, "prefix_length": 1 << 10, "layers": 64, "heads": 256}
+
 
 def read_description(run_dir: Path) -> dict | None:
-    """The run's capalign_model.json, or None (older cross-attention runs have none)."""
+    """The run's capalign_model.json, or None (older cross-attention runs have none); one checked
+    for its fields' types and sizes (a UserError when it is damaged)."""
     path = Path(run_dir) / MODEL_DESCRIPTION
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    with guard.loading(run_dir, what=MODEL_DESCRIPTION):
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    problem = _description_problem(info)
+    if problem:
+        raise UserError(f"cannot load model from {run_dir}: {MODEL_DESCRIPTION} {problem}; {guard.HINT}")
+    return info
+
+
+def _description_problem(info) -> str | None:
+    """What is wrong with a capalign_model.json's content, or None."""
+    if not isinstance(info, dict) or info.get("arch") not in ARCHS:
+        return f"must be a JSON object with an arch among {', '.join(ARCHS)}"
+    if not isinstance(info.get("frozen", {}), dict) or not all(
+            v is None or isinstance(v, bool) for v in info.get("frozen", {}).values()):
+        return "has a 'frozen' entry that is not a mapping of true/false"
+    if info["arch"] != "prefix":
+        return None
+    mapper = info.get("mapper")
+    if not isinstance(mapper, dict) or set(mapper) != set(MAPPER_LIMITS) | {"kind"} or mapper["kind"] not in MAPPERS:
+        return f"has no valid 'mapper' (kind among {', '.join(MAPPERS)} and {', '.join(MAPPER_LIMITS)})"
+    for key, limit in MAPPER_LIMITS.items():
+        if type(mapper[key]) is not int or not 1 <= mapper[key] <= limit:
+            return f"has mapper {key} = {str(mapper[key])[:40]} (expected a whole number from 1 to {limit})"
+    return None
 
 
 def describe(captioner: Captioner) -> dict:
@@ -59,8 +91,10 @@ def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) ->
 def trained_precision(run_dir: Path) -> str | None:
     """The run's `train.mixed_precision` (no, fp16, bf16) from its saved config, or None."""
     path = Path(run_dir) / CONFIG_NAME
-    config = yaml.safe_load(path.read_text()) if path.is_file() else None
-    return ((config or {}).get("train") or {}).get("mixed_precision")
+    with guard.loading(run_dir, what=CONFIG_NAME):
+        config = yaml.safe_load(path.read_bytes().decode("utf-8")) if path.is_file() else None
+    train = config.get("train") if isinstance(config, dict) else None
+    return train.get("mixed_precision") if isinstance(train, dict) else None
 
 
 def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None):
@@ -68,19 +102,24 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtyp
     where the model goes (None: stays on the CPU); `dtype`: a torch dtype or a `--dtype` name (see
     capalign.devices.resolve_dtype) to cast it to (None: as saved)."""
     run_dir = Path(run_dir)
+    guard.check_folder(run_dir)
     info = read_description(run_dir) or {"arch": "cross-attention"}
     if info["arch"] == "prefix":
         model = PrefixCaptionModel.from_pretrained(run_dir, info)
     elif info["arch"] == "contrastive":
         model = ImageEncoderModel.from_pretrained(run_dir, info)
     else:
-        model = VisionEncoderDecoderModel.from_pretrained(run_dir, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True)
-    processor = AutoImageProcessor.from_pretrained(run_dir, local_files_only=True)
+        model = guard.load_pretrained(VisionEncoderDecoderModel, run_dir)
+    guard.require(run_dir, "preprocessor_config.json", "tokenizer.json|vocab.json|vocab.txt")
+    with guard.loading(run_dir, what="tokenizer files"):
+        tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
+    with guard.loading(run_dir, what="preprocessor_config.json"):
+        processor = AutoImageProcessor.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
     text_tower = text_tokenizer = None
     if info.get("text_tower"):
-        text_tower = CLIPTextModelWithProjection.from_pretrained(run_dir / "text", local_files_only=True)
-        text_tokenizer = AutoTokenizer.from_pretrained(run_dir / "text", local_files_only=True)
+        text_tower = guard.load_pretrained(CLIPTextModelWithProjection, run_dir / "text")
+        with guard.loading(run_dir / "text", what="tokenizer files"):
+            text_tokenizer = AutoTokenizer.from_pretrained(run_dir / "text", local_files_only=True, **NO_REMOTE_CODE)
     captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer)
     frozen = info.get("frozen", {})
     captioner.freeze(vision=frozen.get("vision"), decoder=frozen.get("decoder"), text=frozen.get("text"))
@@ -91,3 +130,4 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtyp
     if dtype is not None:
         captioner.to(dtype)
     return captioner, tokenizer, processor
+

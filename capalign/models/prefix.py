@@ -25,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from capalign.errors import UserError
+from capalign.models import guard
 from capalign.models.backbones import load_vision
 
 MAPPER_WEIGHTS = "mapper.safetensors"
@@ -125,9 +127,16 @@ class PrefixCaptionModel(nn.Module):
     def from_pretrained(cls, run_dir: Path, description: dict) -> "PrefixCaptionModel":
         run_dir = Path(run_dir)
         encoder = load_vision(str(run_dir / "vision"))
-        decoder = AutoModelForCausalLM.from_pretrained(run_dir / "decoder", local_files_only=True)
+        decoder = guard.load_pretrained(AutoModelForCausalLM, run_dir / "decoder")
+        stored = guard.safetensors_shapes(run_dir / MAPPER_WEIGHTS, run_dir)
+        with torch.device("meta"):  # the described mapper's shapes, before anything is allocated
+            wanted = {k: tuple(v.shape) for k, v in PrefixMapper(**description["mapper"]).state_dict().items()}
+        if stored != wanted:
+            raise UserError(f"cannot load model from {run_dir}: {MAPPER_WEIGHTS} does not match the mapper in "
+                                  f"capalign_model.json; {guard.HINT}")
         mapper = PrefixMapper(**description["mapper"])
-        mapper.load_state_dict(load_file(str(run_dir / MAPPER_WEIGHTS)))
+        with guard.loading(run_dir, what=MAPPER_WEIGHTS):
+            mapper.load_state_dict(load_file(str(run_dir / MAPPER_WEIGHTS)))
         return cls(encoder, decoder, mapper)
 
 

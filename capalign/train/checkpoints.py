@@ -13,12 +13,20 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
+from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
 from capalign.errors import UserError
+from capalign.models import guard
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
+ENGINE_STATE = "engine_state.json"
+RESUME_HINT = "start afresh without --resume (or with --overwrite)"
+# What accelerate's own weights-only loading admits in its RNG-state pickle (numpy arrays, codecs.encode).
+_ALLOWED_GLOBALS = frozenset(f"{g.__module__}.{g.__qualname__}" for g in TORCH_SAFE_GLOBALS)
 
 
 def fsync_tree(folder: Path) -> None:
@@ -112,3 +120,26 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     for leftover in Path(root).glob("*.partial"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def restore(accelerator, folder: Path, state_cls):
+    """Load a checkpoint into `accelerator` (weights, optimiser, scheduler, RNG) and return its engine
+    state as a `state_cls`. A checkpoint whose files are damaged or hostile even though they match
+    their manifest (pickles importing code, safetensors headers that lie, a garbage engine state) is
+    a one-line UserError naming the file; nothing of it is unpickled beyond plain tensors."""
+    folder = Path(folder)
+    action = "cannot resume from"
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".safetensors":
+            guard.safetensors_shapes(path, folder, RESUME_HINT, action)
+        elif path.suffix in guard.PICKLE_SUFFIXES:
+            guard.check_pickle(path, folder, RESUME_HINT, _ALLOWED_GLOBALS, action)
+    with guard.loading(folder, RESUME_HINT, action, what="weights, optimiser, scheduler or RNG state"):
+        accelerator.load_state(str(folder))
+    with guard.loading(folder, RESUME_HINT, action, what=ENGINE_STATE):
+        data = json.loads((folder / ENGINE_STATE).read_bytes().decode("utf-8"))
+    names = {f.name for f in fields(state_cls)}
+    if not isinstance(data, dict) or not set(data) <= names or \
+            not all(v is None or type(v) in (int, float, bool) for v in data.values()):
+        raise UserError(f"{action} {folder}: {ENGINE_STATE} is not an engine state; {RESUME_HINT}")
+    return state_cls(**data)

@@ -197,11 +197,10 @@ class Engine:
             return False
         if passed_over:
             ui.err_console.print(f"Resuming from the newest intact checkpoint, {path.name}.", highlight=False)
-        self.accelerator.load_state(str(path))
+        self.state = checkpoints.restore(self.accelerator, path, EngineState)
         # Starting the data iterator draws from the global torch RNG; re-apply the checkpoint's
         # state after that draw so dropout continues exactly as in an uninterrupted run.
         self._rng_to_restore = torch.get_rng_state()
-        self.state = EngineState(**json.loads((path / "engine_state.json").read_text()))
         self._keep_metrics_up_to(self.state.step + self.step_offset)
         return True
 
