@@ -104,7 +104,7 @@ def caption_images_scored(captioner, tokenizer, processor, images, options: Deco
     options.check_model(captioner)
     captioner.eval()
     device = next(captioner.parameters()).device
-    scorer = captioner.model if captioner.arch == "cross-attention" else captioner.model.decoder
+    scorer = captioner.transition_scorer()
     eos = tokenizer.eos_token_id
     out: list[ScoredCaption] = []
     for start in range(0, len(images), options.batch_size):

@@ -54,24 +54,11 @@ def _policy_outputs(module, batch, average: bool):
     if "pixel_values" in batch:
         encoded = module.encode_images(batch["pixel_values"])
         pooled = encoded.pooler_output
-        encoded.last_hidden_state = encoded.last_hidden_state.repeat(2, 1, 1)
-        logits = module.caption_logits(encoded, labels)
+        logits = module.caption_logits(encoded, labels)  # each image scores its chosen and its rejected caption
     else:
-        logits = decoder_prior_logits(module, labels)
+        logits = module.prior_logits(labels)
     logps = sequence_logps(logits, labels, average=average)
     return logps[:n], logps[n:], logits[:n], labels[:n], pooled
-
-
-def decoder_prior_logits(module, labels: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced logits of the decoder alone, with no image (its language prior); the decoder
-    input is `labels` shifted right after the decoder start token, as VisionEncoderDecoder does."""
-    config = module.model.config
-    inputs = labels.new_full(labels.shape, config.pad_token_id)
-    inputs[:, 0] = config.decoder_start_token_id
-    inputs[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, config.pad_token_id)
-    attention = torch.ones_like(inputs)
-    attention[:, 1:] = (labels[:, :-1] != -100).long()
-    return module.model.decoder(input_ids=inputs, attention_mask=attention).logits
 
 
 def _pad_to(labels: torch.Tensor, width: int) -> torch.Tensor:
@@ -152,15 +139,15 @@ def add_lora(policy, rank: int) -> None:
         raise UserError("--lora-rank needs peft: pip install peft.") from None
     policy.requires_grad_(False)
     try:
-        policy.model.decoder = get_peft_model(policy.model.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0))
+        policy.set_decoder(get_peft_model(policy.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0)))
     except ValueError as exc:
         raise UserError(f"LoRA cannot wrap this decoder: {str(exc).splitlines()[0]}") from None
 
 
 def merge_lora(policy) -> None:
     """Fold trained adapters back into the decoder, so the run folder is a plain model again."""
-    if hasattr(policy.model.decoder, "merge_and_unload"):
-        policy.model.decoder = policy.model.decoder.merge_and_unload()
+    if hasattr(policy.decoder, "merge_and_unload"):
+        policy.set_decoder(policy.decoder.merge_and_unload())
 
 
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False,

@@ -60,7 +60,7 @@ def build_run(config: RunConfig):
 def _pairs(split, name: str, captioner, processor, use_cache: bool):
     if not use_cache:
         return CaptionPairs(split)
-    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.arch == "cross-attention")
+    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.architecture.keeps_encoder_tokens)
     if store.computed:
         ui.console.print(f"Cached frozen-encoder features of {name} ({len(store)} images) in {store.folder}")
     return CachedCaptionPairs(split, store)
@@ -91,17 +91,18 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     def save(module, where: Path) -> None:
         save_captioner(where, module, tokenizer, processor)
 
-    use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment
+    use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment \
+        and captioner.architecture.caches_features
     train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache)
     validate = None
     if "validation" in data and len(data["validation"]):
         val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache)
         checks = [validation_loss(val_pairs, plain_collate, loss_fn, config.train.batch_size)]
-        spec = config.train.select or ("top1" if captioner.arch == "contrastive" else "cider")
+        spec = config.train.select or ("cider" if captioner.architecture.captions else "top1")
         retrieval = spec.lower() != "none" and {n for _, n in parse_select(spec)} <= RETRIEVAL
         if spec.lower() != "none" and retrieval and captioner.head is None:
             raise UserError(f"--select {spec} needs a contrastive head; set a contrastive weight above 0.")
-        if spec.lower() != "none" and not retrieval and captioner.arch == "contrastive":
+        if spec.lower() != "none" and not retrieval and not captioner.architecture.captions:
             raise UserError(f"--select {spec}: a contrastive-only model writes no captions; use top1, top10 or top100.")
         if spec.lower() != "none":
             checks.append(validation_metric(data["validation"], tokenizer, processor, spec, config.train.val_images,
