@@ -3,7 +3,10 @@
 
 Cross-attention runs are plain transformers folders (config.json, model.safetensors, tokenizer,
 preprocessor_config.json) that load in `VisionEncoderDecoderModel.from_pretrained` without capalign;
-the contrastive head sits beside them in its own file. (transformers 5 folded the "image-to-text"
+so are runs started from a BLIP or GIT captioner (`BlipForConditionalGeneration`, `GitForCausalLM`,
+with their processor's files), and `load_captioner` reads any such transformers captioner folder too
+(capalign.models.registry picks the architecture from config.json's model_type). The contrastive
+head sits beside them in its own file. (transformers 5 folded the "image-to-text"
 pipeline into "image-text-to-text", which needs a text prompt and does not drive encoder–decoder
 captioners, so no pipeline is promised.) Prefix / contrastive runs hold `vision/`, `decoder/`
 (save_pretrained folders) and `mapper.safetensors`. Every run: `capalign_model.json`; a frozen CLIP
@@ -12,6 +15,7 @@ text tower in `text/`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -82,6 +86,13 @@ def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) ->
         captioner.text_tower.save_pretrained(run_dir / "text")
         captioner.text_tokenizer.save_pretrained(run_dir / "text")
     (run_dir / MODEL_DESCRIPTION).write_text(json.dumps(describe(captioner), indent=1))
+
+
+def foreign_model_config(folder: Path, base):
+    """The ModelConfig a run started from a transformers captioner folder records: its architecture,
+    the folder as its vision and decoder, the rest as `base` (a capalign run records its own)."""
+    return dataclasses.replace(base, arch=folder_description(Path(folder)).get("arch"),
+                               vision=str(folder), decoder=str(folder))
 
 
 def trained_precision(run_dir: Path) -> str | None:
