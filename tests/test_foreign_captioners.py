@@ -75,7 +75,7 @@ def test_evaluate_runs_and_leaves_the_folder_alone(foreign, kind, workspace, tmp
                             "--metrics", "bleu,cider,retrieval", "--output", str(output)], capsys)
     assert code == 0, err
     report = json.loads(output.read_text())
-    assert "CIDEr" in json.dumps(report["summary"])
+    assert "CIDEr" in report["metrics"]
     assert "no contrastive head" in json.dumps(report)  # retrieval listed as missing, with the reason
     assert {p.name: p.read_bytes() for p in foreign[kind].iterdir()} == before
 
@@ -88,6 +88,7 @@ def test_align_writes_a_folder_plain_transformers_loads(foreign, photos, kind, w
                             "--max-steps", "2", "--batch-size", "4", "--out", "aligned"], capsys)
     assert code == 0, err
     aligned = tmp_path / "aligned"
+    assert (aligned / "model.safetensors").read_bytes() != (foreign[kind] / "model.safetensors").read_bytes()  # trained
     ids, captions, _ = plain_generate(aligned, kind, photos, num_beams=1)
     assert len(captions) == len(photos) and ids.size(0) == len(photos)
     assert json.loads((aligned / "capalign_model.json").read_text())["arch"] == registry_name(kind)
