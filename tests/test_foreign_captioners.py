@@ -111,3 +111,13 @@ def test_a_folder_of_another_kind_is_refused_with_one_line(photos, tmp_path, cap
     code, _, err = run_cli(["caption", str(photos[0]), "--model", str(folder)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "'bert' model" in err and "vision-encoder-decoder" in err
+
+
+def test_compare_two_foreign_captioners(foreign, workspace, tmp_path, capsys):
+    output = tmp_path / "cmp.json"
+    code, out, err = run_cli(["compare", str(foreign["vision-encoder-decoder"]), str(foreign["git"]),
+                              "--data", str(workspace / "data" / "shapes"), "--metrics", "cider", "--output", str(output)],
+                             capsys)
+    assert code == 0, err
+    compared = json.loads(output.read_text())
+    assert set(compared["systems"]) == {"vision-encoder-decoder", "git"}
