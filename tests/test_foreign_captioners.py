@@ -121,3 +121,36 @@ def test_compare_two_foreign_captioners(foreign, workspace, tmp_path, capsys):
     assert code == 0, err
     compared = json.loads(output.read_text())
     assert set(compared["systems"]) == {"vision-encoder-decoder", "git"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pretrain_init_from_fine_tunes_in_the_models_own_format(foreign, photos, kind, workspace, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["pretrain", "--init-from", str(foreign[kind]), "--data", str(workspace / "data" / "shapes"),
+                            "--max-steps", "2", "--batch-size", "4", "--select", "none", "--out", "tuned"], capsys)
+    assert code == 0, err
+    tuned = tmp_path / "tuned"
+    assert (tuned / "model.safetensors").read_bytes() != (foreign[kind] / "model.safetensors").read_bytes()
+    ids, captions, _ = plain_generate(tuned, kind, photos, num_beams=1)
+    assert ids.size(0) == len(photos)
+    assert json.loads((tuned / "run.json").read_text())["init_from"] == str(foreign[kind])
+
+
+def test_cached_hub_id_works_offline(foreign, photos, tmp_path, monkeypatch, capsys):
+    """A Hub id whose snapshot is in the Hugging Face cache (its layout: refs/main → snapshots/REV)
+    captions offline, as its folder does."""
+    import shutil
+
+    cache = tmp_path / "hub-cache"
+    repo = cache / "models--someone--tiny-vit-gpt2"
+    shutil.copytree(foreign["vision-encoder-decoder"], repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    _, expected, _ = plain_generate(foreign["vision-encoder-decoder"], "vision-encoder-decoder", photos[:1], num_beams=1)
+    output = tmp_path / "captions.jsonl"
+    code, _, err = run_cli(["caption", str(photos[0]), "--model", "someone/tiny-vit-gpt2", "--output", str(output)], capsys)
+    assert code == 0, err
+    assert [json.loads(line)["caption"] for line in output.read_text().splitlines()] == expected
