@@ -84,19 +84,12 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, run_folder_or_hub_id: str | Path, device: str | torch.device | None = None) -> "Captioner":
-        """Load a finished run folder, or a run pushed to the Hugging Face Hub (`owner/name`, downloaded
-        through capalign.hub: offline it fails within seconds, one clear line). `device`: auto (the
+        """Load a finished run folder, a transformers captioner folder (VisionEncoderDecoder, BLIP, GIT,
+        as save_pretrained writes it), or a Hub id of either (`owner/name`, downloaded through
+        capalign.hub: offline and not cached it fails within seconds, one clear line). `device`: auto (the
         accelerator when present, else CPU), cpu, cuda, cuda:N or mps."""
-        path = Path(run_folder_or_hub_id).expanduser()
-        if path.exists():
-            run_dir = resolve_model(path)
-        else:
-            from capalign.hub import fetch_model  # deferred: imports huggingface_hub and datasets, only for hub ids
-
-            run_dir = fetch_model(str(run_folder_or_hub_id))
-            if not is_run_dir(run_dir):
-                raise UserError(f"{run_folder_or_hub_id} is not a capalign run (no run.json with a model config); "
-                                "push runs with `capalign push`.")
+        run_dir = resolve_model(Path(run_folder_or_hub_id).expanduser() if Path(run_folder_or_hub_id).expanduser().exists()
+                                else run_folder_or_hub_id)
         module, tokenizer, processor = load_captioner(run_dir)
         return cls(module.to(resolve_device(device and str(device))), tokenizer, processor, source=run_folder_or_hub_id)
 
@@ -218,7 +211,8 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
                       load_instances(Path(instances) if instances is not None else None), dtype=dtype)
     result = score_system(system, the_split, names, scoring) if names else EvaluationResult()
     result.missing.update(notes)
-    if record and system.run_dir is not None and limit is None and result.summary:
+    if record and system.run_dir is not None and is_run_dir(system.run_dir) and limit is None and result.summary:
+        # (a transformers captioner folder is the user's own: its README stays theirs)
         # after the scoring, not before: a read-only run folder (a shared model) still gets scored
         problem = record_evaluation(system.run_dir, data_label, split_label, len(system.captions), result.summary)
         if problem:

@@ -12,6 +12,7 @@ import yaml
 
 from capalign.errors import UserError
 from capalign.usertext import read_text
+from capalign.models import registry
 
 
 def setting(default, help: str, **kwargs):
@@ -189,7 +190,6 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-ARCHS = ("cross-attention", "prefix", "contrastive")
 TRACKERS = ("tensorboard", "wandb")
 
 LOSSES = ("sigmoid", "ipo", "hinge", "robust")
@@ -272,6 +272,7 @@ def _apply_preset(config: RunConfig, preset: str | None) -> None:
 
 def validate(config: RunConfig) -> None:
     """Reject values no run can use, with one clear sentence."""
+    arch_problem = registry.config_problem(config.model)
     checks = [
         (config.train.batch_size > 0, "--batch-size must be positive"),
         (config.train.lr > 0, "--lr must be positive"),
@@ -293,11 +294,9 @@ def validate(config: RunConfig) -> None:
         (config.align.pair_scorer in ("pretrained", "policy"), f"align.pair_scorer must be pretrained or policy (got {config.align.pair_scorer})"),
         (config.align.reference in ("pretrained", "previous"), f"align.reference must be pretrained or previous (got {config.align.reference})"),
         (config.train.mixed_precision in ("no", "fp16", "bf16"), "--mixed-precision must be no, fp16 or bf16"),
-        (config.model.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)} (got {config.model.arch})"),
+        (arch_problem is None, arch_problem),
         (config.model.mapper in ("mlp", "transformer"), f"model.mapper must be mlp or transformer (got {config.model.mapper})"),
         (config.model.prefix_length > 0, "model.prefix_length must be positive"),
-        (config.model.arch != "contrastive" or config.model.text_encoder is not None,
-         "the contrastive architecture needs a CLIP text tower: pass --text-encoder NAME_OR_PATH"),
         (config.train.tracker in (None, *TRACKERS), f"--tracker must be one of {', '.join(TRACKERS)}"),
         (config.train.patience is None or config.train.patience > 0, "--patience must be positive"),
         (config.train.grad_accum > 0, "--grad-accum must be positive"),

@@ -138,12 +138,12 @@ def symlinks_in(folder: Path) -> list[str]:
     return found
 
 
-def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
-    """Upload a finished run folder (its model card refreshed first, checkpoints left out) to the Hub
-    model repo `repo_id` (created if needed); returns the repo URL. Offline, unreachable or without a
-    token it fails within seconds with a UserError; the token is never printed."""
-    from capalign.model_card import write_model_card  # deferred: only push writes the card here
-
+def push_run(run_dir: Path, repo_id: str, write_card, private: bool = False) -> str:
+    """Upload a finished run folder (its model card refreshed first by `write_card(run_dir)`,
+    checkpoints left out) to the Hub model repo `repo_id` (created if needed); returns the repo URL.
+    Offline, unreachable or without a token it fails within seconds with a UserError; the token is
+    never printed. (The card writer is passed in: capalign.model_card imports capalign.runs, which
+    resolves Hub ids through this module.)"""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
@@ -162,7 +162,7 @@ def push_run(run_dir: Path, repo_id: str, private: bool = False) -> str:
     if not hub_reachable():
         raise UserError(f"cannot push: the Hugging Face Hub ({endpoint}) is unreachable from here; push from a "
                         "connected machine (copy the run folder there).")
-    write_model_card(run_dir)
+    write_card(run_dir)
     api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -16,6 +16,7 @@ import yaml
 
 from capalign import __version__
 from capalign.errors import UserError
+from capalign.models import registry
 from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION, RUN_INFO, atomic_write_text
 
 CARD_NAME = "README.md"
@@ -80,7 +81,9 @@ def render_model_card(run_dir: Path) -> str:
     kind = info.get("kind", "pretrain")
     data = str(info.get("data") or config.get("data") or "shapes")
     numbers = _numbers(run_dir)
-    plain = arch == "cross-attention"
+    architecture = registry.find(arch)
+    plain = architecture is not None and architecture.transformers_class is not None
+    captions = architecture is None or architecture.captions
 
     tags = ["capalign", "image-captioning", "image-to-text", _ARCH_TAG.get(arch, arch)]
     if kind == "align":
@@ -103,9 +106,9 @@ def render_model_card(run_dir: Path) -> str:
              f"- Preset: `{model.get('preset', '?')}`; architecture: **{arch}**",
              f"- Vision encoder: {_name(model.get('vision'), 'a small ViT built from the preset config')}"
              f"{' (frozen)' if description.get('frozen', {}).get('vision') else ''}",
-             f"- Decoder: {_name(model.get('decoder'), 'none' if arch == 'contrastive' else 'a small GPT-2 built from the preset config')}"
+             f"- Decoder: {_name(model.get('decoder'), 'a small GPT-2 built from the preset config' if captions else 'none')}"
              f"{' (frozen)' if description.get('frozen', {}).get('decoder') else ''}"]
-    if arch == "prefix":
+    if description.get("mapper"):
         lines.append(f"- Mapper: {json.dumps(description.get('mapper', {}))} (image embedding → {model.get('prefix_length')} prefix embeddings)")
     if description.get("text_tower"):
         lines.append(f"- Text tower for the contrastive head: `{model.get('text_encoder')}` (frozen, in `text/`)")
@@ -152,9 +155,9 @@ def render_model_card(run_dir: Path) -> str:
         lines += ["With plain transformers (no capalign needed):", "", "```python",
                   "import torch",
                   "from PIL import Image",
-                  "from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel", "",
+                  f"from transformers import AutoImageProcessor, AutoTokenizer, {architecture.transformers_class}", "",
                   f'run = "{run_dir.name}"  # this folder, or its Hub id',
-                  "model = VisionEncoderDecoderModel.from_pretrained(run)",
+                  f"model = {architecture.transformers_class}.from_pretrained(run)",
                   "tokenizer = AutoTokenizer.from_pretrained(run)",
                   "processor = AutoImageProcessor.from_pretrained(run)",
                   'image = Image.open("photo.jpg").convert("RGB")',
@@ -169,7 +172,7 @@ def render_model_card(run_dir: Path) -> str:
                   + (", `text/`" if description.get("text_tower") else "")
                   + ", `capalign_model.json`) are put together by capalign; it does not load in plain transformers. "
                   "Use `capalign.Captioner.from_pretrained` or `capalign.models.io.load_captioner`."]
-        if arch == "contrastive":
+        if not captions:
             lines.append("It has no caption decoder: it scores and retrieves (`Captioner.score`) but cannot caption.")
     lines += ["", "## Limitations", "",
               f"- Trained on `{data}` only; captions describe what that data describes, in its words, and are not "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -13,12 +14,14 @@ from pathlib import Path
 
 from capalign import ui
 from capalign.errors import UserError
+from capalign.models import registry
 from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, as_given, claim_output_dir, commit, resolved, write_errors
 
 RUNS_ROOT = Path("runs")
 CONFIG_NAME = "capalign.yaml"  # the resolved RunConfig
 RUN_INFO = "run.json"  # written last: its presence marks a finished run
-MODEL_DESCRIPTION = "capalign_model.json"  # architecture, mapper and frozen parts of the model
+MODEL_DESCRIPTION = registry.MODEL_DESCRIPTION  # architecture, mapper and frozen parts of the model
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -142,8 +145,18 @@ def latest_run(kind: str | None = None) -> Path | None:
     return max(finished, key=lambda p: json.loads((p / RUN_INFO).read_text())["finished"], default=None)
 
 
+def looks_like_hub_id(model: str | Path) -> bool:
+    """Whether a `--model` that is no local path reads as a Hugging Face model id (`owner/name`,
+    whose owner is not a local folder: `runs/typo` stays a missing folder)."""
+    text = str(model)
+    return bool(HUB_ID.fullmatch(text)) and not Path(text.split("/")[0]).exists()
+
+
 def resolve_model(model: str | Path | None, kind: str | None = None) -> Path:
-    """`--model` as given, or the latest finished run; a clear error when there is none."""
+    """`--model` as given, or the latest finished run; a clear error when there is none. A model is a
+    finished capalign run folder, a transformers captioner folder (as save_pretrained writes it; the
+    registry names the architectures), or a Hub id of either (through capalign.hub: the cache when
+    offline, one line saying what to fetch when it is not there)."""
     if model is None:
         found = latest_run(kind)
         if found is None:
@@ -152,9 +165,17 @@ def resolve_model(model: str | Path | None, kind: str | None = None) -> Path:
         return found
     path = Path(model)
     if not path.exists():
-        raise UserError(f"Model folder {path} does not exist.")
-    if not is_run_dir(path):
-        raise UserError(f"{path} is not a finished capalign run folder (no run.json/config.json).")
+        if not looks_like_hub_id(model):
+            raise UserError(f"Model folder {path} does not exist.")
+        from capalign.hub import fetch_model  # deferred: imports huggingface_hub and datasets, only for hub ids
+
+        path = fetch_model(str(model))
+    if any((path / name).is_file() for name in (RUN_INFO, CONFIG_NAME, MODEL_DESCRIPTION)):
+        if not is_run_dir(path):  # a capalign run, interrupted or damaged
+            raise UserError(f"{path} is not a finished capalign run folder (no run.json/config.json).")
+        return path
+    if registry.folder_architecture(path) is None:
+        raise UserError(registry.not_a_captioner(path) + ".")
     return path
 
 

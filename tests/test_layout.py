@@ -92,3 +92,16 @@ def test_option_help_comes_from_the_config_field():
                                  ("align", "beta", "align.beta"), ("align", "rounds", "align.rounds")):
         params = {p.name: p for p in group.commands[command].params}
         assert params[option].help == help_for(key)
+
+
+def test_architectures_are_chosen_only_by_the_registry():
+    """No `arch == ...`, `arch in (...)` or `info["arch"]` switch outside capalign.models.registry:
+    what differs between architectures belongs to their classes (capalign.models.architectures)."""
+    import re
+
+    switch = re.compile(r"""(\barch\s*(==|!=|\bnot\s+in\b|\bin\b))|(\[\s*["']arch["']\s*\])""")
+    allowed = {PACKAGE / "models" / "registry.py"}
+    found = [f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+             for path in sorted(PACKAGE.rglob("*.py")) if path not in allowed
+             for number, line in enumerate(path.read_text().splitlines(), 1) if switch.search(line)]
+    assert not found, "architecture switches outside the registry:\n" + "\n".join(found)

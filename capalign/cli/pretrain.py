@@ -11,7 +11,7 @@ from capalign import ui
 from capalign.cli import options
 from capalign.config import PRESETS, build_config, help_for
 from capalign.errors import UserError
-from capalign.runs import RUNS_ROOT, write_errors
+from capalign.runs import RUNS_ROOT, resolve_model, write_errors
 
 
 def pretrain(
@@ -39,6 +39,7 @@ def pretrain(
     resume: bool = options.RESUME,
     overwrite: bool = options.OVERWRITE,
     dry_run: bool = typer.Option(False, help="Build data, model and one batch; report sizes; do not train."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Fine-tune: start from this model's weights (a run folder, a transformers captioner folder or a Hub id) with a fresh schedule."),
 ) -> None:
     """Stage 1: captioning loss + image–text contrastive loss."""
     from capalign.train.pretrain import pretrain as run_pretrain  # deferred: imports torch and transformers
@@ -55,7 +56,8 @@ def pretrain(
         overrides["data"] = data
     base = options.resolved_config(None, out) if resume and preset is None else None  # resume: the run's own settings
     settings = build_config(preset, config, overrides, base=base)
+    start = resolve_model(init_from) if init_from is not None else None
     with write_errors(out or RUNS_ROOT):  # disk full, read-only, no permission: one line
-        run_dir = run_pretrain(settings, out, resume=resume, dry_run=dry_run, overwrite=overwrite)
+        run_dir = run_pretrain(settings, out, resume=resume, dry_run=dry_run, overwrite=overwrite, init_from=start)
     if not dry_run:
         ui.console.print(f"[green]Pretrained model written to {run_dir}")

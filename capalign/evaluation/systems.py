@@ -15,7 +15,7 @@ from capalign.inference.scorer import load_scorer
 from capalign.metrics import MetricOptions, evaluate_captions
 from capalign.metrics.hallucination import load_coco_instances
 from capalign.metrics.results import load_references, load_results, match_ids
-from capalign.runs import is_run_dir, resolve_model
+from capalign.runs import is_run_dir, looks_like_hub_id, resolve_model
 from capalign.ui import warn
 
 IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", "T2I-R@1", "T2I-R@5", "T2I-R@10"}
@@ -95,8 +95,8 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
         return System(path.stem, captions, results_file=path, id_report=report)
     if results is not None:
         raise UserError(f"results file {results} does not exist")
-    if spec is not None and not Path(spec).exists():
-        raise UserError(f"{spec} is neither a results file nor a capalign run folder")
+    if spec is not None and not Path(spec).exists() and not looks_like_hub_id(spec):
+        raise UserError(f"{spec} is neither a results file nor a model folder (capalign run or transformers captioner)")
     run_dir = resolve_model(spec)
     if not captions_needed:
         return System(run_dir.name, dict.fromkeys(split.references, ""), run_dir=run_dir)

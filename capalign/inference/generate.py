@@ -174,7 +174,7 @@ def _generate(captioner, tokenizer, pixels: torch.Tensor, options: DecodeOptions
     if not scored:
         output = captioner.generate(pixels, **options.generate_kwargs())
         return [t.strip() for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
-    scorer = captioner.model if captioner.arch == "cross-attention" else captioner.model.decoder
+    scorer = captioner.transition_scorer()
     eos = tokenizer.eos_token_id
     generated = captioner.generate(pixels, **options.generate_kwargs(), output_logits=True, return_dict_in_generate=True)
     steps = len(generated.logits)

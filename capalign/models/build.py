@@ -1,5 +1,6 @@
 """Build a Captioner for a run from its ModelConfig: each part loaded by name or path, or built from
-the config (random initialisation) when none is given.
+the config (random initialisation) when none is given. What each architecture builds is its own
+(capalign.models.architectures); the shared pieces (tiny configs, special tokens) are here.
 
 | arch | vision | decoder | text side |
 |---|---|---|---|
@@ -13,27 +14,14 @@ from __future__ import annotations
 from typing import Iterable
 
 from PIL import Image
-from transformers import (
-    AutoConfig,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    GenerationConfig,
-    GPT2Config,
-    GPT2LMHeadModel,
-    VisionEncoderDecoderConfig,
-    VisionEncoderDecoderModel,
-)
+from transformers import CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, GPT2Config, VisionEncoderDecoderModel
 
 from capalign import ui
 from capalign.config import ModelConfig
-from capalign.errors import UserError
-from capalign.models import backbones, guard
+from capalign.models import backbones, registry
 from capalign.data.collate import pixel_values
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
-from capalign.models.guard import NO_REMOTE_CODE
-from capalign.models.prefix import ImageEncoderModel, PrefixCaptionModel, PrefixMapper
 from capalign.models.tokenizer import train_word_tokenizer
 
 
@@ -49,10 +37,11 @@ def tiny_vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
                             num_attention_heads=cfg.heads, **extra)
 
 
-def tiny_decoder_config(cfg: ModelConfig, tokenizer, cross_attention: bool) -> GPT2Config:
-    """A GPT-2 built from the model config's sizes, with the tokenizer's special ids."""
+def tiny_decoder_config(cfg: ModelConfig, tokenizer, cross_attention: bool, prefix_length: int = 0) -> GPT2Config:
+    """A GPT-2 built from the model config's sizes, with the tokenizer's special ids (and room for
+    `prefix_length` prefix embeddings before the caption)."""
     extra = {} if cfg.dropout is None else {"resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout}
-    prefix = cfg.prefix_length if cfg.arch == "prefix" else 0
+    prefix = prefix_length
     return GPT2Config(vocab_size=len(tokenizer), n_positions=max(64, cfg.max_caption_tokens + prefix + 2),
                       n_embd=cfg.decoder_hidden, n_layer=cfg.decoder_layers, n_head=cfg.heads,
                       add_cross_attention=cross_attention, is_decoder=cross_attention,
@@ -66,12 +55,14 @@ def processed_size(processor) -> int:
 
 
 def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
-    """(Captioner, tokenizer, image processor) for a new run."""
+    """(Captioner, tokenizer, image processor) for a new run; the model itself is the architecture's
+    to build (capalign.models.registry)."""
+    architecture = registry.get(cfg.arch)
     text_tower = text_tokenizer = None
     if cfg.text_encoder:
         text_tower = backbones.load_text_tower(cfg.text_encoder)
         text_tokenizer = backbones.load_tokenizer(cfg.text_encoder)
-    if cfg.arch == "contrastive":
+    if not architecture.captions:
         tokenizer = text_tokenizer
     elif cfg.decoder:
         tokenizer = backbones.load_tokenizer(cfg.decoder)
@@ -83,42 +74,8 @@ def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
         if cfg.vision:
             ui.err_console.print(f"note: {cfg.vision} has no preprocessor_config.json; using CLIP preprocessing at {cfg.image_size}px.")
         processor = build_image_processor(cfg)
-    size = processed_size(processor)
-
-    if cfg.arch == "cross-attention" and not cfg.vision and not cfg.decoder:
-        # The embedded default: both parts from configs, initialised together as one model.
-        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-            tiny_vision_config(cfg), tiny_decoder_config(cfg, tokenizer, cross_attention=True))
-        model = VisionEncoderDecoderModel(config=config)
-        configure_special_tokens(model, tokenizer, cfg.max_caption_tokens)
-    else:
-        vision = backbones.load_vision(cfg.vision) if cfg.vision else CLIPVisionModel(tiny_vision_config(cfg))
-        if cfg.arch == "cross-attention":
-            if not backbones.is_sequence_encoder(vision, size):
-                raise UserError(f"{cfg.vision} yields a convolutional feature map, not a token sequence; "
-                                "use it with --arch prefix.")
-            if cfg.decoder:
-                # transformers 5 reads `is_decoder` off the decoder config, which hub GPT-2 configs lack:
-                # pass the config with cross-attention switched on (what the method would do itself).
-                path = backbones.resolve(cfg.decoder)
-                with guard.loading(path, backbones.HINT):
-                    decoder_config = AutoConfig.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
-                    decoder_config.is_decoder, decoder_config.add_cross_attention = True, True
-                    model = VisionEncoderDecoderModel.from_encoder_decoder_pretrained(
-                        encoder_model=vision, decoder_pretrained_model_name_or_path=path, decoder_config=decoder_config,
-                        decoder_local_files_only=True, decoder_trust_remote_code=False)
-            else:
-                model = VisionEncoderDecoderModel(encoder=vision, decoder=GPT2LMHeadModel(tiny_decoder_config(cfg, tokenizer, True)))
-            configure_special_tokens(model, tokenizer, cfg.max_caption_tokens)
-        elif cfg.arch == "prefix":
-            decoder = backbones.load_decoder(cfg.decoder) if cfg.decoder else GPT2LMHeadModel(tiny_decoder_config(cfg, tokenizer, False))
-            mapper = PrefixMapper(backbones.output_dim(vision, size), decoder.config.hidden_size, cfg.prefix_length,
-                                  cfg.mapper, cfg.mapper_layers, cfg.mapper_heads)
-            model = PrefixCaptionModel(vision, decoder, mapper)
-            configure_prefix_generation(decoder, tokenizer, cfg.max_caption_tokens)
-        else:
-            model = ImageEncoderModel(vision)
-    captioner = Captioner(model, None, text_tower=text_tower, text_tokenizer=text_tokenizer)
+    model = architecture.build(cfg, tokenizer, processor)
+    captioner = Captioner(model, None, text_tower=text_tower, text_tokenizer=text_tokenizer, architecture=architecture)
     if with_head:
         captioner.head = ContrastiveHead(captioner.image_dim, captioner.text_dim, cfg.projection_dim)
     captioner.freeze(vision=cfg.freeze_vision, decoder=cfg.freeze_decoder if captioner.decoder is not None else None,

@@ -1,44 +1,44 @@
-"""Captioners: one module (`Captioner`) over three architectures.
-
-- cross-attention: a transformers VisionEncoderDecoderModel (its run folders load in plain
-  transformers; see capalign.models.io).
-- prefix (ClipCap): see capalign.models.prefix.
-- contrastive: an image encoder trained against a frozen CLIP text tower (no decoder).
+"""Captioners: one module (`Captioner`) over every architecture, each a class of
+capalign.models.architectures (cross-attention VisionEncoderDecoder, prefix/ClipCap, contrastive
+only, BLIP, GIT) that capalign.models.registry picks once; `Captioner` adds the contrastive head and
+an optional frozen CLIP text tower, and delegates the rest to its architecture.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from capalign import distributed
 from capalign.data.collate import tokenize_captions
-from capalign.errors import UserError
-from capalign.models.backbones import output_dim, pooled
-from capalign.models.contrastive import ContrastiveHead, pool_last_token
+from capalign.models import registry
+from capalign.models.architectures.base import EncodedImages
+from capalign.models.contrastive import ContrastiveHead
 
 
 class Captioner(nn.Module):
     """One trainable module for every architecture, with the interface pretrain, align, generation
     and scoring use:
 
-    - `encode_images(pixel_values)` (or cached encoder outputs) → an output whose `last_hidden_state`
-      is what captioning conditions on (the encoder tokens; for prefix models the prefix embeddings)
-      and whose `pooler_output` feeds the contrastive head;
-    - `caption_logits(encoded, labels)` → teacher-forced logits aligned with `labels`;
+    - `encode_images(pixel_values)` (or cached encoder outputs) → EncodedImages, whose
+      `last_hidden_state` is what captioning conditions on (the encoder tokens; for prefix models the
+      prefix embeddings) and whose `pooler_output` feeds the contrastive head;
+    - `caption_logits(encoded, labels)` → teacher-forced logits aligned with `labels` (several
+      captions per image: `labels` rows are k × the images, image-major blocks);
     - `text_features(input_ids, attention_mask)` → pooled caption features (the decoder's text-only
       pass, or a frozen CLIP text tower when the run has one);
     - `generate(pixel_values, **kwargs)` → caption token ids.
 
-    `model` is a transformers VisionEncoderDecoderModel (cross-attention), a PrefixCaptionModel
-    (prefix, ClipCap) or an ImageEncoderModel (contrastive only).
+    `model` is the architecture's torch module (a transformers VisionEncoderDecoderModel,
+    BlipForConditionalGeneration, GitForCausalLM, a PrefixCaptionModel or an ImageEncoderModel);
+    `architecture` the registry's class for it.
     """
 
     def __init__(self, model: nn.Module, head: ContrastiveHead | None, text_tower: nn.Module | None = None,
-                 text_tokenizer=None):
+                 text_tokenizer=None, architecture=None):
         super().__init__()
         self.model = model
+        self.architecture = architecture or registry.for_module(model)
         self.head = head
         self.text_tower = text_tower
         self.text_tokenizer = text_tokenizer
@@ -50,37 +50,42 @@ class Captioner(nn.Module):
 
     @property
     def arch(self) -> str:
-        return getattr(self.model, "arch", "cross-attention")
+        return self.architecture.name
 
     @property
     def vision(self) -> nn.Module:
-        return self.model.encoder
+        return self.architecture.vision(self.model)
 
     @property
     def decoder(self) -> nn.Module | None:
-        return getattr(self.model, "decoder", None)
+        return self.architecture.decoder(self.model)
+
+    def set_decoder(self, decoder: nn.Module) -> None:
+        """Replace the language model (LoRA wraps it, merging unwraps it)."""
+        self.architecture.set_decoder(self.model, decoder)
 
     @property
     def image_dim(self) -> int:
-        if self.arch == "prefix":
-            return self.model.mapper.text_dim
-        return output_dim(self.vision, _image_size(self.vision))
+        return self.architecture.image_dim(self.model)
 
     @property
     def text_dim(self) -> int:
         if self.text_tower is not None:
             return self.text_tower.config.projection_dim
-        return self.decoder.config.hidden_size
+        return self.architecture.text_dim(self.model)
 
     @property
     def max_caption_tokens(self) -> int:
-        config = getattr(self.model, "generation_config", None)
-        return (config.max_new_tokens if config is not None else None) or 32
+        return self.architecture.max_caption_tokens(self.model)
+
+    def transition_scorer(self) -> nn.Module:
+        """The module whose `compute_transition_scores` scores what `generate` returns."""
+        return self.architecture.transition_scorer(self.model)
 
     def freeze(self, vision: bool | None = None, decoder: bool | None = None, text: bool | None = None) -> None:
         """Stop training a part; frozen parts also stay in eval mode (dropout off, batch-norm statistics fixed).
 
-        A frozen decoder of the cross-attention architecture keeps its (new) cross-attention layers
+        A frozen decoder of an encoder–decoder architecture keeps its cross-attention layers
         trainable, or nothing would connect the image to the words."""
         for name, value in (("vision", vision), ("decoder", decoder), ("text", text)):
             if value is None:
@@ -90,7 +95,7 @@ class Captioner(nn.Module):
             if part is None:
                 continue
             for pname, param in part.named_parameters():
-                keep = name == "decoder" and self.arch == "cross-attention" and ("crossattention" in pname or "ln_cross_attn" in pname)
+                keep = name == "decoder" and self.architecture.keeps_trainable(pname)
                 param.requires_grad_(not value or keep)
         self.train(self.training)
 
@@ -100,7 +105,7 @@ class Captioner(nn.Module):
             for name, part in (("vision", self.vision), ("text", self.text_tower)):
                 if part is not None and self.frozen.get(name):
                     part.eval()
-            if self.decoder is not None and self.frozen.get("decoder") and self.arch == "prefix":
+            if self.decoder is not None and self.frozen.get("decoder") and self.architecture.frozen_decoder_in_eval():
                 self.decoder.eval()
         return self
 
@@ -119,27 +124,21 @@ class Captioner(nn.Module):
         return self.vision(pixel_values=pixel_values)
 
     def encode_images(self, pixel_values: torch.Tensor | None = None, vision_hidden: torch.Tensor | None = None,
-                      vision_pooled: torch.Tensor | None = None) -> BaseModelOutputWithPooling:
+                      vision_pooled: torch.Tensor | None = None) -> EncodedImages:
         """Encode pixels, or take cached encoder outputs (`vision_hidden`, `vision_pooled`)."""
-        if pixel_values is not None:
-            out = self.vision_outputs(pixel_values)
-            if self.arch == "cross-attention":
-                return out
-            vision_hidden, vision_pooled = None, pooled(out)
-        if self.arch == "cross-attention":
-            return BaseModelOutputWithPooling(last_hidden_state=vision_hidden, pooler_output=vision_pooled)
-        if self.arch == "prefix":
-            prefix = self.model.mapper(vision_pooled)
-            return BaseModelOutputWithPooling(last_hidden_state=prefix, pooler_output=prefix.mean(dim=1))
-        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=vision_pooled)
+        out = self.vision_outputs(pixel_values) if pixel_values is not None else None
+        pixels = self.pixels_for_model(pixel_values) if pixel_values is not None else None
+        return self.architecture.encode_images(self.model, out, vision_hidden, vision_pooled, pixels)
 
-    def caption_logits(self, encoder_outputs, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits for `labels` (-100 marks padding); logits[:, t] predicts labels[:, t]."""
-        if self.arch == "cross-attention":
-            return self.model(encoder_outputs=encoder_outputs, labels=labels).logits  # VED shifts labels itself
-        if self.arch == "prefix":
-            return self.model.caption_logits(encoder_outputs.last_hidden_state, labels)
-        raise UserError("This is a contrastive-only model (no caption decoder); it scores and retrieves but cannot caption.")
+    def caption_logits(self, encoded: EncodedImages, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits for `labels` (-100 marks padding); logits[:, t] predicts labels[:, t].
+        With k captions per image, `labels` row i*B + b is caption i of image b."""
+        images = next(t for t in (encoded.last_hidden_state, encoded.pixel_values, encoded.pooler_output) if t is not None)
+        return self.architecture.caption_logits(self.model, encoded.repeated(labels.size(0) // images.size(0)), labels)
+
+    def prior_logits(self, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of the decoder alone, with no image (its language prior)."""
+        return self.architecture.prior_logits(self.model, labels)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled caption features: the frozen text tower's embedding when there is one, else the
@@ -148,8 +147,7 @@ class Captioner(nn.Module):
             grad = torch.enable_grad() if not self.frozen["text"] and torch.is_grad_enabled() else torch.no_grad()
             with grad:
                 return self.text_tower(input_ids=input_ids, attention_mask=attention_mask).text_embeds
-        hidden = self.decoder.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool_last_token(hidden, attention_mask)
+        return self.architecture.text_features(self.model, input_ids, attention_mask)
 
     def tokenize_texts(self, tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
         """Inputs for `text_features`: the text tower's own tokenizer (with its BOS/EOS), else caption
@@ -163,11 +161,7 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        if self.arch == "cross-attention":
-            return self.model.generate(pixel_values=self.pixels_for_model(pixel_values), **kwargs)
-        if self.arch == "prefix":
-            return self.model.generate(self.encode_images(pixel_values).last_hidden_state, **kwargs)
-        raise UserError("This is a contrastive-only model (no caption decoder); it scores and retrieves but cannot caption.")
+        return self.architecture.generate(self.model, self.pixels_for_model(pixel_values), self.encode_images, **kwargs)
 
     def forward(self, labels=None, input_ids=None, attention_mask=None, pixel_values=None, vision_hidden=None,
                 vision_pooled=None, text_input_ids=None, text_attention_mask=None):
@@ -176,7 +170,7 @@ class Captioner(nn.Module):
         capalign.distributed), with the head's temperature."""
         encoded = self.encode_images(pixel_values, vision_hidden, vision_pooled)
         out = {}
-        if self.arch != "contrastive":
+        if self.architecture.captions:
             out["logits"] = self.caption_logits(encoded, labels)
         if self.head is not None:
             if self.text_tower is not None:
@@ -187,8 +181,3 @@ class Captioner(nn.Module):
             out["text_emb"] = distributed.gather(self.head.embed_text(text))
             out["logit_scale"] = self.head.logit_scale
         return out
-
-
-def _image_size(vision: nn.Module) -> int:
-    size = getattr(vision.config, "image_size", 224)
-    return size if isinstance(size, int) else size[0]

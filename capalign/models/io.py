@@ -3,7 +3,10 @@
 
 Cross-attention runs are plain transformers folders (config.json, model.safetensors, tokenizer,
 preprocessor_config.json) that load in `VisionEncoderDecoderModel.from_pretrained` without capalign;
-the contrastive head sits beside them in its own file. (transformers 5 folded the "image-to-text"
+so are runs started from a BLIP or GIT captioner (`BlipForConditionalGeneration`, `GitForCausalLM`,
+with their processor's files), and `load_captioner` reads any such transformers captioner folder too
+(capalign.models.registry picks the architecture from config.json's model_type). The contrastive
+head sits beside them in its own file. (transformers 5 folded the "image-to-text"
 pipeline into "image-text-to-text", which needs a text prompt and does not drive encoder–decoder
 captioners, so no pipeline is promised.) Prefix / contrastive runs hold `vision/`, `decoder/`
 (save_pretrained folders) and `mapper.safetensors`. Every run: `capalign_model.json`; a frozen CLIP
@@ -12,29 +15,27 @@ text tower in `text/`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPTextModelWithProjection, VisionEncoderDecoderModel
+from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
 from capalign.errors import UserError
-from capalign.models import guard
+from capalign.models import guard, registry
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
 from capalign.models.guard import NO_REMOTE_CODE
-from capalign.models.prefix import MAPPERS, ImageEncoderModel, PrefixCaptionModel
 from capalign.devices import resolve_dtype
 from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION
 
-ARCHS = ("cross-attention", "prefix", "contrastive")
-MAPPER_LIMITS = {"image_dim": 1 << 16, "text_dim": 1 << 16, "prefix_length": 1 << 10, "layers": 64, "heads": 256}
 
 
 def read_description(run_dir: Path) -> dict | None:
-    """The run's capalign_model.json, or None (older cross-attention runs have none); one checked
-    for its fields' types and sizes (a UserError when it is damaged)."""
+    """The run's capalign_model.json, or None (older cross-attention runs and transformers captioner
+    folders have none); one checked for its fields' types and sizes (a UserError when it is damaged)."""
     path = Path(run_dir) / MODEL_DESCRIPTION
     if not path.is_file():
         return None
@@ -48,26 +49,26 @@ def read_description(run_dir: Path) -> dict | None:
 
 def _description_problem(info) -> str | None:
     """What is wrong with a capalign_model.json's content, or None."""
-    if not isinstance(info, dict) or info.get("arch") not in ARCHS:
-        return f"must be a JSON object with an arch among {', '.join(ARCHS)}"
+    if not isinstance(info, dict) or info.get("arch") not in registry.NAMES:
+        return f"must be a JSON object with an arch among {', '.join(registry.NAMES)}"
     if not isinstance(info.get("frozen", {}), dict) or not all(
             v is None or isinstance(v, bool) for v in info.get("frozen", {}).values()):
         return "has a 'frozen' entry that is not a mapping of true/false"
-    if info["arch"] != "prefix":
-        return None
-    mapper = info.get("mapper")
-    if not isinstance(mapper, dict) or set(mapper) != set(MAPPER_LIMITS) | {"kind"} or mapper["kind"] not in MAPPERS:
-        return f"has no valid 'mapper' (kind among {', '.join(MAPPERS)} and {', '.join(MAPPER_LIMITS)})"
-    for key, limit in MAPPER_LIMITS.items():
-        if type(mapper[key]) is not int or not 1 <= mapper[key] <= limit:
-            return f"has mapper {key} = {str(mapper[key])[:40]} (expected a whole number from 1 to {limit})"
-    return None
+    return registry.get(info.get("arch")).description_problem(info)
+
+
+def folder_description(folder: Path) -> dict:
+    """capalign_model.json, or for a folder without one the description its config.json's model_type
+    implies (a transformers captioner; a folder with neither is an older cross-attention run)."""
+    info = read_description(folder)
+    if info is not None:
+        return info
+    return {"arch": registry.folder_architecture(folder) or "cross-attention"}
 
 
 def describe(captioner: Captioner) -> dict:
     """What `capalign_model.json` records: the architecture (and mapper), and which parts are frozen."""
-    model = captioner.model
-    info = model.describe() if hasattr(model, "describe") else {"arch": "cross-attention"}
+    info = captioner.architecture.describe(captioner.model)
     info["frozen"] = dict(captioner.frozen)
     info["text_tower"] = captioner.text_tower is not None
     return info
@@ -77,15 +78,21 @@ def save_captioner(run_dir: Path, captioner: Captioner, tokenizer, processor) ->
     """Write the model, tokenizer and image processor into the run folder (layout: module docstring)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    captioner.model.save_pretrained(run_dir)
-    tokenizer.save_pretrained(run_dir)
-    processor.save_pretrained(run_dir)
+    captioner.architecture.save(captioner.model, run_dir)
+    captioner.architecture.save_preprocessing(run_dir, tokenizer, processor)
     if captioner.head is not None:
         captioner.head.save(run_dir)
     if captioner.text_tower is not None:
         captioner.text_tower.save_pretrained(run_dir / "text")
         captioner.text_tokenizer.save_pretrained(run_dir / "text")
     (run_dir / MODEL_DESCRIPTION).write_text(json.dumps(describe(captioner), indent=1))
+
+
+def foreign_model_config(folder: Path, base):
+    """The ModelConfig a run started from a transformers captioner folder records: its architecture,
+    the folder as its vision and decoder, the rest as `base` (a capalign run records its own)."""
+    return dataclasses.replace(base, arch=folder_description(Path(folder)).get("arch"),
+                               vision=str(folder), decoder=str(folder))
 
 
 def trained_precision(run_dir: Path) -> str | None:
@@ -103,24 +110,18 @@ def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtyp
     capalign.devices.resolve_dtype) to cast it to (None: as saved)."""
     run_dir = Path(run_dir)
     guard.check_folder(run_dir)
-    info = read_description(run_dir) or {"arch": "cross-attention"}
-    if info["arch"] == "prefix":
-        model = PrefixCaptionModel.from_pretrained(run_dir, info)
-    elif info["arch"] == "contrastive":
-        model = ImageEncoderModel.from_pretrained(run_dir, info)
-    else:
-        model = guard.load_pretrained(VisionEncoderDecoderModel, run_dir)
-    guard.require(run_dir, "preprocessor_config.json", "tokenizer.json|vocab.json|vocab.txt|tokenizer.model")
-    with guard.loading(run_dir, what="tokenizer files"):
-        tokenizer = AutoTokenizer.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
-    with guard.loading(run_dir, what="preprocessor_config.json"):
-        processor = AutoImageProcessor.from_pretrained(run_dir, local_files_only=True, **NO_REMOTE_CODE)
+    info = folder_description(run_dir)
+    architecture = registry.get(info.get("arch"))
+    model = architecture.load(run_dir, info)
+    tokenizer, processor = architecture.load_preprocessing(run_dir)
+    architecture.prepare_tokenizer(model, tokenizer)
     text_tower = text_tokenizer = None
     if info.get("text_tower"):
         text_tower = guard.load_pretrained(CLIPTextModelWithProjection, run_dir / "text")
         with guard.loading(run_dir / "text", what="tokenizer files"):
             text_tokenizer = AutoTokenizer.from_pretrained(run_dir / "text", local_files_only=True, **NO_REMOTE_CODE)
-    captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer)
+    captioner = Captioner(model, ContrastiveHead.load(run_dir), text_tower=text_tower, text_tokenizer=text_tokenizer,
+                          architecture=architecture)
     frozen = info.get("frozen", {})
     captioner.freeze(vision=frozen.get("vision"), decoder=frozen.get("decoder"), text=frozen.get("text"))
     if isinstance(dtype, str):

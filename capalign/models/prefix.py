@@ -143,17 +143,12 @@ class PrefixCaptionModel(nn.Module):
 class ImageEncoderModel(nn.Module):
     """The image side of a contrastive-only model (vit-scratch): a vision encoder, no decoder."""
 
-    arch = "contrastive"
-
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
 
     def save_pretrained(self, run_dir: Path) -> None:
         self.encoder.save_pretrained(Path(run_dir) / "vision")
-
-    def describe(self) -> dict:
-        return {"arch": self.arch}
 
     @classmethod
     def from_pretrained(cls, run_dir: Path, description: dict) -> "ImageEncoderModel":

@@ -28,7 +28,7 @@ from capalign.devices import resolve_device
 from capalign.distributed import process_state
 from capalign.errors import UserError
 from capalign.losses import info_nce, preference_loss, sequence_logps, token_cross_entropy
-from capalign.models.io import load_captioner, save_captioner
+from capalign.models.io import foreign_model_config, load_captioner, save_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
 from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
@@ -57,24 +57,11 @@ def _policy_outputs(module, batch, average: bool):
     if "pixel_values" in batch:
         encoded = module.encode_images(batch["pixel_values"])
         pooled = encoded.pooler_output
-        encoded.last_hidden_state = encoded.last_hidden_state.repeat(2, 1, 1)
-        logits = module.caption_logits(encoded, labels)
+        logits = module.caption_logits(encoded, labels)  # each image scores its chosen and its rejected caption
     else:
-        logits = decoder_prior_logits(module, labels)
+        logits = module.prior_logits(labels)
     logps = sequence_logps(logits, labels, average=average)
     return logps[:n], logps[n:], logits[:n], labels[:n], pooled
-
-
-def decoder_prior_logits(module, labels: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced logits of the decoder alone, with no image (its language prior); the decoder
-    input is `labels` shifted right after the decoder start token, as VisionEncoderDecoder does."""
-    config = module.model.config
-    inputs = labels.new_full(labels.shape, config.pad_token_id)
-    inputs[:, 0] = config.decoder_start_token_id
-    inputs[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, config.pad_token_id)
-    attention = torch.ones_like(inputs)
-    attention[:, 1:] = (labels[:, :-1] != -100).long()
-    return module.model.decoder(input_ids=inputs, attention_mask=attention).logits
 
 
 def _pad_to(labels: torch.Tensor, width: int) -> torch.Tensor:
@@ -148,9 +135,15 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     ended with), rebuilds the next round's pairs (seeded) and continues it from its newest checkpoint."""
     if resume:
         check_resume(out, "align")
-    pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
-    config.model = pretrained_config.model
-    config.data = data or pretrained_config.data
+    if (Path(model_dir) / CONFIG_NAME).is_file():
+        pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
+        config.model, config.data = pretrained_config.model, data or pretrained_config.data
+    else:  # a transformers captioner capalign did not train: no recorded data or model settings
+        config.model = foreign_model_config(model_dir, config.model)
+        if data is None:
+            raise UserError(f"align --model {model_dir}: it is not a capalign run, so no dataset is recorded with it; "
+                            "pass --data DIR_OR_NAME.")
+        config.data = data
     a = config.align
     dataset = load_prepared(config.data)
     device = resolve_device(config.train.device)  # pair building, reference log-probs and report run here too

@@ -26,12 +26,12 @@ def add_lora(policy, rank: int) -> None:
         raise UserError("--lora-rank needs peft: pip install peft.") from None
     policy.requires_grad_(False)
     try:
-        policy.model.decoder = get_peft_model(policy.model.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0))
+        policy.set_decoder(get_peft_model(policy.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0)))
     except ValueError as exc:
         raise UserError(f"LoRA cannot wrap this decoder: {str(exc).splitlines()[0]}") from None
 
 
 def merge_lora(policy) -> None:
     """Fold trained adapters back into the decoder, so the run folder is a plain model again."""
-    if hasattr(policy.model.decoder, "merge_and_unload"):
-        policy.model.decoder = policy.model.decoder.merge_and_unload()
+    if hasattr(policy.decoder, "merge_and_unload"):
+        policy.set_decoder(policy.decoder.merge_and_unload())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -9,14 +10,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import Subset
 
 from capalign import ui
-from capalign.config import RunConfig, TrainConfig, save_config, to_dict
+from capalign.config import RunConfig, TrainConfig, load_config, save_config, to_dict
 from capalign.data.collate import CaptionCollator, CaptionPairs
 from capalign.data.store import get_split, load_prepared
 from capalign.distributed import process_state
 from capalign.errors import UserError
 from capalign.losses import stage1_loss
 from capalign.models.build import build_captioner
-from capalign.models.io import save_captioner
+from capalign.models.io import foreign_model_config, load_captioner, save_captioner
 from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
@@ -47,32 +48,53 @@ def validation_loss(pairs, collate, loss_fn, batch_size: int):
     return run
 
 
-def build_run(config: RunConfig):
-    """Data, tokenizer, processor and model for a fresh (or resumed) pretraining run."""
+def build_run(config: RunConfig, init_from: Path | None = None):
+    """Data, tokenizer, processor and model for a fresh (or resumed) pretraining run; with `init_from`
+    (a run folder or a transformers captioner folder), that model's weights, tokenizer and processor
+    (fine-tuning: config.model then records where they came from)."""
     data = load_prepared(config.data)
     train = get_split(data, "train")
     t = config.train
+    if init_from is not None:
+        return (data, *initial_model(config, init_from))
     captioner, tokenizer, processor = build_captioner(
         config.model, itertools.chain.from_iterable(train["captions"]), with_head=bool(t.contrastive_weight or t.cosine_weight))
     return data, tokenizer, processor, captioner
 
 
+def initial_model(config: RunConfig, init_from: Path):
+    """(tokenizer, processor, captioner) loaded from `init_from`, with the config's frozen parts; a
+    model without a contrastive head trains the captioning loss alone (its weights set to 0)."""
+    captioner, tokenizer, processor = load_captioner(init_from)
+    captioner.freeze(vision=config.model.freeze_vision,
+                     decoder=config.model.freeze_decoder if captioner.decoder is not None else None)
+    saved = Path(init_from) / CONFIG_NAME  # a capalign run records its model settings; a transformers folder does not
+    model = load_config(saved).model if saved.is_file() else foreign_model_config(init_from, config.model)
+    config.model = dataclasses.replace(model, freeze_vision=config.model.freeze_vision,
+                                       freeze_decoder=config.model.freeze_decoder)
+    if captioner.head is None and (config.train.contrastive_weight or config.train.cosine_weight):
+        ui.console.print(f"note: {init_from} has no contrastive head; fine-tuning with the captioning loss only.")
+        config.train.contrastive_weight = config.train.cosine_weight = 0.0
+    return tokenizer, processor, captioner
+
+
 def _pairs(split, name: str, captioner, processor, use_cache: bool):
     if not use_cache:
         return CaptionPairs(split)
-    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.arch == "cross-attention")
+    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.architecture.keeps_encoder_tokens)
     if store.computed:
         ui.console.print(f"Cached frozen-encoder features of {name} ({len(store)} images) in {store.folder}")
     return CachedCaptionPairs(split, store)
 
 
 def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, dry_run: bool = False,
-             overwrite: bool = False) -> Path | None:
-    """Train stage 1 and write a run folder; returns its path (None for a dry run, which writes nothing)."""
+             overwrite: bool = False, init_from: Path | None = None) -> Path | None:
+    """Train stage 1 and write a run folder; returns its path (None for a dry run, which writes nothing).
+    `init_from`: start from that model's weights with a fresh schedule (fine-tuning)."""
     if resume:
         check_resume(out, "pretrain")
     set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
-    data, tokenizer, processor, captioner = build_run(config)
+    data, tokenizer, processor, captioner = build_run(config, init_from)
     text_inputs = None
     if captioner.text_tower is not None:
         text_inputs = lambda texts: captioner.tokenize_texts(tokenizer, texts)  # noqa: E731
@@ -91,17 +113,18 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     def save(module, where: Path) -> None:
         save_captioner(where, module, tokenizer, processor)
 
-    use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment
+    use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment \
+        and captioner.architecture.caches_features
     train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache)
     validate = None
     if "validation" in data and len(data["validation"]):
         val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache)
         checks = [validation_loss(val_pairs, plain_collate, loss_fn, config.train.batch_size)]
-        spec = config.train.select or ("top1" if captioner.arch == "contrastive" else "cider")
+        spec = config.train.select or ("cider" if captioner.architecture.captions else "top1")
         retrieval = spec.lower() != "none" and {n for _, n in parse_select(spec)} <= RETRIEVAL
         if spec.lower() != "none" and retrieval and captioner.head is None:
             raise UserError(f"--select {spec} needs a contrastive head; set a contrastive weight above 0.")
-        if spec.lower() != "none" and not retrieval and captioner.arch == "contrastive":
+        if spec.lower() != "none" and not retrieval and not captioner.architecture.captions:
             raise UserError(f"--select {spec}: a contrastive-only model writes no captions; use top1, top10 or top100.")
         if spec.lower() != "none":
             checks.append(validation_metric(data["validation"], tokenizer, processor, spec, config.train.val_images,
@@ -124,7 +147,8 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
         save(engine.unwrapped(), run_dir)
         mark_finished(run_dir, "pretrain", data=str(config.data), steps=engine.state.step,
                       skipped_nonfinite=engine.state.skipped_nonfinite, stopped_early=engine.state.stopped_early,
-                      best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric)
+                      best_val_loss=engine.state.best_val_loss, best_metric=engine.state.best_metric,
+                      **({"init_from": str(init_from)} if init_from is not None else {}))
         clear_stage(run_dir)
         write_model_card(run_dir)
     engine.finish()
