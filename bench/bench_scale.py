@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py [--sizes 1000 4000 16000] [--commands fetch-photos fetch-shapes caption
                                 evaluate align] [--metrics METRICS] [--workdir DIR] [--json FILE]
+                                [--checkout DIR]
 
 For each size N the bench draws N photos (640x480 JPEGs: a random gradient with a few random
 rectangles, one caption each, in `photos-N/train/` with a metadata.jsonl), then runs each command
@@ -16,7 +17,7 @@ in its own process under `/usr/bin/time -v`, through capalign's own entry point 
   align         `align --max-steps 1 --rounds 1 --pairs auto` on the fetched photos (pair building,
                 the reference pass and one step)
 
-The tiny model (the tests' TINY_MODEL) is pretrained once for 2 steps on a 40-image shapes set.
+The tiny model (the tests' TINY_MODEL) is pretrained once for 40 steps on a 40-image shapes set.
 Peak memory is the command's own peak resident set (a Java child, METEOR/SPICE, is not counted).
 After the table, each command's growth from the smallest to the largest size: peak memory ratio and
 seconds-per-image ratio (1.0 = flat memory / linear time).
@@ -41,12 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("fetch-photos", "fetch-shapes", "caption", "evaluate", "align")
 TINY_MODEL = {"vision_hidden": 32, "vision_layers": 1, "decoder_hidden": 32, "decoder_layers": 1, "heads": 2,
               "patch_size": 16, "projection_dim": 16, "max_caption_tokens": 20}
+PRETRAIN_STEPS = 40  # enough for non-empty, varied captions (2 steps caption everything with "")
 WORDS = "a an the red green blue small large dog cat car tree house person on in near with two one".split()
+
+
+CHECKOUT = [ROOT]  # whose capalign the commands run (--checkout)
 
 
 def capalign(args: list[str], cwd: Path) -> tuple[float, int, int]:
     """Run `capalign ARGS` in a fresh process under /usr/bin/time -v: (seconds, peak RSS bytes, exit status)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, PYTHONPATH=str(CHECKOUT[0]), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "capalign", *args]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -93,7 +98,7 @@ def tiny_run(workdir: Path) -> Path:
         return run
     (workdir / "tiny.yaml").write_text(yaml.safe_dump({"model": TINY_MODEL, "train": {"batch_size": 8}}))
     for args in (["fetch", "shapes", "--limit", "40", "--out", "data/shapes-40"],
-                 ["pretrain", "--data", "data/shapes-40", "--config", "tiny.yaml", "--max-steps", "2",
+                 ["pretrain", "--data", "data/shapes-40", "--config", "tiny.yaml", "--max-steps", str(PRETRAIN_STEPS),
                   "--out", "runs/tiny"]):
         _, _, status = capalign(args, workdir)
         if status:
@@ -124,7 +129,9 @@ def main() -> None:
     parser.add_argument("--metrics", default=None, help="evaluate's --metrics (default: evaluate's default)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep photos, datasets and runs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    parser.add_argument("--checkout", type=Path, default=ROOT, help="measure this checkout's capalign (default: this one)")
     args = parser.parse_args()
+    CHECKOUT[0] = args.checkout.resolve()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     run = tiny_run(workdir)

@@ -22,8 +22,9 @@ MODEL_DESCRIPTION = "capalign_model.json"  # architecture, mapper and frozen par
 
 
 def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """The folder a run writes to (`--out`, or `runs/<kind>-<timestamp>`), claimed by the output rule
-    (capalign.outputs) and locked for this process.
+    """The folder a run writes to (`--out`, or `runs/<kind>-<timestamp>`, named by the main process of
+    a torchrun / accelerate launch for all of them), claimed by the output rule (capalign.outputs) and
+    locked for this process.
 
     A folder holding a finished run is never written over unless `overwrite`; then the new run is
     written into a staging folder of the same name (returned) and replaces the old one only in
@@ -35,6 +36,10 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         while out.exists():
             suffix += 1
             out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launch: every process writes where the main one decided
+            from capalign.distributed import agree  # deferred: imports torch and accelerate, for launches only
+
+            out = Path(agree(str(out)))
     what = "resume it with --resume only if it was interrupted; " if resume else ""
     claim = claim_output_dir(out, "run", overwrite=overwrite, option="--out", hint=what)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch the main process holds it

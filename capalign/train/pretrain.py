@@ -20,7 +20,7 @@ from capalign.models.io import save_captioner
 from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
-from capalign.train.feature_cache import CachedCaptionPairs, cached_features
+from capalign.train.feature_cache import CACHE_DTYPES, CachedCaptionPairs, cached_features
 from capalign.train.reports import report_dry_run
 from capalign.train.selection import RETRIEVAL, parse_select, validation_metric
 from capalign.train.stages import check_resume, clear_stage, record_stage
@@ -57,10 +57,12 @@ def build_run(config: RunConfig):
     return data, tokenizer, processor, captioner
 
 
-def _pairs(split, name: str, captioner, processor, use_cache: bool):
+def _pairs(split, name: str, captioner, processor, use_cache: bool, train=None):
     if not use_cache:
         return CaptionPairs(split)
-    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.arch == "cross-attention")
+    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.arch == "cross-attention",
+                            root=train.cache_dir if train else None,
+                            dtype=CACHE_DTYPES[train.mixed_precision if train else "no"])
     if store.computed:
         ui.console.print(f"Cached frozen-encoder features of {name} ({len(store)} images) in {store.folder}")
     return CachedCaptionPairs(split, store)
@@ -92,10 +94,10 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
         save_captioner(where, module, tokenizer, processor)
 
     use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment
-    train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache)
+    train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache, config.train)
     validate = None
     if "validation" in data and len(data["validation"]):
-        val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache)
+        val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache, config.train)
         checks = [validation_loss(val_pairs, plain_collate, loss_fn, config.train.batch_size)]
         spec = config.train.select or ("top1" if captioner.arch == "contrastive" else "cider")
         retrieval = spec.lower() != "none" and {n for _, n in parse_select(spec)} <= RETRIEVAL
