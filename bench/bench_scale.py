@@ -6,7 +6,7 @@
 
 For each size N the bench draws N photos (640x480 JPEGs: a random gradient with a few random
 rectangles, one caption each, in `photos-N/train/` with a metadata.jsonl), then runs each command
-in its own process under `/usr/bin/time -v`, through capalign's own entry point (this checkout):
+in its own process, through capalign's own entry point (this checkout, or --checkout DIR):
 
   fetch-photos  `fetch photos-N --image-size 256` (the photos stored at 341x256)
   fetch-shapes  `fetch shapes --limit N --image-size 256`
@@ -18,7 +18,8 @@ in its own process under `/usr/bin/time -v`, through capalign's own entry point 
                 the reference pass and one step)
 
 The tiny model (the tests' TINY_MODEL) is pretrained once for 40 steps on a 40-image shapes set.
-Peak memory is the command's own peak resident set (a Java child, METEOR/SPICE, is not counted).
+Peak memory is the command's own peak resident set (getrusage RUSAGE_SELF); the largest child
+process (METEOR's and SPICE's Java, PTB tokenisation) is printed beside it, not counted in the table.
 After the table, each command's growth from the smallest to the largest size: peak memory ratio and
 seconds-per-image ratio (1.0 = flat memory / linear time).
 """
@@ -29,7 +30,6 @@ import argparse
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -47,20 +47,33 @@ WORDS = "a an the red green blue small large dog cat car tree house person on in
 
 
 CHECKOUT = [ROOT]  # whose capalign the commands run (--checkout)
+CHILD = """
+import json, resource, sys
+try:
+    from capalign.cli.main import main
+    main(sys.argv[2:])
+finally:
+    peak = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+    open(sys.argv[1], "w").write(json.dumps(peak))
+"""
 
 
-def capalign(args: list[str], cwd: Path) -> tuple[float, int, int]:
-    """Run `capalign ARGS` in a fresh process under /usr/bin/time -v: (seconds, peak RSS bytes, exit status)."""
+def capalign(args: list[str], cwd: Path) -> tuple[float, int, int, int]:
+    """Run `capalign ARGS` in a fresh process: (seconds, its own peak RSS bytes, the peak RSS of its
+    largest child process (METEOR's and SPICE's Java), exit status)."""
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT[0]), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "capalign", *args]
+    peak_file = cwd / ".peak.json"
+    peak_file.unlink(missing_ok=True)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(peak_file), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.splitlines()[-25:])
+        tail = "\n".join(done.stderr.splitlines()[-4:])
         print(f"  capalign {' '.join(args)} exited {done.returncode}:\n{tail}", file=sys.stderr)
-    return seconds, int(match.group(1)) * 1024 if match else 0, done.returncode
+    peak = json.loads(peak_file.read_text()) if peak_file.is_file() else {"self": 0, "children": 0}
+    return seconds, peak["self"], peak["children"], done.returncode
 
 
 def draw_photos(folder: Path, count: int, seed: int = 0) -> None:
@@ -100,7 +113,7 @@ def tiny_run(workdir: Path) -> Path:
     for args in (["fetch", "shapes", "--limit", "40", "--out", "data/shapes-40"],
                  ["pretrain", "--data", "data/shapes-40", "--config", "tiny.yaml", "--max-steps", str(PRETRAIN_STEPS),
                   "--out", "runs/tiny"]):
-        _, _, status = capalign(args, workdir)
+        *_, status = capalign(args, workdir)
         if status:
             sys.exit(f"bench_scale: could not build the tiny model (capalign {' '.join(args)})")
     return run
@@ -142,11 +155,13 @@ def main() -> None:
             if command not in args.commands and not (command == "fetch-photos" and
                                                      {"evaluate", "align"} & set(args.commands)):
                 continue
-            seconds, peak, status = capalign(command_args(command, n, run, args.metrics), workdir)
+            seconds, peak, child, status = capalign(command_args(command, n, run, args.metrics), workdir)
             if command in results:
-                results[command][n] = {"seconds": seconds, "peak_bytes": peak, "status": status}
+                results[command][n] = {"seconds": seconds, "peak_bytes": peak, "child_peak_bytes": child,
+                                       "status": status}
                 print(f"{command:13s} {n:>7,} images  {seconds:8.1f} s  {peak / 2**20:8.0f} MiB"
-                      f"{'' if status == 0 else f'  (exit {status})'}", flush=True)
+                      f"  (largest child {child / 2**20:.0f} MiB){'' if status == 0 else f'  (exit {status})'}",
+                      flush=True)
     print(f"\n| command | {' | '.join(f'{n:,} images' for n in sorted(args.sizes))} | memory ×  | time/image × |")
     print(f"|---|{'---|' * len(args.sizes)}---|---|")
     for command, by_size in results.items():
