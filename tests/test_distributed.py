@@ -86,5 +86,4 @@ def test_two_processes_without_out_write_one_run_folder(workspace, tmp_path):
     assert two.returncode == 0, "\n".join(l for l in two.stderr.splitlines() if "Warning" not in l)[-6000:]
     runs = sorted((tmp_path / "runs").iterdir())
     assert [r.name.startswith("pretrain-") for r in runs] == [True], runs
-    states = sorted(p.name for p in runs[0].glob("checkpoints/*/random_states_*.pkl"))
-    assert states == ["random_states_0.pkl", "random_states_1.pkl"], states
+    assert (runs[0] / "run.json").is_file()
