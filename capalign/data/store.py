@@ -39,11 +39,12 @@ def prepare_shapes(out: Path, *, limit: int = SHAPES_DEFAULT_LIMIT, seed: int = 
         out.parent.mkdir(parents=True, exist_ok=True)
         rows = Path(tempfile.mkdtemp(prefix=f".{out.name}.rows.", dir=out.parent))
         try:  # rows go to Arrow files in batches as they are drawn: memory does not grow with --limit
-            splits = {split: datasets.Dataset.from_generator(
-                          shapes.generate_split, features=SHAPES_FEATURES, cache_dir=str(rows),
-                          fingerprint=f"shapes-{seed}-{split}-{count}-{image_size}", gen_kwargs={"split": split, "count": count, "seed": seed,
-                                                                     "image_size": image_size})
-                      for split, count in shapes.split_counts(limit).items()}
+            splits = {}
+            for split, count in shapes.split_counts(limit).items():
+                splits[split] = datasets.Dataset.from_generator(
+                    shapes.generate_split, features=SHAPES_FEATURES, cache_dir=str(rows),
+                    fingerprint=f"shapes-{seed}-{split}-{count}-{image_size}",  # the same files for the same seed
+                    gen_kwargs={"split": split, "count": count, "seed": seed, "image_size": image_size})
             save_atomically(datasets.DatasetDict(splits), out, option=option)
         finally:
             shutil.rmtree(rows, ignore_errors=True)

@@ -47,7 +47,8 @@ def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]
     pycocoevalcap Cider call over every (image, candidate) key (each image's references repeated
     once per candidate), computed `chunk` images at a time: the document frequencies of that one
     call are counted once, over the split's references, and each chunk is scored against them."""
-    tokenized = [tokenize_in_python({"r": list(refs)})["r"] for refs in references]  # once per image
+    by_image = tokenize_in_python({str(i): list(refs) for i, refs in enumerate(references)})  # once per image
+    tokenized = [by_image[str(i)] for i in range(len(by_image))]
     document_frequency: dict = defaultdict(float)
     for refs, cands in zip(tokenized, candidates):
         for ngram in {ngram for ref in refs for ngram in precook(ref)}:
