@@ -72,6 +72,7 @@ class TrainConfig:
     diversity_weight: float = setting(0.0, "Weight of the caption diversity term (seed 003; 0 = off).")
     augment: bool = setting(False, "Flip / colour-jitter / rotate training images (seed 002).")
     feature_cache: bool = setting(True, "Cache a frozen vision encoder's outputs on disk.")
+    cache_dir: str | None = setting(None, "Folder of the feature cache (default: .cache/features beside the dataset; shared storage for several machines).")
     select: str | None = setting(None, "Validation metric for best-metric/: cider (default), cider+0.5*bleu4, top1, none.")
     val_images: int = setting(100, "Validation images the selection metric is computed on.")
     patience: int | None = setting(None, "Stop after this many validations without a lower validation loss.")

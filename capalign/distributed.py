@@ -47,3 +47,15 @@ def global_count(count: torch.Tensor) -> torch.Tensor:
     total = count.detach().clone().float()
     dist.all_reduce(total)
     return total
+
+
+def agree(value):
+    """The main process's `value` on every process of a launch (a broadcast from rank 0, through the
+    launch's process group, started here when the caller is the first to need it); `value` as is
+    when the launch has one process."""
+    state = process_state()
+    if state.num_processes == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

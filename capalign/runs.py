@@ -25,8 +25,9 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """The folder a run writes to (`--out`, or `runs/<kind>-<timestamp>`), claimed by the output rule
-    (capalign.outputs) and locked for this process.
+    """The folder a run writes to (`--out`, or `runs/<kind>-<timestamp>`, named by the main process of
+    a torchrun / accelerate launch for all of them), claimed by the output rule (capalign.outputs) and
+    locked for this process.
 
     A folder holding a finished run is never written over unless `overwrite`; then the new run is
     written into a staging folder of the same name (returned) and replaces the old one only in
@@ -38,6 +39,10 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         while out.exists():
             suffix += 1
             out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launch: every process writes where the main one decided
+            from capalign.distributed import agree  # deferred: imports torch and accelerate, for launches only
+
+            out = Path(agree(str(out)))
     if resume and not Path(out).is_dir():
         raise UserError(f"--resume: {out} does not exist; point --out at the interrupted run folder, or drop --resume to start a new run.")
     what = "resume it with --resume only if it was interrupted; " if resume else ""

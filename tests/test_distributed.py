@@ -71,3 +71,19 @@ def test_two_processes_caption_their_shares_and_the_main_process_writes_all_in_o
         assert (b["image"], b["caption"], b["tokens"]) == (a["image"], a["caption"], a["tokens"])
         assert b["logprob"] == pytest.approx(a["logprob"], abs=1e-5)
     assert two.stdout.count("Wrote 6 captions") == 1  # only the main process reports
+
+
+@needs_torchrun
+def test_two_processes_without_out_write_one_run_folder(workspace, tmp_path):
+    """Without --out the main process names the run folder for both: one folder, holding both
+    processes' RNG states in its checkpoint (before, rank 1 wrote its own into a second folder)."""
+    config = {"model": TINY_MODEL, "train": {"batch_size": 8, "max_steps": 2, "log_every": 1, "eval_every": 100,
+                                              "checkpoint_every": 2, "select": "none"}}
+    (tmp_path / "dist.yaml").write_text(yaml.safe_dump(config))
+    two = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "capalign", "pretrain",
+                          "--config", "dist.yaml", "--data", str(workspace / "data" / "shapes")],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, "\n".join(l for l in two.stderr.splitlines() if "Warning" not in l)[-6000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [r.name.startswith("pretrain-") for r in runs] == [True], runs
+    assert (runs[0] / "run.json").is_file()

@@ -83,3 +83,14 @@ def test_roberta_prefix_space_restored(tmp_path):
     fixed = fix_prefix_space(AutoTokenizer.from_pretrained(tmp_path, use_fast=False), str(tmp_path))
     ids = fixed.encode("a cat", add_special_tokens=True, add_prefix_space=True)
     assert ids[1] == vocab["Ġa"]
+
+
+def test_chunks_give_the_same_scores(tiny_bert, monkeypatch):
+    from capalign.metrics import bertscore
+
+    options = MetricOptions(bertscore_model=str(tiny_bert), bertscore_layer=2)
+    whole = evaluate_captions(CANDS, REFS, ["BERTScore-F1"], options=options)
+    monkeypatch.setattr(bertscore, "CHUNK", 2)  # 3 captions: chunks of 2 and 1
+    chunked = evaluate_captions(CANDS, REFS, ["BERTScore-F1"], options=options)
+    assert chunked.per_image == whole.per_image
+    assert chunked.summary == whole.summary

@@ -137,12 +137,11 @@ def test_frozen_features_are_computed_once_and_reused(backbones, small_yaml, in_
     from capalign.train import feature_cache
     from capalign.train.pretrain import pretrain
 
-    monkeypatch.setattr(feature_cache, "CACHE_ROOT", in_workspace / "cache-test")
     calls = []
     original = feature_cache.encode_split
     monkeypatch.setattr(feature_cache, "encode_split", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
     overrides = {"model": {"vision": str(backbones["clip"]), "decoder": str(backbones["gpt2"])},
-                 "train": {"max_steps": 2, "select": "none"}}
+                 "train": {"max_steps": 2, "select": "none", "cache_dir": str(in_workspace / "cache-test")}}
     config = build_config("clipcap-mlp", small_yaml, overrides)
 
     def losses(run):

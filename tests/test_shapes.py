@@ -118,3 +118,21 @@ def test_a_faithful_but_incomplete_best_candidate_is_replaced_by_a_reference(wor
     (pair,) = best_and_worst_pairs(subset, ranked, min_gap=0.5)
     assert pair.source == "ranked+reference" and pair.chosen in subset[0]["captions"] and pair.rejected == wrong
     assert shapes.find_omissions(pair.chosen, objects) == []
+
+
+def test_prepared_rows_equal_the_generated_rows(tmp_path):
+    """Written in batches, the prepared dataset holds exactly the rows generate_split draws for the seed
+    (image bytes included), and a second fetch with the same seed writes the same files."""
+    import datasets
+
+    from capalign.data.store import SHAPES_FEATURES, prepare_shapes
+
+    prepared = prepare_shapes(tmp_path / "a", limit=12, seed=5, image_size=32)
+    prepare_shapes(tmp_path / "b", limit=12, seed=5, image_size=32)
+    raw = datasets.Image(decode=False)
+    for split, count in shapes.split_counts(12).items():
+        expected = datasets.Dataset.from_list(list(shapes.generate_split(split, count, 5, 32)), features=SHAPES_FEATURES)
+        assert prepared[split].cast_column("image", raw).to_list() == expected.cast_column("image", raw).to_list()
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging folder left behind

@@ -36,6 +36,7 @@ def pretrain(
     patience: Optional[int] = typer.Option(None, help=help_for("train.patience")),
     tracker: Optional[str] = typer.Option(None, help=help_for("train.tracker")),
     device: Optional[str] = typer.Option(None, help=help_for("train.device")),
+    cache_dir: Optional[str] = typer.Option(None, help=help_for("train.cache_dir")),
     resume: bool = options.RESUME,
     overwrite: bool = options.OVERWRITE,
     dry_run: bool = typer.Option(False, help="Build data, model and one batch; report sizes; do not train."),
@@ -49,7 +50,7 @@ def pretrain(
     overrides = options.overrides(
         train=dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
                    mixed_precision=mixed_precision, grad_accum=grad_accum, select=select, patience=patience, tracker=tracker,
-                   device=device),
+                   device=device, cache_dir=cache_dir),
         model=dict(vision=vision, decoder=decoder, text_encoder=text_encoder, arch=arch,
                    freeze_vision=freeze_vision, freeze_decoder=freeze_decoder))
     if data is not None:

@@ -35,13 +35,20 @@ def prepare_shapes(out: Path, *, limit: int = SHAPES_DEFAULT_LIMIT, seed: int = 
     if limit < 4:
         raise UserError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
     out = claim_output_dir(out, "dataset", overwrite=True, option=option).path  # before minutes of work
-    splits = {}
-    for split, count in shapes.split_counts(limit).items():
-        rows = list(shapes.generate_split(split, count, seed, image_size))
-        splits[split] = datasets.Dataset.from_list(rows, features=SHAPES_FEATURES)
-    dataset = datasets.DatasetDict(splits)
-    save_atomically(dataset, out, option=option)
-    return dataset
+    with write_errors(out, option=option):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = Path(tempfile.mkdtemp(prefix=f".{out.name}.rows.", dir=out.parent))
+        try:  # rows go to Arrow files in batches as they are drawn: memory does not grow with --limit
+            splits = {}
+            for split, count in shapes.split_counts(limit).items():
+                splits[split] = datasets.Dataset.from_generator(
+                    shapes.generate_split, features=SHAPES_FEATURES, cache_dir=str(rows),
+                    fingerprint=f"shapes-{seed}-{split}-{count}-{image_size}",  # the same files for the same seed
+                    gen_kwargs={"split": split, "count": count, "seed": seed, "image_size": image_size})
+            save_atomically(datasets.DatasetDict(splits), out, option=option)
+        finally:
+            shutil.rmtree(rows, ignore_errors=True)
+    return open_prepared(out)
 
 
 def save_atomically(dataset: datasets.DatasetDict, out: Path, *, option: str | None = None) -> None:

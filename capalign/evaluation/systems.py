@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,28 @@ IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", 
 OBJECT_METRICS = {"Hallucination"}  # need each image's ground-truth objects (a prepared shapes split)
 
 
+class SplitImages(Mapping):
+    """A split's images by image id, decoded when asked for (`many` decodes a batch), never all at
+    once: CLIPScore and retrieval embed them a batch at a time, so memory holds a batch, not the split."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset.select_columns(["image"])
+        self.rows = {str(i): row for row, i in enumerate(dataset.select_columns(["image_id"])["image_id"])}
+
+    def __getitem__(self, image_id: str):
+        return self.dataset[self.rows[image_id]]["image"]
+
+    def many(self, image_ids: list[str]) -> list:
+        """The images of these ids, in order, decoded together."""
+        return self.dataset[[self.rows[i] for i in image_ids]]["image"]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 @dataclass
 class Split:
     """The references (and what else the metrics need) of one split of a prepared dataset."""
@@ -30,14 +53,10 @@ class Split:
     references: dict[str, list[str]]
     objects: dict[str, list[dict]] | None
     train_captions: set[str] | None
-    _images: dict[str, Any] | None = field(default=None, repr=False)
 
-    def images(self) -> dict[str, Any]:
-        if self.dataset is None:
-            return {}
-        if self._images is None:
-            self._images = dict(zip(self.dataset["image_id"], self.dataset["image"]))
-        return self._images
+    def images(self) -> Mapping[str, Any]:
+        """The split's images by id, decoded lazily (none for a references file)."""
+        return {} if self.dataset is None else SplitImages(self.dataset)
 
 
 @dataclass

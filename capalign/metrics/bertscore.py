@@ -12,6 +12,7 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
 
@@ -22,6 +23,7 @@ from capalign.models.guard import NO_REMOTE_CODE
 
 DEFAULT_MODEL = "roberta-large"
 HINT = "pass a valid --bertscore-model folder"
+CHUNK = 2048  # captions per bert-score call: it keeps every token embedding of a call alive
 
 
 def _packaged_baseline(name: str) -> str | None:
@@ -106,7 +108,12 @@ def score_bertscore(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ids = list(candidates)
     scorer = _scorer(path, layer, baseline, options.device)
-    _, _, f1 = scorer.score([candidates[i] for i in ids], [references[i] for i in ids], batch_size=options.batch_size)
+    parts = []  # without idf weighting each caption's F1 depends on its own references only: chunks change nothing
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        parts.append(scorer.score([candidates[i] for i in chunk], [references[i] for i in chunk],
+                                  batch_size=options.batch_size)[2])
+    f1 = torch.cat(parts)
     per = dict(zip(ids, f1.tolist()))
     result.summary["BERTScore-F1"] = float(f1.mean())
     result.add_per_image("BERTScore-F1", per)

@@ -95,6 +95,16 @@ def clip_scores(
     return clip_s, refclip
 
 
+def embed_image_ids(scorer, images, ids: list[str], batch_size: int) -> torch.Tensor:
+    """The scorer's embeddings of `images[i]` for each id, decoding one scorer batch at a time, so
+    that memory holds a batch of images, not the split (`images` may offer `many(ids)`, a batch
+    decode, as capalign.evaluation.systems.SplitImages does)."""
+    step = getattr(scorer, "batch_size", None) or batch_size  # the scorer's own batches: the same numbers
+    take = getattr(images, "many", None) or (lambda chunk: [images[i] for i in chunk])
+    return torch.cat([scorer.embed_images(take(ids[start : start + step])).float().cpu()
+                      for start in range(0, len(ids), step)])
+
+
 def _prompted(prompt: str, text: str) -> str:
     return f"{prompt.rstrip()} {text}" if prompt else text
 
@@ -126,7 +136,7 @@ def score_clip(
         prompt = PROMPT if options.clip_prompt is None else options.clip_prompt
         label = f"CLIPModel {options.clip_model}"
     label += f", Hessel et al. 2021, w={W}, prompt {prompt!r}"
-    image_emb = scorer.embed_images([images[i] for i in ids]).cpu().numpy().astype(np.float64)
+    image_emb = embed_image_ids(scorer, images, ids, options.batch_size).numpy().astype(np.float64)
     cand_emb = scorer.embed_texts([_prompted(prompt, candidates[i]) for i in ids]).cpu().numpy().astype(np.float64)
     ref_emb = None
     if "RefCLIPScore" in metrics:

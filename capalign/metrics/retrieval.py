@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from capalign.metrics.clipscore import embed_image_ids
 from capalign.metrics.types import RETRIEVAL_METRICS, EvaluationResult, MetricOptions
 
 
@@ -49,7 +50,7 @@ def score_retrieval(
             result.missing[m] = "retrieval needs the images of the split"
         return
     scorer = options.contrastive_scorer
-    image_emb = scorer.embed_images([images[i] for i in ids]).float().cpu().numpy()
+    image_emb = embed_image_ids(scorer, images, ids, options.batch_size).numpy()
     texts = [r for i in ids for r in references[i]]
     owner = np.array([k for k, i in enumerate(ids) for _ in references[i]])
     text_emb = scorer.embed_texts(texts).float().cpu().numpy()

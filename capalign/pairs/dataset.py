@@ -96,7 +96,7 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
         if not loaded.pairs:
             raise UserError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
-    images = list(split["image"])
+    images = split["image"]  # a lazy column: each batch decodes its own slice, never the whole split
     candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed)
     similarity = head_similarity(scorer if scorer is not None else captioner, tokenizer, processor, images, candidates)
     ranked = rank_candidates(candidates, split["captions"], split["objects"] if has_objects else None, similarity)

@@ -9,14 +9,16 @@ Score = CIDEr-D against the image's references (pycocoevalcap's CIDEr, tokenised
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
-from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs, cook_test, precook
 
 from capalign.data.shapes import find_hallucinations
 from capalign.metrics.coco import tokenize_in_python
 
 HALLUCINATION_PENALTY = 10.0
+CHUNK_IMAGES = 1024  # images whose candidates are scored together (memory holds a chunk's n-gram vectors)
 
 
 @dataclass
@@ -26,19 +28,44 @@ class RankedCaption:
     hallucinations: int
 
 
-def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]) -> list[list[float]]:
-    """CIDEr-D of every candidate of every image against that image's references, in one pass.
+class _Keys(list):
+    """The cooked references of one chunk, whose len() is the number of keys of the whole split:
+    pycocoevalcap's CiderScorer.compute_cider takes its log document count from len(crefs), and this
+    keeps its own arithmetic (not a copy of it) while a chunk is scored against the split's df."""
 
-    Repeating an image's references once per candidate leaves CIDEr's document frequencies in the
-    same proportion, so each candidate scores as it would alone against the same reference set."""
+    def __init__(self, items, total: int):
+        super().__init__(items)
+        self.total = total
 
-    keys = [f"{i}/{k}" for i, cands in enumerate(candidates) for k in range(len(cands))]
-    tokenized = tokenize_in_python({str(i): refs for i, refs in enumerate(references)})  # once per image
-    refs = {f"{i}/{k}": tokenized[str(i)] for i, cands in enumerate(candidates) for k in range(len(cands))}
-    cands = tokenize_in_python({f"{i}/{k}": [c] for i, cs in enumerate(candidates) for k, c in enumerate(cs)})
-    _, scores = Cider().compute_score({k: refs[k] for k in keys}, {k: cands[k] for k in keys})
-    by_key = dict(zip(keys, scores))
-    return [[float(by_key[f"{i}/{k}"]) for k in range(len(cs))] for i, cs in enumerate(candidates)]
+    def __len__(self) -> int:
+        return self.total
+
+
+def cider_per_candidate(candidates: list[list[str]], references: list[list[str]],
+                        chunk: int = CHUNK_IMAGES) -> list[list[float]]:
+    """CIDEr-D of every candidate of every image against that image's references, equal to one
+    pycocoevalcap Cider call over every (image, candidate) key (each image's references repeated
+    once per candidate), computed `chunk` images at a time: the document frequencies of that one
+    call are counted once, over the split's references, and each chunk is scored against them."""
+    by_image = tokenize_in_python({str(i): list(refs) for i, refs in enumerate(references)})  # once per image
+    tokenized = [by_image[str(i)] for i in range(len(by_image))]
+    document_frequency: dict = defaultdict(float)
+    for refs, cands in zip(tokenized, candidates):
+        for ngram in {ngram for ref in refs for ngram in precook(ref)}:
+            document_frequency[ngram] += len(cands)  # one document per key of the one-call layout
+    total = sum(len(cands) for cands in candidates)
+    scores: list[list[float]] = []
+    for start in range(0, len(candidates), chunk):
+        part = range(start, min(start + chunk, len(candidates)))
+        scorer = CiderScorer(n=4, sigma=6.0)
+        scorer.document_frequency = document_frequency
+        tests = tokenize_in_python({str(i): candidates[i] for i in part})
+        crefs = [cook_refs(tokenized[i]) for i in part for _ in candidates[i]]
+        scorer.ctest = [cook_test(c) for i in part for c in tests[str(i)]]
+        scorer.crefs = _Keys(crefs, total)
+        flat = iter(scorer.compute_cider())
+        scores.extend([float(next(flat)) for _ in candidates[i]] for i in part)
+    return scores
 
 
 def rank_candidates(

@@ -21,7 +21,7 @@ from capalign.models.io import foreign_model_config, load_captioner, save_captio
 from capalign.model_card import write_model_card
 from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
 from capalign.train.engine import Engine, average_losses
-from capalign.train.feature_cache import CachedCaptionPairs, cached_features
+from capalign.train.feature_cache import CACHE_DTYPES, CachedCaptionPairs, cached_features
 from capalign.train.reports import report_dry_run
 from capalign.train.selection import RETRIEVAL, parse_select, validation_metric
 from capalign.train.stages import check_resume, clear_stage, record_stage
@@ -78,10 +78,12 @@ def initial_model(config: RunConfig, init_from: Path):
     return tokenizer, processor, captioner
 
 
-def _pairs(split, name: str, captioner, processor, use_cache: bool):
+def _pairs(split, name: str, captioner, processor, use_cache: bool, train=None):
     if not use_cache:
         return CaptionPairs(split)
-    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.architecture.keeps_encoder_tokens)
+    store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.architecture.keeps_encoder_tokens,
+                            root=train.cache_dir if train else None,
+                            dtype=CACHE_DTYPES[train.mixed_precision if train else "no"])
     if store.computed:
         ui.console.print(f"Cached frozen-encoder features of {name} ({len(store)} images) in {store.folder}")
     return CachedCaptionPairs(split, store)
@@ -115,10 +117,10 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
 
     use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment \
         and captioner.architecture.caches_features
-    train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache)
+    train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache, config.train)
     validate = None
     if "validation" in data and len(data["validation"]):
-        val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache)
+        val_pairs = _pairs(data["validation"], "validation", captioner, processor, use_cache, config.train)
         checks = [validation_loss(val_pairs, plain_collate, loss_fn, config.train.batch_size)]
         spec = config.train.select or ("cider" if captioner.architecture.captions else "top1")
         retrieval = spec.lower() != "none" and {n for _, n in parse_select(spec)} <= RETRIEVAL
