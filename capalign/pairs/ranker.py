@@ -9,7 +9,6 @@ Score = CIDEr-D against the image's references (pycocoevalcap's CIDEr, tokenised
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs, cook_test, precook
@@ -41,6 +40,14 @@ class _Keys(list):
         return self.total
 
 
+class _Frequencies(dict):
+    """Document frequencies that answer 0 for an n-gram no reference holds, without storing it
+    (CiderScorer looks every candidate n-gram up; a defaultdict would grow with the candidates)."""
+
+    def __missing__(self, ngram) -> float:
+        return 0.0
+
+
 def cider_per_candidate(candidates: list[list[str]], references: list[list[str]],
                         chunk: int = CHUNK_IMAGES) -> list[list[float]]:
     """CIDEr-D of every candidate of every image against that image's references, equal to one
@@ -49,10 +56,10 @@ def cider_per_candidate(candidates: list[list[str]], references: list[list[str]]
     call are counted once, over the split's references, and each chunk is scored against them."""
     by_image = tokenize_in_python({str(i): list(refs) for i, refs in enumerate(references)})  # once per image
     tokenized = [by_image[str(i)] for i in range(len(by_image))]
-    document_frequency: dict = defaultdict(float)
+    document_frequency = _Frequencies()
     for refs, cands in zip(tokenized, candidates):
         for ngram in {ngram for ref in refs for ngram in precook(ref)}:
-            document_frequency[ngram] += len(cands)  # one document per key of the one-call layout
+            document_frequency[ngram] = document_frequency[ngram] + len(cands)  # one per key of the one-call layout
     total = sum(len(cands) for cands in candidates)
     scores: list[list[float]] = []
     for start in range(0, len(candidates), chunk):
