@@ -118,7 +118,8 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
 
     def run(module) -> dict[str, float]:
         results = average_losses(module, pair_set, collate, loss_fn, batch_size, "eval_")
-        results["val_loss"] = results["eval_loss"]
+        if results:  # no held-out pairs (every validation candidate tied): nothing to report or select on
+            results["val_loss"] = results["eval_loss"]
         return results
 
     return run
