@@ -53,6 +53,11 @@ class Captioner(nn.Module):
         return self.architecture.name
 
     @property
+    def prompt_tokens(self) -> int:
+        """How many leading ids of `generate`'s output were not generated (a decoder start token)."""
+        return self.architecture.prompt_tokens
+
+    @property
     def vision(self) -> nn.Module:
         return self.architecture.vision(self.model)
 

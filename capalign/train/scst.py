@@ -179,7 +179,7 @@ def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int,
 
     def loss_fn(module, batch):
         pixels, rows = batch["pixel_values"], batch["index"].tolist()
-        prompt = 1 if module.arch == "cross-attention" else 0  # VisionEncoderDecoder's output starts with its start token
+        prompt = module.prompt_tokens  # e.g. VisionEncoderDecoder's output starts with its decoder start token
         with torch.no_grad():
             sampled = module.generate(pixels, do_sample=True, top_k=0, num_beams=1, num_return_sequences=num_samples)
         labels, captions = decode(sampled, prompt)
