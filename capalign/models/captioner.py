@@ -78,6 +78,11 @@ class Captioner(nn.Module):
     def max_caption_tokens(self) -> int:
         return self.architecture.max_caption_tokens(self.model)
 
+    @property
+    def prompt_tokens(self) -> int:
+        """How many start tokens the ids `generate` returns begin with, before the caption's own."""
+        return self.architecture.prompt_tokens
+
     def transition_scorer(self) -> nn.Module:
         """The module whose `compute_transition_scores` scores what `generate` returns."""
         return self.architecture.transition_scorer(self.model)
