@@ -95,7 +95,7 @@ class Architecture:
 
     def load_preprocessing(self, folder: Path):
         """(tokenizer, image processor) from a model folder, local files only."""
-        guard.require(folder, "preprocessor_config.json|processor_config.json", "tokenizer.json|vocab.json|vocab.txt")
+        guard.require(folder, "preprocessor_config.json|processor_config.json", "tokenizer.json|vocab.json|vocab.txt|tokenizer.model")
         with guard.loading(folder, what="tokenizer files"):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **NO_REMOTE_CODE)
         with guard.loading(folder, what="preprocessor_config.json"):
