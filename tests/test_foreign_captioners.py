@@ -55,6 +55,9 @@ def test_captions_equal_plain_transformers(foreign, photos, kind, num_beams, tmp
     captioner = Captioner.from_pretrained(foreign[kind], device="cpu")
     assert captioner.module.arch == registry_name(kind)
     assert torch.equal(captioner.module.generate(pixels, num_beams=num_beams, do_sample=False), ids)
+    start = captioner.module.prompt_tokens  # the output's start tokens, before the caption's own
+    assert start == 1 and captioner.tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True) == \
+        captioner.tokenizer.batch_decode(ids, skip_special_tokens=True)
     output = tmp_path / "captions.jsonl"
     code, _, err = run_cli(["caption", *map(str, photos), "--model", str(foreign[kind]), "--num-beams", str(num_beams),
                             "--output", str(output)], capsys)

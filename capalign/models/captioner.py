@@ -53,11 +53,6 @@ class Captioner(nn.Module):
         return self.architecture.name
 
     @property
-    def prompt_tokens(self) -> int:
-        """How many leading ids of `generate`'s output were not generated (a decoder start token)."""
-        return self.architecture.prompt_tokens
-
-    @property
     def vision(self) -> nn.Module:
         return self.architecture.vision(self.model)
 
@@ -82,6 +77,11 @@ class Captioner(nn.Module):
     @property
     def max_caption_tokens(self) -> int:
         return self.architecture.max_caption_tokens(self.model)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """How many start tokens the ids `generate` returns begin with, before the caption's own."""
+        return self.architecture.prompt_tokens
 
     def transition_scorer(self) -> nn.Module:
         """The module whose `compute_transition_scores` scores what `generate` returns."""

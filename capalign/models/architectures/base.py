@@ -56,7 +56,7 @@ class Architecture:
     caches_features = True  # a frozen encoder's outputs can be cached (train.feature_cache)
     keeps_encoder_tokens = False  # the cache keeps the encoder's token sequence, not only its pooled output
     module_class: type | None = None  # the torch module class this architecture owns
-    prompt_tokens = 0  # leading ids of what `generate` returns that were not generated (a decoder start token)
+    prompt_tokens = 1  # how many start tokens `generate`'s output begins with (a prefix model's: none)
 
     # ------------------------------------------------------------------ choosing, building, files
 

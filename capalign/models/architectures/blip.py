@@ -16,7 +16,6 @@ from capalign.models.backbones import pooled
 
 class Blip(Architecture):
     name = "blip"
-    prompt_tokens = 1  # generate returns the decoder start token first
     transformers_class = "BlipForConditionalGeneration"
     keeps_encoder_tokens = True
     module_class = BlipForConditionalGeneration

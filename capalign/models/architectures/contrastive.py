@@ -16,6 +16,7 @@ from capalign.models.prefix import ImageEncoderModel
 class Contrastive(Architecture):
     name = "contrastive"
     captions = False
+    prompt_tokens = 0
     buildable = True
     module_class = ImageEncoderModel
 

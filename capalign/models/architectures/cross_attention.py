@@ -20,7 +20,6 @@ from capalign.models.guard import NO_REMOTE_CODE
 
 class CrossAttention(Architecture):
     name = "cross-attention"
-    prompt_tokens = 1  # generate returns the decoder start token first
     buildable = True
     transformers_class = "VisionEncoderDecoderModel"
     keeps_encoder_tokens = True

@@ -16,7 +16,6 @@ from capalign.models.contrastive import pool_last_token
 
 class Git(Architecture):
     name = "git"
-    prompt_tokens = 1  # generate returns the decoder start token first
     transformers_class = "GitForCausalLM"
     caches_features = False  # GIT's forward takes pixels (it projects the image tokens itself)
     module_class = GitForCausalLM

@@ -21,6 +21,7 @@ MAPPER_FLAGS = ("normalize", "qkv_bias")  # ClipCap conversions (capalign.models
 class Prefix(Architecture):
     name = "prefix"
     buildable = True
+    prompt_tokens = 0  # decoder.generate(inputs_embeds=...) returns only the new tokens
     module_class = PrefixCaptionModel
 
     def description_problem(self, info: dict) -> str | None:
