@@ -111,6 +111,9 @@ class AlignConfig:
     reward: str = setting("cider", "scst reward, a weighted sum of cider (CIDEr-D against the image's references), clipscore (the run's contrastive head) and hallucination (hallucinated mentions; shapes data): e.g. cider, cider:1,clipscore:0.5, cider:1,hallucination:-1.")
     baseline: str = setting("mean", "scst baseline: mean (the other samples of the same image, as RLOO / new SCST) | greedy (the greedy caption's reward, classic SCST).")
     num_samples: int = setting(5, "scst: captions sampled per image each step.")
+    candidate_temperature: float = setting(1.0, "dpo auto pairs: sampling temperature of the policy's candidate captions (> 0).")
+    candidate_top_k: int = setting(0, "dpo auto pairs: sample candidates from the k likeliest tokens only (0 = no filter).")
+    candidate_top_p: float = setting(1.0, "dpo auto pairs: sample candidates from the smallest token set holding this probability (nucleus; 1 = no filter).")
     disable_dropout: bool = setting(True, "Turn the policy's dropout off in stage 2, as TRL's DPOTrainer does by default: the reference's log-probs are taken without dropout, so the policy's should be too.")
 
 
@@ -286,6 +289,10 @@ def validate(config: RunConfig) -> None:
         (config.align.baseline in BASELINES, f"--baseline must be one of {', '.join(BASELINES)} (got {config.align.baseline})"),
         (config.align.num_samples >= (2 if config.align.baseline == "mean" else 1),
          f"--num-samples must be at least 2 with --baseline mean (the other samples are the baseline), at least 1 with greedy (got {config.align.num_samples})"),
+        (math.isfinite(config.align.candidate_temperature) and config.align.candidate_temperature > 0,
+         f"--candidate-temperature must be a finite number above 0 (got {config.align.candidate_temperature})"),
+        (config.align.candidate_top_k >= 0, f"--candidate-top-k must be 0 (off) or more (got {config.align.candidate_top_k})"),
+        (0 < config.align.candidate_top_p <= 1, f"--candidate-top-p must be in (0, 1] (got {config.align.candidate_top_p})"),
         (config.align.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)} (got {config.align.loss})"),
         (0 <= config.align.label_smoothing < 0.5, "--label-smoothing must be in [0, 0.5)"),
         (config.align.sft_weight >= 0, "--sft-weight must not be negative"),

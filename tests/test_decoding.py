@@ -211,3 +211,31 @@ def test_align_candidate_sampling_takes_decode_options(captioner):
     several = sample_candidates(module, tokenizer, processor, images, samples=1, seed=0,
                                 sampling=DecodeOptions(temperature=1.0, num_captions=4, min_new_tokens=2))
     assert all(1 <= len(c) <= 5 and len(set(c)) == len(c) for c in several) and any(len(c) > 2 for c in several)
+
+
+def test_align_cli_passes_candidate_sampling_to_pair_building(pretrained_run, in_workspace, capsys, monkeypatch):
+    from capalign.pairs import dataset as pair_dataset
+
+    seen = []
+    real = pair_dataset.sample_candidates
+
+    def spy(*args, **kwargs):
+        candidates = real(*args, **kwargs)
+        seen.append((args[-1] if len(args) > 6 else kwargs.get("sampling"), candidates))
+        return candidates
+
+    monkeypatch.setattr(pair_dataset, "sample_candidates", spy)
+    code, _, err = run_cli(["align", "--model", str(pretrained_run), "--out", "runs/top1", "--max-steps", "1",
+                            "--batch-size", "8", "--rounds", "1", "--candidate-top-k", "1"], capsys)
+    assert code == 0, err
+    assert seen and all(options.top_k == 1 and options.temperature == 1.0 for options, _ in seen)
+    # top-1 sampling is greedy: every image's candidates collapse to its one greedy caption
+    assert all(len(c) == 1 for _, candidates in seen for c in candidates)
+
+
+@pytest.mark.parametrize("flag,value", [("--candidate-top-p", "0"), ("--candidate-top-k", "-1"),
+                                        ("--candidate-temperature", "nan")])
+def test_align_refuses_bad_candidate_sampling(pretrained_run, in_workspace, capsys, flag, value):
+    code, _, err = run_cli(["align", "--model", str(pretrained_run), "--out", "runs/bad-sampling", flag, value], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and flag in lines[0] and "Traceback" not in err

@@ -27,6 +27,9 @@ def align(
     reward: Optional[str] = typer.Option(None, help=help_for("align.reward")),
     baseline: Optional[str] = typer.Option(None, help=help_for("align.baseline")),
     num_samples: Optional[int] = typer.Option(None, help=help_for("align.num_samples")),
+    candidate_temperature: Optional[float] = typer.Option(None, help=help_for("align.candidate_temperature")),
+    candidate_top_k: Optional[int] = typer.Option(None, help=help_for("align.candidate_top_k")),
+    candidate_top_p: Optional[float] = typer.Option(None, help=help_for("align.candidate_top_p")),
     lora_rank: Optional[int] = typer.Option(None, help=help_for("align.lora_rank")),
     rounds: Optional[int] = typer.Option(None, help=help_for("align.rounds")),
     lr: Optional[float] = typer.Option(None, help=help_for("align.lr")),
@@ -52,7 +55,9 @@ def align(
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
-        align=dict(method=method, reward=reward, baseline=baseline, num_samples=num_samples, pairs=pairs, beta=beta,
+        align=dict(method=method, reward=reward, baseline=baseline, num_samples=num_samples,
+                   candidate_temperature=candidate_temperature, candidate_top_k=candidate_top_k,
+                   candidate_top_p=candidate_top_p, pairs=pairs, beta=beta,
                    loss=loss, label_smoothing=label_smoothing, sft_weight=sft_weight, lora_rank=lora_rank, rounds=rounds,
                    lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, disable_dropout=disable_dropout),
         train=dict(mixed_precision=mixed_precision, grad_accum=grad_accum, device=device))

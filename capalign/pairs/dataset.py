@@ -78,13 +78,14 @@ class PairSet(Dataset):
         return item
 
 
-def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, samples: int = 4,
+def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, samples: int = 4, sampling=None,
                scorer=None) -> list[PreferencePair]:
     """Preference pairs for one split.
 
     auto: the policy's candidates ranked by the ranker (best vs worst, near-ties dropped), plus on
     shapes one reference-versus-corrupted pair per image; corrupted: only the latter. The ranker's
-    image–caption cosine comes from `scorer`'s contrastive head (None: the policy's own)."""
+    image–caption cosine comes from `scorer`'s contrastive head (None: the policy's own); `sampling`
+    (DecodeOptions) decodes the sampled candidates (None: temperature 1, nothing filtered)."""
     has_objects = "objects" in split.column_names
     if source == "corrupted":
         if not has_objects:
@@ -97,7 +98,7 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
             raise UserError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
     images = split["image"]  # a lazy column: each batch decodes its own slice, never the whole split
-    candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed)
+    candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed, sampling)
     similarity = head_similarity(scorer if scorer is not None else captioner, tokenizer, processor, images, candidates)
     ranked = rank_candidates(candidates, split["captions"], split["objects"] if has_objects else None, similarity)
     pairs = best_and_worst_pairs(split, ranked, MIN_RANK_GAP)
@@ -107,16 +108,17 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
 
 
 def build_pair_sets(dataset, policy, tokenizer, processor, source: str, seed: int,
-                    scorer=None) -> tuple[PairSet, PairSet | None]:
+                    scorer=None, sampling=None) -> tuple[PairSet, PairSet | None]:
     """Training pairs and held-out pairs. Generated pairs come from the train and validation
     splits; pairs read from a file or dataset are split, seeded, with HELD_OUT_SHARE held out."""
     train_split = get_split(dataset, "train")
     if source in GENERATED_PAIRS:
-        train = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, source, seed, scorer=scorer))
+        train = PairSet(train_split, make_pairs(train_split, policy, tokenizer, processor, source, seed, scorer=scorer, sampling=sampling))
         if "validation" not in dataset or not len(dataset["validation"]):
             return train, None
         val_split = dataset["validation"].select(range(min(HELD_OUT_IMAGES, len(dataset["validation"]))))
-        return train, PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, source, seed + 1, scorer=scorer))
+        return train, PairSet(val_split, make_pairs(val_split, policy, tokenizer, processor, source, seed + 1, scorer=scorer,
+                                                sampling=sampling))
     pairs = make_pairs(train_split, policy, tokenizer, processor, source, seed)
     random.Random(seed).shuffle(pairs)
     held = min(HELD_OUT_IMAGES, int(len(pairs) * HELD_OUT_SHARE))

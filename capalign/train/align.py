@@ -27,6 +27,7 @@ from capalign.data.store import load_prepared
 from capalign.devices import resolve_device
 from capalign.distributed import process_state
 from capalign.errors import UserError
+from capalign.inference.generate import DecodeOptions
 from capalign.losses import info_nce, preference_loss, sequence_logps, token_cross_entropy
 from capalign.models.io import foreign_model_config, load_captioner, save_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
@@ -242,7 +243,8 @@ def round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config
     the policy's when None), with the reference's log-probabilities attached (the only time it runs)."""
     a = config.align
     ui.console.print(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs")
-    train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer)
+    sampling = DecodeOptions(temperature=a.candidate_temperature, top_k=a.candidate_top_k, top_p=a.candidate_top_p)
+    train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer, sampling)
     for pair_set in filter(None, (train_pairs, held_out)):
         attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     sources = Counter(p.source for p in train_pairs.pairs)
