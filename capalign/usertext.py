@@ -8,6 +8,7 @@ wrong guess would silently change the captions.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -44,6 +45,17 @@ def read_text(path: str | Path, what: str = "file") -> str:
         offset = exc.start + (len(BOM) if data.startswith(BOM) else 0)
         raise _not_utf8(path, what, data, offset, data.count(b"\n", 0, offset) + 1) from None
 
+
+def read_json(path: str | Path, what: str = "file", remedy: str = "fix the file") -> object:
+    """A whole JSON file (read as read_text does); a syntax error or nesting too deep for the parser
+    is a UserError naming the file (and line and column) and `remedy`."""
+    path = Path(path)
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} {path} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}); {remedy}.") from None
+    except RecursionError:
+        raise UserError(f"{what} {path}: JSON nested too deeply to read; {remedy}.") from None
 
 def iter_lines(path: str | Path, what: str = "file") -> Iterator[str]:
     """Yield the file's lines (with their line endings, BOM dropped), streamed so memory stays flat;

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capalign.errors import UserError
-from capalign.usertext import id_text, is_text, read_text
+from capalign.usertext import id_text, is_text, read_json, read_text
 
 
 @dataclass
@@ -115,12 +115,7 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     "caption"}, ...]}`, the captions_val2014.json form) or a plain `{image_id: [captions]}` JSON.
     Ids become strings; images listed without any caption are an error (they could not be scored)."""
     path = Path(path)
-    try:
-        data = json.loads(read_text(path, "references file"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"references file {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise UserError(f"references file {path}: JSON nested too deeply to read") from None
+    data = read_json(path, "references file")
     references: dict[str, list[str]] = {}
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         for record in data["annotations"]:

@@ -13,7 +13,6 @@ Bad records are skipped and counted by reason, never fatal; a malformed file exi
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from capalign.data.importers.records import read_jsonl
 from capalign.data.prepared import open_prepared, open_saved
 from capalign.data.store import DEFAULT_DATA_ROOT, get_split, is_prepared
 from capalign.errors import UserError
-from capalign.usertext import is_text, read_text
+from capalign.usertext import is_text, read_json, read_text
 
 MAX_CAPTION_WORDS = 30  # an image-free pair is kept only when both answers are caption-length
 
@@ -45,19 +44,13 @@ def _records(path: Path) -> list[tuple[str, dict]]:
     """(where, record) for every record of a JSONL, JSON or CSV file."""
     if path.suffix == ".jsonl":
         return [(f"line {number}", record) for number, record in read_jsonl(path, "pairs file")]
-    text = read_text(path, "pairs file")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
-        except RecursionError:
-            raise UserError(f"{path}: JSON nested too deeply to read; fix the file.") from None
+        data = read_json(path, "pairs file")
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise UserError(f"{path} must hold a JSON list of objects.")
         return [(f"item {i}", r) for i, r in enumerate(data)]
     if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True))
+        reader = csv.DictReader(read_text(path, "pairs file").splitlines(keepends=True))
         try:
             return [(f"line {reader.line_num}", dict(r)) for r in reader]
         except csv.Error as exc:

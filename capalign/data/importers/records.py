@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from capalign.errors import UserError
-from capalign.usertext import id_text, is_text, iter_lines, read_text
+from capalign.usertext import id_text, is_text, iter_lines, read_json
 
 from . import fetch_report as R
 from .fetch_report import SkipLog
@@ -71,16 +71,8 @@ def keep_with_captions(cands: Iterable[Candidate], log: SkipLog) -> list[Candida
 
 
 def load_json(path: Path) -> Any:
-    """Parse a JSON file; a syntax error becomes a UserError naming the file, line and column."""
-    text = read_text(path, "annotation file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path} line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix or re-download the file."
-        ) from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to read; fix or re-download the file.") from None
+    """Parse an annotation file; a syntax error becomes a UserError naming the file, line and column."""
+    return read_json(path, "annotation file", "fix or re-download the file")
 
 
 def read_jsonl(path: Path, what: str = "file"):
