@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,12 +322,24 @@ def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
+_SEAL = "# capalign resolved config; sha256 of the lines below: "
+
+
 def save_config(config: RunConfig, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the resolved config, sealed by a first-line checksum so that a cut or altered copy is
+    told from a complete one (a half file is still valid YAML and would fill the rest with defaults)."""
+    body = yaml.safe_dump(to_dict(config), sort_keys=False)
+    Path(path).write_text(f"{_SEAL}{hashlib.sha256(body.encode()).hexdigest()}\n{body}")
 
 
 def load_config(path: Path) -> RunConfig:
-    """Read a run folder's resolved config back."""
+    """Read a run folder's resolved config back; one without a seal (written before seals) is read as is."""
+    text = read_text(path, "config file")
+    if text.startswith(_SEAL):
+        seal, _, body = text.partition("\n")
+        if hashlib.sha256(body.encode()).hexdigest() != seal[len(_SEAL):].strip():
+            raise UserError(f"{path} is damaged or was edited (it differs from the checksum written with it); "
+                            "put settings in a --config file instead, or start afresh without that run folder.")
     config = RunConfig()
     _merge(config, _read_yaml(path), "")  # a damaged file: one line, as a --config file
     return config

@@ -20,9 +20,9 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
+from capalign.config import load_config
 from capalign.errors import UserError
 from capalign.models import guard, registry
 from capalign.models.captioner import Captioner
@@ -98,10 +98,10 @@ def foreign_model_config(folder: Path, base):
 def trained_precision(run_dir: Path) -> str | None:
     """The run's `train.mixed_precision` (no, fp16, bf16) from its saved config, or None."""
     path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        return None
     with guard.loading(run_dir, what=CONFIG_NAME):
-        config = yaml.safe_load(path.read_bytes().decode("utf-8")) if path.is_file() else None
-    train = config.get("train") if isinstance(config, dict) else None
-    return train.get("mixed_precision") if isinstance(train, dict) else None
+        return load_config(path).train.mixed_precision
 
 
 def load_captioner(run_dir: Path, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None):
