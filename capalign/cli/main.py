@@ -28,7 +28,7 @@ from capalign.cli.evaluate import evaluate
 from capalign.cli.fetch import fetch
 from capalign.cli.pretrain import pretrain
 from capalign.cli.push import push
-from capalign.errors import UserError
+from capalign.errors import CapalignError
 
 COMMANDS = [fetch, pretrain, align, caption, evaluate, compare, demo, push]
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except KeyboardInterrupt:  # outside typer's own handling (option parsing, start-up)
         _interrupted(received)
-    except UserError as exc:
+    except CapalignError as exc:
         ui.err_console.print(f"capalign: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except TyperException as exc:  # typer's own (vendored click) usage errors: bad option, bad value
