@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Protocol
 
 log = logging.getLogger("capalign")
 
-# advance(completed=None, info=""): set the bar to `completed` (None: one more) and its free-text field.
+# advance(completed=None, info=None): set the bar to `completed` and/or its free-text field; with neither, one step more.
 Advance = Callable[..., None]
 
 
@@ -34,7 +34,7 @@ class LoggingReporter:
 
     @contextmanager
     def progress(self, description: str, total: int | None, stderr: bool = False) -> Iterator[Advance]:
-        yield lambda completed=None, info="": None
+        yield lambda completed=None, info=None: None
 
     def table(self, title: str, columns: list[str], rows: list[list[object]]) -> None:
         cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]

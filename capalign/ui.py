@@ -1,8 +1,10 @@
-"""Terminal output: one rich console for tables and progress, stderr for errors."""
+"""Terminal output: one rich console for tables and progress, stderr for errors; `install()` makes
+it the library's reporter (capalign.reporting) and the handler of its log records."""
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import sys
 from contextlib import contextmanager, redirect_stdout
@@ -11,6 +13,8 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from capalign import reporting
 
 # C0/C1 control characters (ESC starts terminal commands: clear screen, set title, ...) and the
 # Unicode direction overrides; \n and \t stay as they are.
@@ -39,6 +43,7 @@ VERBOSE = False  # `capalign --verbose`: third-party output is shown (on stderr)
 def set_verbose(on: bool) -> None:
     global VERBOSE
     VERBOSE = bool(on)
+    reporting.show_library_output(on)
 
 
 @contextmanager
@@ -91,3 +96,40 @@ def print_missing(missing: dict[str, str], prefix: str = "") -> None:
         by_reason.setdefault(reason, []).append(metric)
     for reason, metrics in by_reason.items():
         err_console.print(f"{prefix}{', '.join(metrics)} missing: {reason}", highlight=False, soft_wrap=True)
+
+
+class _RichReporter:
+    """capalign.reporting's Reporter for the terminal: rich bars and tables."""
+
+    @contextmanager
+    def progress(self, description: str, total: int | None, stderr: bool = False):
+        with progress_bar(description, total, stderr=stderr) as (bar, task):
+            def advance(completed: int | None = None, info: str | None = None) -> None:
+                if completed is None and info is None:
+                    bar.advance(task)
+                else:
+                    bar.update(task, **({} if completed is None else {"completed": completed}),
+                               **({} if info is None else {"info": info}))
+            yield advance
+
+    def table(self, title: str, columns: list[str], rows: list[list[object]]) -> None:
+        print_table(title, columns, rows)
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log records (logger "capalign"): INFO on stdout, WARNING and above on stderr,
+    as plain text (no markup is read from them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = console if record.levelno < logging.WARNING else err_console
+        target.print(record.getMessage(), markup=False, highlight=False, soft_wrap=True)
+
+
+def install() -> None:
+    """Route capalign.reporting's bars, tables and log records to this terminal (once per process)."""
+    reporting.set_reporter(_RichReporter())
+    logger = logging.getLogger("capalign")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

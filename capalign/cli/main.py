@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one stderr line and exit status 2; Ctrl-C (anywhere outside the
     training loop, which checkpoints first) one line and 130; SIGTERM one line and 143."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ui.install()
     command = typer.main.get_command(app)
     received: list[int] = []
     try:
