@@ -4,7 +4,7 @@ A checkpoint folder is written under a temporary name, every file and the folder
 `manifest.json` with each file's size and SHA-256 is written last: it is the completeness marker.
 Only then is the folder renamed into place (and the parent fsynced); older checkpoints are removed
 after that, keeping the newest `keep`. On resume each checkpoint is verified against its manifest,
-newest first; a damaged one is skipped with the reason, and none intact is a one-line user error.
+newest first; a damaged one is skipped with the reason, and none intact is an InputError.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from accelerate.utils.other import TORCH_SAFE_GLOBALS
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.models import guard
 
 MANIFEST = "manifest.json"
@@ -99,8 +99,8 @@ def checkpoints_newest_first(root: Path) -> list[Path]:
 
 
 def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
-    """The newest checkpoint that verifies, and why each newer one was passed over. Raises a
-    UserError naming the damaged file when checkpoints exist but none is intact."""
+    """The newest checkpoint that verifies, and why each newer one was passed over. Raises an
+    InputError naming the damaged file when checkpoints exist but none is intact."""
     passed_over = []
     candidates = checkpoints_newest_first(root)
     for folder in candidates:
@@ -109,7 +109,7 @@ def newest_intact(root: Path) -> tuple[Path | None, list[str]]:
             return folder, passed_over
         passed_over.append(f"{folder.name}: {reason}")
     if candidates:
-        raise UserError(f"no intact checkpoint to resume from: {passed_over[0].split(': ', 1)[1]}; "
+        raise InputError(f"no intact checkpoint to resume from: {passed_over[0].split(': ', 1)[1]}; "
                         "start afresh without --resume (or with --overwrite).")
     return None, passed_over
 
@@ -126,7 +126,7 @@ def restore(accelerator, folder: Path, state_cls):
     """Load a checkpoint into `accelerator` (weights, optimiser, scheduler, RNG) and return its engine
     state as a `state_cls`. A checkpoint whose files are damaged or hostile even though they match
     their manifest (pickles importing code, safetensors headers that lie, a garbage engine state) is
-    a one-line UserError naming the file; nothing of it is unpickled beyond plain tensors."""
+    an InputError naming the file; nothing of it is unpickled beyond plain tensors."""
     folder = Path(folder)
     action = "cannot resume from"
     for path in sorted(folder.iterdir()):
@@ -141,5 +141,5 @@ def restore(accelerator, folder: Path, state_cls):
     names = {f.name for f in fields(state_cls)}
     if not isinstance(data, dict) or not set(data) <= names or \
             not all(v is None or type(v) in (int, float, bool) for v in data.values()):
-        raise UserError(f"{action} {folder}: {ENGINE_STATE} is not an engine state; {RESUME_HINT}")
+        raise InputError(f"{action} {folder}: {ENGINE_STATE} is not an engine state; {RESUME_HINT}")
     return state_cls(**data)

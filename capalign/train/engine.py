@@ -10,6 +10,10 @@ Biases) through accelerate, and a learning-curve PNG.
 `batch_size` is the global batch: with N processes (`torchrun` / `accelerate launch`) each process
 gets 1/N of every batch of the same seeded order (accelerate's `split_batches`), so N processes train
 on the same examples in the same order as one process; see capalign.distributed for the loss side.
+
+Read in run order: `Engine.__init__` (accelerator, tracker, data, optimiser and schedule), `resume`
+(the newest intact checkpoint), `fit` (signals around `_loop`, whose body is the step order), then
+the steps themselves.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
-from capalign import ui
+from capalign import reporting
 from capalign.config import TrainConfig
 from capalign.devices import resolve_device
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError
 from capalign.runs import atomic_write_text, write_errors
 from capalign.train import checkpoints
 from capalign.train.reports import plot_curves
@@ -47,6 +51,7 @@ from capalign.train.reports import plot_curves
 MAX_CONSECUTIVE_NONFINITE = 20
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Window = dict[str, list[torch.Tensor]]  # logged values since the last record, still on the device
 
 
 @dataclass
@@ -85,107 +90,40 @@ class Engine:
         shown: dict[str, str] | None = None,
     ):
         self.settings = settings
-        self.remedy = remedy  # what a diverged run's message suggests
-        self.shown = shown or {}  # logged values the progress bar shows besides the loss: {key: label}
         self.run_dir = Path(run_dir)
         self.loss_fn, self.validate, self.save_best = loss_fn, validate, save_best
         self.description = description
+        self.remedy = remedy  # what a diverged run's message suggests
+        self.shown = shown or {}  # logged values the progress bar shows besides the loss: {key: label}
         # Logged steps continue across consecutive engines on one run (align rounds), which also
         # tag their records (e.g. {"round": 2}).
         self.step_offset, self.log_extra = step_offset, log_extra or {}
-        _release_accelerator_state(settings.mixed_precision)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.checkpoints = self.run_dir / "checkpoints"
+
         device = resolve_device(settings.device)
-        if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
-            torch.cuda.set_device(device)  # one process on the GPU the user named
-        self.accelerator = Accelerator(
-            cpu=device.type == "cpu",
-            mixed_precision=settings.mixed_precision,
-            gradient_accumulation_steps=settings.grad_accum,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True,
-                                                      non_blocking=device.type == "cuda"),
-            log_with=_tracker(settings.tracker),
-            project_dir=str(self.run_dir),
-        )
-        processes = self.accelerator.num_processes
-        if settings.batch_size % processes:
-            raise UserError(f"--batch-size ({settings.batch_size}) is the global batch and must be divisible by the "
-                            f"number of processes ({processes}).")
-        if settings.tracker:
-            self.accelerator.init_trackers(self.run_dir.name, config=_flat(tracker_config or {}))
+        self.accelerator = _accelerator(settings, device, self.run_dir)
+        _check_global_batch(settings.batch_size, self.accelerator.num_processes)
+        self._start_tracker(tracker_config)
         set_seed(settings.seed)
-        loader = DataLoader(
-            train_set,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            generator=torch.Generator().manual_seed(settings.seed),
-            drop_last=len(train_set) > settings.batch_size,
-            **loader_workers(device, settings.augment),
-        )
-        steps_per_epoch = max(1, math.ceil(len(loader) / settings.grad_accum))
-        self.total_steps = settings.max_steps or settings.epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
-        scheduler = get_cosine_schedule_with_warmup(
-            optimizer, int(settings.warmup_ratio * self.total_steps), self.total_steps
-        )
+        loader = _loader(train_set, collate, settings, device)
+        self.total_steps = settings.max_steps or settings.epochs * max(1, math.ceil(len(loader) / settings.grad_accum))
+        optimizer, scheduler = _optimiser(module, settings, self.total_steps)
         self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             module, optimizer, loader, scheduler
         )
+
         self.state = EngineState()
         self._stop: list[int] = []  # signals received (see fit)
         self._nonfinite_in_a_row = 0  # not checkpointed: a resumed run gets the full allowance again
         self._rng_to_restore: torch.Tensor | None = None
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.checkpoints = self.run_dir / "checkpoints"
 
-    # ------------------------------------------------------------------ checkpoints
+    def _start_tracker(self, tracker_config: dict | None) -> None:
+        """Open the --tracker run, its hyperparameters the flattened run config."""
+        if self.settings.tracker:
+            self.accelerator.init_trackers(self.run_dir.name, config=_flat(tracker_config or {}))
 
-    def save_checkpoint(self) -> Path:
-        """Write weights, optimiser, scheduler, RNG and engine state under a temporary name, fsync and
-        seal them with a manifest, rename into place, then drop all but the newest checkpoints. Weights
-        that are no longer finite are never saved: training stops as diverged, the last good
-        checkpoint kept."""
-        self._refuse_nonfinite_weights()
-        self.accelerator.wait_for_everyone()
-        final = self.checkpoints / f"{checkpoints.PREFIX}{self.state.step:08d}"
-        partial = final.with_name(final.name + ".partial")
-        with write_errors(partial):
-            if self.accelerator.is_main_process:
-                self.checkpoints.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(partial, ignore_errors=True)
-            try:
-                self.accelerator.save_state(str(partial))
-                if self.accelerator.is_main_process:
-                    (partial / "engine_state.json").write_text(json.dumps(asdict(self.state)))
-                    checkpoints.seal(partial)
-                    if final.exists():
-                        shutil.rmtree(final)
-                    partial.rename(final)
-                    checkpoints.fsync_dir(self.checkpoints)
-                    atomic_write_text(self.checkpoints / "latest.json", json.dumps({"path": final.name}))  # for people
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)  # the previous checkpoint stays untouched
-                raise
-        if self.accelerator.is_main_process:
-            checkpoints.prune(self.checkpoints, self.settings.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def _refuse_nonfinite_weights(self) -> None:
-        """Stop as diverged when a parameter holds NaN or inf (one host sync, only when saving)."""
-        finite = all(bool(torch.isfinite(p).all()) for p in self.module.parameters() if p.requires_grad)
-        if not finite:
-            self._diverged("the weights are no longer finite")
-
-    def _diverged(self, what: str) -> None:
-        """Raise the one-line error of a diverged run, naming the checkpoint a --resume would use."""
-        try:
-            path, _ = checkpoints.newest_intact(self.checkpoints)
-        except UserError:  # checkpoints exist, none intact
-            path = None
-        where = f"the last good checkpoint is {path}" if path else "no intact resume checkpoint was written yet"
-        raise UserError(f"training diverged: {what} at step {self.state.step + self.step_offset}; "
-                        f"{self.remedy}; {where}.")
+    # ------------------------------------------------------------------ resume
 
     def resume(self) -> bool:
         """Load the newest intact checkpoint if there is one (saying which damaged ones were passed
@@ -193,12 +131,12 @@ class Engine:
         (with none, up to `step_offset`: an earlier round's)."""
         path, passed_over = checkpoints.newest_intact(self.checkpoints)
         for reason in passed_over:
-            ui.err_console.print(f"[yellow]warning:[/yellow] skipping checkpoint {reason}", highlight=False)
+            reporting.log.warning(f"warning: skipping checkpoint {reason}")
         if path is None:
             self._keep_metrics_up_to(self.step_offset)
             return False
         if passed_over:
-            ui.err_console.print(f"Resuming from the newest intact checkpoint, {path.name}.", highlight=False)
+            reporting.log.warning(f"Resuming from the newest intact checkpoint, {path.name}.")
         self.state = checkpoints.restore(self.accelerator, path, EngineState)
         # Starting the data iterator draws from the global torch RNG; re-apply the checkpoint's
         # state after that draw so dropout continues exactly as in an uninterrupted run.
@@ -212,7 +150,7 @@ class Engine:
             kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
             atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ fit
 
     def fit(self) -> EngineState:
         """Train to `total_steps`. SIGTERM (schedulers, `timeout`) and SIGINT (Ctrl-C) write a checkpoint
@@ -227,59 +165,62 @@ class Engine:
             except KeyboardInterrupt:  # raised where no handler could be installed (not the main thread)
                 stop.append(signal.SIGINT)
             if stop:
-                path = self.save_checkpoint()
-                ui.err_console.print(f"Stopped by {signal.Signals(stop[0]).name}: checkpoint saved at {path}; "
-                                     "continue with --resume.", highlight=False, soft_wrap=True)
-                raise SystemExit(128 + stop[0])
+                self._checkpoint_and_exit(stop[0])
         return self.state
 
     def _loop(self) -> None:
-        settings, acc = self.settings, self.accelerator
-        window: dict[str, list[torch.Tensor]] = {}
-        started, samples = time.perf_counter(), 0
+        """Optimiser steps until a stop condition holds: batch → forward/backward (accumulating) →
+        clip → step → log → validate/select → checkpoint → stop conditions."""
+        window: Window = {}
+        throughput = _Throughput(self.accelerator.num_processes)
         self.module.train()  # loaded models (from_pretrained) and pair building leave it in eval mode
-        with ui.progress_bar(self.description, self.total_steps) as (progress, task):
-            progress.update(task, completed=self.state.step)
-            while self.state.step < self.total_steps and not self.state.stopped_early and not self._stop:
-                self.loader.set_epoch(self.state.epoch)
-                batches = self.loader
-                if self.state.batches_done_in_epoch:
-                    batches = acc.skip_first_batches(self.loader, self.state.batches_done_in_epoch)
-                batches = iter(batches)
-                if self._rng_to_restore is not None:
-                    torch.set_rng_state(self._rng_to_restore)
-                    self._rng_to_restore = None
-                for batch in batches:
-                    stepped = self._train_batch(batch, window)
-                    self.state.batches_done_in_epoch += 1
-                    samples += len(next(iter(batch.values()))) * acc.num_processes
-                    if not stepped:
-                        continue
-                    step = self.state.step
-                    if step % settings.log_every == 0 or step == self.total_steps:
-                        rate = samples / max(time.perf_counter() - started, 1e-9)
-                        self._log(window, rate)
-                        extra = "".join(f" {label} {self.last_logged[key]:.4f}" for key, label in self.shown.items()
-                                        if key in self.last_logged)
-                        progress.update(task, info=f"loss {self.last_logged['loss']:.4f}{extra} lr {self.last_logged['lr']:.2e} {rate:.0f} samples/s")
-                        window = {}
-                    if self.validate and (step % settings.eval_every == 0 or step == self.total_steps):
-                        self._validate()
-                    if step % settings.checkpoint_every == 0 and step < self.total_steps and not self.state.stopped_early:
-                        self.save_checkpoint()
-                    progress.update(task, completed=step)
-                    if step >= self.total_steps or self.state.stopped_early or self._stop:
-                        break
-                else:
-                    self.state.epoch += 1
-                    self.state.batches_done_in_epoch = 0
-        if self.state.stopped_early:
-            ui.console.print(f"Stopped early at step {self.state.step}: validation loss did not improve in "
-                             f"{settings.patience} validations (best {self.state.best_val_loss:.4f}).")
-        if self.state.skipped_nonfinite:
-            ui.console.print(f"[yellow]Skipped {self.state.skipped_nonfinite} batches whose loss or gradients were not finite.")
+        with reporting.progress(self.description, self.total_steps) as advance:
+            advance(completed=self.state.step)
+            for batch in self._batches():
+                stepped = self._train_batch(batch, window)
+                self.state.batches_done_in_epoch += 1
+                throughput.count(batch)
+                if not stepped:
+                    continue  # accumulating, or a skipped non-finite batch: not a step boundary
+                if self._due(self.settings.log_every):
+                    advance(info=self._bar_info(self._log(window, throughput.rate())))
+                    window = {}
+                if self.validate and self._due(self.settings.eval_every):
+                    self._validate()
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+                advance(completed=self.state.step)
+                if not self._keep_training():
+                    break
+        self._report_ending()
 
-    def _train_batch(self, batch: dict, window: dict[str, list[torch.Tensor]]) -> bool:
+    # ------------------------------------------------------------------ batches
+
+    def _batches(self) -> Iterator[dict]:
+        """Training batches in the seeded order, epoch after epoch while training goes on, from where
+        the state stands (`_loop` counts them as done once trained on)."""
+        while self._keep_training():
+            self.loader.set_epoch(self.state.epoch)
+            batches = iter(self._rest_of_epoch())
+            self._restore_rng()
+            yield from batches
+            self.state.epoch += 1
+            self.state.batches_done_in_epoch = 0
+
+    def _rest_of_epoch(self):
+        """The loader, past the batches of this epoch a resumed run already trained on."""
+        done = self.state.batches_done_in_epoch
+        return self.accelerator.skip_first_batches(self.loader, done) if done else self.loader
+
+    def _restore_rng(self) -> None:
+        """Once, after a resume: the checkpoint's torch RNG state (see resume)."""
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    # ------------------------------------------------------------------ one micro-batch
+
+    def _train_batch(self, batch: dict, window: Window) -> bool:
         """One micro-batch; returns True when an optimiser step was taken (or skipped for NaN). Logged
         values stay on the device until `_log`; the two finiteness checks are the only host syncs."""
         acc = self.accelerator
@@ -314,8 +255,15 @@ class Engine:
         if self._nonfinite_in_a_row >= MAX_CONSECUTIVE_NONFINITE:
             self._diverged(f"{self._nonfinite_in_a_row} consecutive non-finite losses")
 
-    def _log(self, window: dict[str, list[torch.Tensor]], rate: float) -> None:
-        """Append the window's means (one device-to-host copy per logged value) to metrics.jsonl."""
+    # ------------------------------------------------------------------ at a step boundary
+
+    def _due(self, every: int) -> bool:
+        """Whether a periodic action (logging, validation) falls on this step; the last step always."""
+        return self.state.step % every == 0 or self.state.step == self.total_steps
+
+    def _log(self, window: Window, rate: float) -> dict:
+        """Append the window's means (one device-to-host copy per logged value) to metrics.jsonl;
+        returns the record."""
         record = {"step": self.state.step + self.step_offset, **self.log_extra, "epoch": self.state.epoch}
         for key, values in window.items():
             values = torch.stack(values)
@@ -325,10 +273,16 @@ class Engine:
             record[key] = sum(values) / len(values)
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["samples_per_s"] = rate
-        self.last_logged = record
         self._append(record)
+        return record
+
+    def _bar_info(self, record: dict) -> str:
+        """The progress bar's text for a logged record: loss, the `shown` values, lr, throughput."""
+        extra = "".join(f" {label} {record[key]:.4f}" for key, label in self.shown.items() if key in record)
+        return f"loss {record['loss']:.4f}{extra} lr {record['lr']:.2e} {record['samples_per_s']:.0f} samples/s"
 
     def _append(self, record: dict) -> None:
+        """One record into metrics.jsonl (main process) and to the tracker."""
         if self.accelerator.is_main_process:
             with self.metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -337,35 +291,131 @@ class Engine:
                                  step=record["step"])
 
     def _validate(self) -> None:
+        """Run `validate` in eval mode, record its results, keep the best models, redraw the curves."""
         module = self.accelerator.unwrap_model(self.module)
         module.eval()
         with torch.no_grad():
             results = self.validate(module)
         module.train()
         self._append({"step": self.state.step + self.step_offset, **self.log_extra, **results})
-        val_loss = results.get("val_loss")
-        if val_loss is not None:
-            # a NaN loss is never an improvement: broken weights are not kept as the best
-            if math.isfinite(val_loss) and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
-                self.state.best_val_loss = val_loss
-                self.state.validations_without_improvement = 0
-                if self.save_best and self.accelerator.is_main_process:
-                    self.save_best(module, self.run_dir / "best-loss")
-            else:
-                self.state.validations_without_improvement += 1
-                if self.settings.patience and self.state.validations_without_improvement >= self.settings.patience:
-                    self.state.stopped_early = True
-        score = results.get("val_select")
-        if score is not None and math.isfinite(score) and (self.state.best_metric is None or score > self.state.best_metric):
-            self.state.best_metric = score
-            if self.save_best and self.accelerator.is_main_process:
-                self.save_best(module, self.run_dir / "best-metric")
-                atomic_write_text(self.run_dir / "best-metric" / "selection.json",
-                                  json.dumps({"step": self.state.step, **results}, indent=1))
+        if results.get("val_loss") is not None:
+            self._select_by_loss(module, results["val_loss"])
+        if results.get("val_select") is not None:
+            self._select_by_metric(module, results)
         if self.accelerator.is_main_process:
             plot_curves(self.metrics_path, self.run_dir / "curves.png")
 
+    def _select_by_loss(self, module: torch.nn.Module, val_loss: float) -> None:
+        """Keep `best-loss/` on an improvement; count the validations without one (early stopping)."""
+        # a NaN loss is never an improvement: broken weights are not kept as the best
+        if math.isfinite(val_loss) and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
+            self.state.best_val_loss = val_loss
+            self.state.validations_without_improvement = 0
+            self._save_best(module, "best-loss")
+            return
+        self.state.validations_without_improvement += 1
+        if self.settings.patience and self.state.validations_without_improvement >= self.settings.patience:
+            self.state.stopped_early = True
+
+    def _select_by_metric(self, module: torch.nn.Module, results: dict[str, float]) -> None:
+        """Keep `best-metric/` (with the validation results in selection.json) when the score improves."""
+        score = results["val_select"]
+        if math.isfinite(score) and (self.state.best_metric is None or score > self.state.best_metric):
+            self.state.best_metric = score
+            if self._save_best(module, "best-metric"):
+                atomic_write_text(self.run_dir / "best-metric" / "selection.json",
+                                  json.dumps({"step": self.state.step, **results}, indent=1))
+
+    def _save_best(self, module: torch.nn.Module, folder: str) -> bool:
+        """`save_best` into run_dir/`folder` (main process); returns whether it saved."""
+        if not (self.save_best and self.accelerator.is_main_process):
+            return False
+        self.save_best(module, self.run_dir / folder)
+        return True
+
+    def _checkpoint_due(self) -> bool:
+        """A resume checkpoint every `checkpoint_every` steps, except at the end (nothing to resume)."""
+        return (self.state.step % self.settings.checkpoint_every == 0 and self.state.step < self.total_steps
+                and not self.state.stopped_early)
+
+    def _keep_training(self) -> bool:
+        """The stop conditions: the last step reached, stopped early, or a signal received."""
+        return self.state.step < self.total_steps and not self.state.stopped_early and not self._stop
+
+    def _report_ending(self) -> None:
+        """Say why training ended early and how many batches it skipped, if so."""
+        if self.state.stopped_early:
+            reporting.log.info(f"Stopped early at step {self.state.step}: validation loss did not improve in "
+                               f"{self.settings.patience} validations (best {self.state.best_val_loss:.4f}).")
+        if self.state.skipped_nonfinite:
+            reporting.log.info(f"Skipped {self.state.skipped_nonfinite} batches whose loss or gradients were not finite.")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write weights, optimiser, scheduler, RNG and engine state as a sealed checkpoint, then drop
+        all but the newest checkpoints. Weights that are no longer finite are never saved: training
+        stops as diverged, the last good checkpoint kept."""
+        self._refuse_nonfinite_weights()
+        self.accelerator.wait_for_everyone()
+        final = self.checkpoints / f"{checkpoints.PREFIX}{self.state.step:08d}"
+        self._write_checkpoint(final)
+        if self.accelerator.is_main_process:
+            checkpoints.prune(self.checkpoints, self.settings.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, final: Path) -> None:
+        """Save under a temporary name, fsync and seal with a manifest, rename into place; a failure
+        leaves the previous checkpoint untouched."""
+        partial = final.with_name(final.name + ".partial")
+        main = self.accelerator.is_main_process
+        with write_errors(partial):
+            if main:
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(partial, ignore_errors=True)
+            try:
+                self.accelerator.save_state(str(partial))
+                if main:
+                    (partial / checkpoints.ENGINE_STATE).write_text(json.dumps(asdict(self.state)))
+                    checkpoints.seal(partial)
+                    if final.exists():
+                        shutil.rmtree(final)
+                    partial.rename(final)
+                    checkpoints.fsync_dir(self.checkpoints)
+                    atomic_write_text(self.checkpoints / "latest.json", json.dumps({"path": final.name}))  # for people
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+
+    def _refuse_nonfinite_weights(self) -> None:
+        """Stop as diverged when a parameter holds NaN or inf (one host sync, only when saving)."""
+        finite = all(bool(torch.isfinite(p).all()) for p in self.module.parameters() if p.requires_grad)
+        if not finite:
+            self._diverged("the weights are no longer finite")
+
+    def _diverged(self, what: str) -> None:
+        """Raise the one-line error of a diverged run (its settings, e.g. the learning rate, do not
+        train this model), naming the checkpoint a --resume would use."""
+        try:
+            path, _ = checkpoints.newest_intact(self.checkpoints)
+        except InputError:  # checkpoints exist, none intact
+            path = None
+        where = f"the last good checkpoint is {path}" if path else "no intact resume checkpoint was written yet"
+        raise ConfigError(f"training diverged: {what} at step {self.state.step + self.step_offset}; "
+                          f"{self.remedy}; {where}.")
+
+    def _checkpoint_and_exit(self, signum: int) -> None:
+        """After a stop signal: save a checkpoint, say where, exit with 128 + the signal number."""
+        path = self.save_checkpoint()
+        reporting.log.warning(f"Stopped by {signal.Signals(signum).name}: checkpoint saved at {path}; "
+                              "continue with --resume.")
+        raise SystemExit(128 + signum)
+
+    # ------------------------------------------------------------------ after training
+
     def unwrapped(self) -> torch.nn.Module:
+        """The trained module without accelerate's wrappers."""
         return self.accelerator.unwrap_model(self.module)
 
     def finish(self) -> None:
@@ -375,6 +425,19 @@ class Engine:
         if self.accelerator.is_main_process:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
         self.accelerator.end_training()
+
+
+class _Throughput:
+    """Training samples per second since the loop started, every process's share counted."""
+
+    def __init__(self, processes: int):
+        self.processes, self.samples, self.started = processes, 0, time.perf_counter()
+
+    def count(self, batch: dict) -> None:
+        self.samples += len(next(iter(batch.values()))) * self.processes
+
+    def rate(self) -> float:
+        return self.samples / max(time.perf_counter() - self.started, 1e-9)
 
 
 @contextmanager
@@ -390,8 +453,8 @@ def stop_signals() -> Iterator[list[int]]:
         if received:
             os._exit(128 + signum)
         received.append(signum)
-        ui.err_console.print(f"{signal.Signals(signum).name} received: saving a checkpoint after this step "
-                             "(send it again to stop at once).", highlight=False, soft_wrap=True)
+        reporting.log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint after this step "
+                              "(send it again to stop at once).")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -399,6 +462,23 @@ def stop_signals() -> Iterator[list[int]]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _accelerator(settings: TrainConfig, device: torch.device, project_dir: Path) -> Accelerator:
+    """accelerate on `device`, with the run's mixed precision, accumulation, seedable batch order
+    split across processes, and tracker."""
+    _release_accelerator_state(settings.mixed_precision)
+    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(device)  # one process on the GPU the user named
+    return Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True,
+                                                  non_blocking=device.type == "cuda"),
+        log_with=_tracker(settings.tracker),
+        project_dir=str(project_dir),
+    )
 
 
 def _release_accelerator_state(mixed_precision: str) -> None:
@@ -410,15 +490,18 @@ def _release_accelerator_state(mixed_precision: str) -> None:
 
 
 def _tracker(name: str | None) -> str | None:
-    """The accelerate tracker for --tracker, if its package is installed."""
-    if name is None:
-        return None
-    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
-    if package is None:
-        raise UserError(f"--tracker must be tensorboard or wandb, got {name}.")
-    if importlib.util.find_spec(package) is None:
-        raise UserError(f"--tracker {name} needs the {package} package; install it with `pip install {package}`.")
+    """The accelerate tracker for --tracker, if its package is installed (config validation admits
+    only tensorboard and wandb, each its own package's name)."""
+    if name is not None and importlib.util.find_spec(name) is None:
+        raise MissingError(f"--tracker {name} needs the {name} package; install it with `pip install {name}`.")
     return name
+
+
+def _check_global_batch(batch_size: int, processes: int) -> None:
+    """The global batch is split evenly across processes."""
+    if batch_size % processes:
+        raise ConfigError(f"--batch-size ({batch_size}) is the global batch and must be divisible by the "
+                          f"number of processes ({processes}).")
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -432,12 +515,31 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _loader(train_set, collate, settings: TrainConfig, device: torch.device) -> DataLoader:
+    """Shuffled in the seed's order; the last short batch dropped when there is more than one batch."""
+    return DataLoader(
+        train_set,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(settings.seed),
+        drop_last=len(train_set) > settings.batch_size,
+        **loader_workers(device, settings.augment),
+    )
+
+
 def loader_workers(device: torch.device, augment: bool) -> dict:
     """DataLoader worker settings: on CUDA, up to 8 worker processes and pinned memory (for
     non-blocking copies); on other devices, or with augmentation (which draws from the main process's
     torch RNG, so checkpoints resume it exactly), batches are made in the main process."""
     workers = min(8, os.cpu_count() or 1) if device.type == "cuda" and not augment else 0
     return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
+
+
+def _optimiser(module: torch.nn.Module, settings: TrainConfig, total_steps: int):
+    """AdamW over the trainable parameters and a cosine schedule with linear warm-up to `total_steps`."""
+    optimizer = torch.optim.AdamW(_param_groups(module, settings.weight_decay), lr=settings.lr)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
 
 
 def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from capalign import ui
+from capalign import reporting
 from capalign.data.collate import pixel_values
 from capalign.distributed import process_state
 from capalign.data.store import DEFAULT_DATA_ROOT
@@ -95,8 +95,8 @@ def encode_split(split, vision: torch.nn.Module, processor, keep_hidden: bool, f
             shard += 1
         buffer = {"pooled": [], "hidden": []}
 
-    rows_in_buffer = 0
-    with ui.progress_bar("caching features", len(split)) as (progress, task):
+    rows_in_buffer = done = 0
+    with reporting.progress("caching features", len(split)) as advance:
         for start in range(0, len(split), batch_size):
             images = split[start : min(start + batch_size, len(split))]["image"]
             out = vision(pixel_values=pixel_values(processor, images).to(device))
@@ -107,7 +107,8 @@ def encode_split(split, vision: torch.nn.Module, processor, keep_hidden: bool, f
             if rows_in_buffer >= SHARD_ROWS:  # SHARD_ROWS is a multiple of any sane batch size
                 flush()
                 rows_in_buffer = 0
-            progress.advance(task, len(images))
+            done += len(images)
+            advance(completed=done)
     flush()
     vision.train(was_training)
     (folder / "meta.json").write_text(json.dumps({"rows": len(split), "bytes": total_bytes, "keep_hidden": keep_hidden,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 
 
 def disable_dropout(module: torch.nn.Module) -> None:
@@ -23,12 +23,12 @@ def add_lora(policy, rank: int) -> None:
     try:
         from peft import LoraConfig, get_peft_model  # deferred: peft is needed only with --lora-rank
     except ImportError:
-        raise UserError("--lora-rank needs peft: pip install peft.") from None
+        raise MissingError("--lora-rank needs peft: pip install peft.") from None
     policy.requires_grad_(False)
     try:
         policy.set_decoder(get_peft_model(policy.decoder, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0)))
     except ValueError as exc:
-        raise UserError(f"LoRA cannot wrap this decoder: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"LoRA cannot wrap this decoder: {str(exc).splitlines()[0]}") from None
 
 
 def merge_lora(policy) -> None:

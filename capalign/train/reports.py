@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from capalign import ui
+from capalign import reporting
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.inference.scorer import RunScorer
 from capalign.metrics import MetricOptions, evaluate_captions
@@ -45,11 +45,11 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     round's held-out pairs against the pretrained reference; written to alignment_report.json."""
     images = list(split["image"])
     ids = list(split["image_id"])
-    with ui.progress_bar("report: captioning", 2 * len(images)) as (progress, task):
+    with reporting.progress("report: captioning", 2 * len(images)) as advance:
         aligned = dict(zip(ids, caption_images(policy, tokenizer, processor, images, DecodeOptions())))
-        progress.update(task, completed=len(images))
+        advance(completed=len(images))
         before = dict(zip(ids, caption_images(reference, tokenizer, processor, images, DecodeOptions())))
-        progress.update(task, completed=2 * len(images))
+        advance(completed=2 * len(images))
     objects = split["objects"] if "objects" in split.column_names else None
     ranked = rank_candidates([[aligned[i], before[i]] for i in ids], split["captions"], objects)
     wins = sum(a.score > b.score for a, b in ranked)
@@ -68,7 +68,7 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     if held_out is not None:
         rows.append(["held-out pair accuracy", "", held_out["eval_rewards/accuracies"]])
     rows.append(["ranker win / tie / loss", "", f"{report['win_rate']:.0%} / {report['tie_rate']:.0%} / {report['loss_rate']:.0%}"])
-    ui.print_table(f"aligned vs reference on {len(ids)} evaluation images", ["metric", "reference", "aligned"], rows)
+    reporting.table(f"aligned vs reference on {len(ids)} evaluation images", ["metric", "reference", "aligned"], rows)
     return report
 
 
@@ -165,7 +165,7 @@ def report_dry_run(captioner, pairs, collate, loss_fn, batch_size: int) -> None:
     trainable = sum(p.numel() for p in captioner.parameters() if p.requires_grad)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     frozen = ", ".join(k for k, v in captioner.frozen.items() if v) or "nothing"
-    ui.print_table(
+    reporting.table(
         "dry run",
         ["what", "value"],
         [["architecture", captioner.arch], ["frozen", frozen], ["training pairs", len(pairs)],

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 from capalign.runs import atomic_write_json, write_errors
 from capalign.train.checkpoints import fsync_dir
 
@@ -45,9 +45,9 @@ def load_progress(run_dir: Path) -> RoundProgress:
     try:
         progress = RoundProgress(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
-        raise UserError(f"{path} is unreadable; start afresh without --resume (or with --overwrite).") from None
+        raise InputError(f"{path} is unreadable; start afresh without --resume (or with --overwrite).") from None
     if progress.policy is not None and not (Path(run_dir) / progress.policy).is_file():
-        raise UserError(f"{Path(run_dir) / progress.policy}, which {path} names, is missing; start afresh without --resume.")
+        raise MissingError(f"{Path(run_dir) / progress.policy}, which {path} names, is missing; start afresh without --resume.")
     return progress
 
 

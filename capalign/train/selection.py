@@ -9,8 +9,8 @@ import re
 import numpy as np
 import torch
 
-from capalign import ui
-from capalign.errors import UserError
+from capalign import reporting
+from capalign.errors import ConfigError
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.inference.scorer import RunScorer
 from capalign.metrics import evaluate_captions
@@ -31,7 +31,7 @@ def parse_select(spec: str) -> list[tuple[float, str]]:
         match = re.fullmatch(r"(?:(\d+(?:\.\d*)?|\.\d+)\*)?([a-z0-9-]+)", part)
         name = match and SELECT_NAMES.get(match.group(2).replace("-", ""))
         if not name:
-            raise UserError(f"--select {spec!r}: cannot read {part!r}; use metric names joined by + with optional "
+            raise ConfigError(f"--select {spec!r}: cannot read {part!r}; use metric names joined by + with optional "
                             f"weights, e.g. cider+0.5*bleu4 (metrics: {', '.join(SELECT_NAMES)}).")
         terms.append((float(match.group(1) or 1.0), name))
     return terms
@@ -55,7 +55,7 @@ def validation_metric(split, tokenizer, processor, spec: str, n_images: int, max
     terms = parse_select(spec)
     names = sorted({name for _, name in terms})
     if set(names) & RETRIEVAL and not set(names) <= RETRIEVAL:
-        raise UserError(f"--select {spec}: combine caption metrics or retrieval top-K, not both.")
+        raise ConfigError(f"--select {spec}: combine caption metrics or retrieval top-K, not both.")
     rows = split.select(range(min(n_images, len(split))))
     images, ids, references = list(rows["image"]), [str(i) for i in rows["image_id"]], list(rows["captions"])
 
@@ -67,8 +67,8 @@ def validation_metric(split, tokenizer, processor, spec: str, n_images: int, max
             result = evaluate_captions(dict(zip(ids, captions)), dict(zip(ids, references)), names)
             missing = [n for n in names if n not in result.summary]
             if missing:
-                ui.err_console.print(f"note: validation metric(s) {', '.join(missing)} unavailable: "
-                                     + "; ".join(result.missing.get(n, "?") for n in missing))
+                reporting.log.warning(f"note: validation metric(s) {', '.join(missing)} unavailable: "
+                                      + "; ".join(result.missing.get(n, "?") for n in missing))
                 return {}
             values = {n: result.summary[n] for n in names}
         out = {f"val_{n}": v for n, v in values.items()}

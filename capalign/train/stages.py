@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.runs import RUN_INFO, atomic_write_json
 from capalign.train.rounds import PROGRESS
 
@@ -54,7 +54,7 @@ def check_resume(out: Path | None, kind: str) -> None:
         return
     found = stage_of(Path(out))
     if found is not None and found != kind:
-        raise UserError(f"{out} holds an interrupted {found} run, which `capalign {kind} --resume` cannot continue; "
+        raise InputError(f"{out} holds an interrupted {found} run, which `capalign {kind} --resume` cannot continue; "
                         f"continue it with `capalign {found} --resume --out {out}`, or choose another --out.")
 
 
