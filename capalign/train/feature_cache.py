@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from capalign import reporting
-from capalign.data.collate import pixel_values
+from capalign.data.collate import CaptionPairs, pixel_values
 from capalign.distributed import process_state
 from capalign.data.store import DEFAULT_DATA_ROOT
 from capalign.models.backbones import pooled, weights_digest
@@ -146,17 +146,14 @@ def cached_features(split, split_name: str, vision: torch.nn.Module, processor, 
     return FeatureStore(final, computed)
 
 
-class CachedCaptionPairs(torch.utils.data.Dataset):
+class CachedCaptionPairs(CaptionPairs):
     """Every (cached image features, reference caption) pair of a split, in CaptionPairs' order;
     images are never decoded."""
 
     def __init__(self, split, store: FeatureStore):
+        super().__init__(split)
         self.store = store
-        self.index = [(row, k) for row, captions in enumerate(split["captions"]) for k in range(len(captions))]
         self.captions = list(split["captions"])
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def __getitem__(self, i: int):
         row, k = self.index[i]
