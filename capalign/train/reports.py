@@ -1,5 +1,5 @@
-"""What training reports: the learning-curve PNG, the `--dry-run` table, and the table printed at the
-end of `capalign align` (the aligned model against its reference)."""
+"""What training reports: the learning-curve PNG, the `--dry-run` table, and the table shown at the
+end of `capalign align` (the aligned model against its reference), through capalign.reporting."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def plot_curves(metrics_path: Path, out: Path) -> None:
 
 
 def report_dry_run(captioner, pairs, collate, loss_fn, batch_size: int) -> None:
-    """Build one batch and run one forward pass; print parameter counts, loss and peak memory."""
+    """Build one batch and run one forward pass; report parameter counts, loss and peak memory as a table."""
     batch = collate([pairs[i] for i in range(min(batch_size, len(pairs)))])
     with torch.no_grad():
         loss, _ = loss_fn(captioner, batch)
