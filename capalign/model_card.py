@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from capalign import __version__
-from capalign.errors import UserError
+from capalign.errors import CapalignError
 from capalign.models import registry
 from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION, RUN_INFO, atomic_write_text
 
@@ -203,7 +203,7 @@ def record_evaluation(run_dir: Path, data: str, split: str, images: int, metrics
     try:
         atomic_write_text(path, json.dumps(entries, indent=1))
         write_model_card(run_dir)
-    except UserError as exc:
+    except CapalignError as exc:
         failure = exc.__context__  # the OSError atomic_write_text turned into a message with a remedy for --out
         return f"cannot write {getattr(failure, 'filename', None) or path}: {getattr(failure, 'strerror', None) or exc}"
     return None

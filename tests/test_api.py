@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import capalign
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,14 +74,14 @@ def test_caption_inputs_and_scores(pretrained_run, workspace, tmp_path):
 
     sims = captioner.score(pil, ["a red circle", "a blue square"])
     assert sims.shape == (3, 2) and bool(((sims >= -1 - 1e-5) & (sims <= 1 + 1e-5)).all())
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(MissingError, match="does not exist"):
         captioner.caption(["nowhere.png"])
 
 
 def test_score_without_head_is_a_clear_error(pretrained_run):
     captioner = capalign.Captioner.from_pretrained(pretrained_run, device="cpu")
     captioner.module.head = None
-    with pytest.raises(UserError, match="no contrastive head"):
+    with pytest.raises(InputError, match="no contrastive head"):
         captioner.score([Image.new("RGB", (64, 64))], ["a red circle"])
 
 
@@ -90,7 +90,7 @@ def test_from_pretrained_hub_id_offline_fails_fast(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(UserError, match="connected machine") as info:
+    with pytest.raises(MissingError, match="connected machine") as info:
         capalign.Captioner.from_pretrained("someone/not-cached-captioner")
     assert "\n" not in str(info.value)
     assert time.perf_counter() - start < 5

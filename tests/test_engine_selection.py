@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from capalign.errors import UserError
+from capalign.errors import CapalignError
 from capalign.config import TrainConfig
 from capalign.train.engine import Engine
 from capalign.losses import diversity_loss
@@ -57,7 +57,7 @@ def test_select_composites_parse_and_bad_ones_fail_in_one_sentence():
     assert terms == [(1.0, "CIDEr"), (0.5, "BLEU-4")]
     assert composite(terms, {"CIDEr": 0.8, "BLEU-4": 0.2}) == pytest.approx(0.9)
     assert parse_select("top10") == [(1.0, "top10")]
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(CapalignError, match="cannot read"):
         parse_select("cider+wer")
 
 
@@ -67,7 +67,7 @@ def test_missing_tracker_package_is_a_user_error(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     settings = TrainConfig(lr=0.1, batch_size=2, max_steps=1, tracker="tensorboard")
-    with pytest.raises(UserError, match="pip install tensorboard"):
+    with pytest.raises(CapalignError, match="pip install tensorboard"):
         Engine(torch.nn.Linear(1, 1), None, [torch.zeros(1)] * 4, None, settings, tmp_path)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from capalign.config import TrainConfig, build_config
-from capalign.errors import UserError
+from capalign.errors import CapalignError, ConfigError
 from capalign.train import checkpoints
 from capalign.train.engine import MAX_CONSECUTIVE_NONFINITE, Engine
 from capalign.train.pretrain import pretrain
@@ -74,7 +74,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
         return (loss if engine.state.step < 2 else loss * float("nan")), {}
 
     engine = _toy(tmp_path, loss_fn, max_steps=10, checkpoint_every=2)
-    with pytest.raises(UserError, match="consecutive non-finite losses at step 2") as stopped:
+    with pytest.raises(CapalignError, match="consecutive non-finite losses at step 2") as stopped:
         engine.fit()
     good = tmp_path / "checkpoints" / "step-00000002"
     assert str(good) in str(stopped.value)
@@ -99,7 +99,7 @@ def test_non_finite_weights_are_never_saved_over_the_good_checkpoint(tmp_path):
         return path
 
     engine.save_checkpoint = remember
-    with pytest.raises(UserError, match="weights are no longer finite at step 4"):
+    with pytest.raises(CapalignError, match="weights are no longer finite at step 4"):
         engine.fit()
     assert _snapshot(tmp_path / "checkpoints") == saved  # step 2's checkpoint, byte for byte; no step 4
 
@@ -321,5 +321,5 @@ def test_the_python_api_checks_decoding_limits(pretrained_run):
     assert isinstance(captioner.caption(str(IMAGE), max_length=positions - 1), str)  # the longest allowed
     for kwargs, named in [({"max_length": positions}, "--max-length"), ({"temperature": float("nan")}, "--temperature"),
                           ({"num_beams": 10**6}, "--num-beams")]:
-        with pytest.raises(UserError, match=named):
+        with pytest.raises(ConfigError, match=named):
             captioner.caption(str(IMAGE), **kwargs)

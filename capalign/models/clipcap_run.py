@@ -22,7 +22,7 @@ from transformers import AutoConfig, CLIPModel, GPT2LMHeadModel
 
 from capalign import ui
 from capalign.config import ModelConfig, build_config, save_config
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.model_card import write_model_card
 from capalign.models import backbones
 from capalign.models.build import build_image_processor, configure_prefix_generation
@@ -50,10 +50,10 @@ def _load_vision(name: str, layout: ClipCapLayout):
     path = backbones.resolve(name)
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type != "clip":
-        raise UserError(f"--vision {name} is a '{config.model_type}' model; ClipCap maps a CLIP image embedding: "
+        raise InputError(f"--vision {name} is a '{config.model_type}' model; ClipCap maps a CLIP image embedding: "
                         "pass the CLIP checkpoint it was trained with (a full CLIP folder or Hub id).")
     if config.projection_dim != layout.image_dim:
-        raise UserError(f"the checkpoint maps a {layout.image_dim}-wide image embedding but --vision {name} projects "
+        raise InputError(f"the checkpoint maps a {layout.image_dim}-wide image embedding but --vision {name} projects "
                         f"to {config.projection_dim}; pass the CLIP it was trained with (ResNet CLIPs such as "
                         "RN50x4 are not in transformers).")
     clip = CLIPModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
@@ -69,7 +69,7 @@ def _decoder_config(name: str):
     path = backbones.resolve(name)
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type != "gpt2":
-        raise UserError(f"--decoder {name} is a '{config.model_type}' model; ClipCap checkpoints hold a GPT-2: "
+        raise InputError(f"--decoder {name} is a '{config.model_type}' model; ClipCap checkpoints hold a GPT-2: "
                         "pass the GPT-2 it was trained with.")
     return path, config
 
@@ -81,7 +81,7 @@ def _load_decoder(name: str, layout: ClipCapLayout, state, source: Path):
               "n_positions": layout.positions}
     for field, value in wanted.items():
         if value is not None and getattr(config, field) != value:
-            raise UserError(f"{source} was trained with a GPT-2 of {field}={value} but --decoder {name} has "
+            raise InputError(f"{source} was trained with a GPT-2 of {field}={value} but --decoder {name} has "
                             f"{field}={getattr(config, field)}; pass the GPT-2 it was trained with.")
     decoder = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if layout.has_gpt:
@@ -89,10 +89,10 @@ def _load_decoder(name: str, layout: ClipCapLayout, state, source: Path):
         try:
             missing, unexpected = decoder.load_state_dict(weights, strict=False)
         except RuntimeError as exc:
-            raise UserError(f"{source}'s GPT-2 does not fit --decoder {name}: {str(exc).splitlines()[-1].strip()}") from None
+            raise InputError(f"{source}'s GPT-2 does not fit --decoder {name}: {str(exc).splitlines()[-1].strip()}") from None
         missing = [k for k in missing if k != "lm_head.weight"]  # tied to the token embedding
         if missing or unexpected:
-            raise UserError(f"{source}'s GPT-2 does not fit --decoder {name}: "
+            raise InputError(f"{source}'s GPT-2 does not fit --decoder {name}: "
                             f"{'missing ' + missing[0] if missing else 'unexpected gpt.' + unexpected[0]}.")
     return decoder
 
@@ -106,7 +106,7 @@ def _mapper(layout: ClipCapLayout, state, source: Path, vision, projection, norm
     try:
         mapper.load_state_dict(weights)
     except RuntimeError as exc:
-        raise UserError(f"{source}'s mapper does not fit: {str(exc).splitlines()[-1].strip()}") from None
+        raise InputError(f"{source}'s mapper does not fit: {str(exc).splitlines()[-1].strip()}") from None
     return mapper
 
 

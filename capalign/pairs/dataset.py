@@ -14,7 +14,7 @@ from capalign import ui
 from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.images import open_rgb
 from capalign.data.store import get_split
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 from capalign.inference.scorer import head_similarity
 from capalign.pairs.generated import best_and_worst_pairs, corrupted_pairs, sample_candidates
 from capalign.pairs.ranker import rank_candidates
@@ -89,13 +89,13 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
     has_objects = "objects" in split.column_names
     if source == "corrupted":
         if not has_objects:
-            raise UserError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
+            raise ConfigError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
         return corrupted_pairs(split, seed)
     if source != "auto":
         loaded = load_pair_source(source)
         ui.console.print(f"--pairs {source}: {loaded.summary()}")
         if not loaded.pairs:
-            raise UserError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
+            raise InputError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
     images = split["image"]  # a lazy column: each batch decodes its own slice, never the whole split
     candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed, sampling)
