@@ -29,8 +29,8 @@ from capalign.inference.scorer import RunScorer
 from capalign.metrics import RETRIEVAL_METRICS, EvaluationResult, parse_metrics
 from capalign.model_card import record_evaluation
 from capalign.models.io import load_captioner
+from capalign.reporting import log
 from capalign.runs import is_run_dir, resolve_model
-from capalign.ui import err_console
 
 __all__ = ["Captioner", "Evaluation", "ScoredCaption", "evaluate"]
 
@@ -216,6 +216,5 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         # after the scoring, not before: a read-only run folder (a shared model) still gets scored
         problem = record_evaluation(system.run_dir, data_label, split_label, len(system.captions), result.summary)
         if problem:
-            err_console.print(f"warning: the scores were not recorded in {system.run_dir}'s model card: {problem}",
-                              markup=False, highlight=False, soft_wrap=True)  # one line, however long the path
+            log.warning(f"warning: the scores were not recorded in {system.run_dir}'s model card: {problem}")
     return Evaluation(result, system, data_label, split_label, notes)

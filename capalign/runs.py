@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from capalign import ui
+from capalign.reporting import log
 from capalign.errors import InputError, MissingError, OutputError
 from capalign.models import registry
 from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, as_given, claim_output_dir, commit, resolved, write_errors
@@ -57,7 +57,7 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         if main and overwrite and not resume:  # the replaced run's checkpoints must not be resumed into the new one
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if claim.holds_result and main:
-        ui.console.print(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
+        log.info(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
     return as_given(run_dir, out)
 
 

@@ -448,7 +448,7 @@ def test_control_characters_from_a_vocabulary_are_escaped(pretrained_run, tmp_pa
 
 
 def test_ui_printable_escapes_control_characters():
-    from capalign import ui
+    from capalign.cli import ui
 
     assert ui.printable("a\x1b[2Jb\x07\r\x9b\u202ec\n\t") == "a\\x1b[2Jb\\x07\\x0d\\x9b\\u202ec\n\t"
 

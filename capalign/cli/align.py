@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.cli import options
 from capalign.config import build_config, help_for
 from capalign.errors import ConfigError

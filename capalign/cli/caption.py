@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.cli import options
 from capalign.errors import ConfigError
 from capalign.inference.caption_log import CaptionLog, finished_images

@@ -11,7 +11,7 @@ from capalign.cli import options
 from capalign.errors import ConfigError, InputError
 from capalign.outputs import claim_output_dir, commit, write_errors
 from capalign.runs import atomic_write_json
-from capalign.ui import console, print_missing, print_table, warn
+from capalign.cli.ui import console, print_missing, print_table, warn
 
 
 def compare(

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.config import CLIP_B32
 from capalign.errors import ConfigError, InputError
 from capalign.outputs import claim_output_dir

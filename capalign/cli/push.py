@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.errors import InputError, MissingError
 from capalign.runs import is_run_dir, resolve_model
 

@@ -16,8 +16,8 @@ from capalign.inference.scorer import load_scorer
 from capalign.metrics import MetricOptions, evaluate_captions
 from capalign.metrics.hallucination import load_coco_instances
 from capalign.metrics.results import load_references, load_results, match_ids
+from capalign.reporting import log
 from capalign.runs import is_run_dir, looks_like_hub_id, resolve_model
-from capalign.ui import warn
 
 IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", "T2I-R@1", "T2I-R@5", "T2I-R@10"}
 OBJECT_METRICS = {"Hallucination"}  # need each image's ground-truth objects (a prepared shapes split)
@@ -108,9 +108,9 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
         loaded = load_results(path)
         captions, report = match_ids(loaded, split.references, allow_partial=allow_partial, source=str(path))
         if loaded.skipped:
-            warn(f"{path}: skipped {loaded.skipped} records without an image_id and a caption string")
+            log.warning(f"warning: {path}: skipped {loaded.skipped} records without an image_id and a caption string")
         if not report.ok:
-            warn(f"{path}: scoring {len(captions)} common images only; {report.describe()}")
+            log.warning(f"warning: {path}: scoring {len(captions)} common images only; {report.describe()}")
         return System(path.stem, captions, results_file=path, id_report=report)
     if results is not None:
         raise MissingError(f"results file {results} does not exist")

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from accelerate.utils import gather_object
 
-from capalign import ui
+from capalign import reporting
 from capalign.data.collate import pixel_values
 from capalign.data.images import Unreadable
 from capalign.distributed import process_state
@@ -254,10 +254,10 @@ def caption_sharded(captioner, tokenizer, processor, images, options: DecodeOpti
         for chunk in chunks:
             out.extend(chunk)
     else:
-        with ui.progress_bar("captioning", len(images), stderr=True) as (progress, task):
+        with reporting.progress("captioning", len(images), stderr=True) as advance:
             for chunk in chunks:
                 out.extend(chunk)
-                progress.update(task, completed=len(out))
+                advance(completed=len(out))
     return out if options.num_captions > 1 else [group[0] for group in out]
 
 

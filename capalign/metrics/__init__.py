@@ -27,7 +27,7 @@ from capalign.metrics.types import (
     EvaluationResult,
     MetricOptions,
 )
-from capalign.ui import library_output
+from capalign.reporting import library_output
 
 __all__ = ["CORPUS_ONLY", "LOWER_IS_BETTER", "METRIC_NAMES", "EvaluationResult", "MetricOptions", "evaluate_captions",
            "parse_metrics"]

@@ -16,7 +16,7 @@ from typing import Iterable
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, GPT2Config, VisionEncoderDecoderModel
 
-from capalign import ui
+from capalign.reporting import log
 from capalign.config import ModelConfig
 from capalign.models import backbones, registry
 from capalign.data.collate import pixel_values
@@ -72,7 +72,7 @@ def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
     processor = backbones.load_image_processor(cfg.vision) if cfg.vision else None
     if processor is None:
         if cfg.vision:
-            ui.err_console.print(f"note: {cfg.vision} has no preprocessor_config.json; using CLIP preprocessing at {cfg.image_size}px.")
+            log.warning(f"note: {cfg.vision} has no preprocessor_config.json; using CLIP preprocessing at {cfg.image_size}px.")
         processor = build_image_processor(cfg)
     model = architecture.build(cfg, tokenizer, processor)
     captioner = Captioner(model, None, text_tower=text_tower, text_tokenizer=text_tokenizer, architecture=architecture)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, CLIPModel, GPT2LMHeadModel
 
-from capalign import ui
+from capalign.reporting import log
 from capalign.config import ModelConfig, build_config, save_config
 from capalign.errors import InputError
 from capalign.model_card import write_model_card
@@ -153,6 +153,6 @@ def convert_clipcap(source: Path, out: Path, vision: str, decoder: str, normaliz
     write_model_card(out)
     what = f"{layout.kind} mapper, prefix {layout.prefix_length}" + (
         f", clip length {layout.clip_length}, {layout.layers} layers x {HEADS} heads" if layout.kind == "transformer" else "")
-    ui.console.print(f"Converted {source} ({what}; GPT-2 {'from the checkpoint' if layout.has_gpt else 'from ' + decoder}; "
-                     f"prefix {'normalised' if normalize else 'not normalised'}) → {out}")
+    log.info(f"Converted {source} ({what}; GPT-2 {'from the checkpoint' if layout.has_gpt else 'from ' + decoder}; "
+             f"prefix {'normalised' if normalize else 'not normalised'}) → {out}")
     return out

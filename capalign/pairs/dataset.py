@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from capalign import ui
+from capalign.reporting import log
 from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.images import open_rgb
 from capalign.data.store import get_split
@@ -93,7 +93,7 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
         return corrupted_pairs(split, seed)
     if source != "auto":
         loaded = load_pair_source(source)
-        ui.console.print(f"--pairs {source}: {loaded.summary()}")
+        log.info(f"--pairs {source}: {loaded.summary()}")
         if not loaded.pairs:
             raise InputError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
