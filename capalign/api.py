@@ -122,7 +122,7 @@ class Captioner:
         (a run trained without a head raises an InputError)."""
         if self.module.head is None:
             raise InputError(f"{self.source} has no contrastive head (trained with contrastive_weight 0); "
-                            "score() needs one — train with a contrastive weight above 0.")
+                             "score() needs one — train with a contrastive weight above 0.")
         pil, _ = _images(images)
         texts = [texts] if isinstance(texts, str) else list(texts)
         scorer = RunScorer(self.module, self.tokenizer, self.processor, batch_size=batch_size)

@@ -106,7 +106,7 @@ def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
         validate_repo_id(name_or_path)
     except HFValidationError:
         raise MissingError(f"{name_or_path} is neither an existing folder nor a valid Hugging Face model id; "
-                        "check the spelling or the path.") from None
+                           "check the spelling or the path.") from None
     kw = dict(cache_dir=str(cache_dir) if cache_dir else None, ignore_patterns=MODEL_IGNORE)
     online = hub_reachable()
     try:
@@ -151,17 +151,17 @@ def push_run(run_dir: Path, repo_id: str, write_card, private: bool = False) -> 
     links = symlinks_in(Path(run_dir))
     if links:
         raise InputError(f"cannot push {run_dir}: it holds {len(links)} symlink(s) ({', '.join(links[:3])}), whose targets "
-                        "lie outside the run; replace them with copies of the files or remove them, then push again.")
+                         "lie outside the run; replace them with copies of the files or remove them, then push again.")
     if offline_requested():
         raise ConfigError("cannot push: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); unset it on a "
-                        "machine with Hub access.")
+                          "machine with Hub access.")
     token = huggingface_hub.get_token()
     if not token:
         raise ConfigError("cannot push: no Hugging Face token; run `hf auth login` or set HF_TOKEN, then push again.")
     endpoint = os.environ.get("HF_ENDPOINT", hc.ENDPOINT)
     if not hub_reachable():
         raise OutputError(f"cannot push: the Hugging Face Hub ({endpoint}) is unreachable from here; push from a "
-                        "connected machine (copy the run folder there).")
+                          "connected machine (copy the run folder there).")
     write_card(run_dir)
     api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
     try:

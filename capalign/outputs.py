@@ -119,14 +119,14 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, op
     if found is None:
         if names - OWN_FILES:
             raise OutputError(f"{shown} exists and is not a {NOUNS[kind]} (it holds files capalign did not write); "
-                            f"{_choose(option)} (capalign never writes into such a folder, not even with --overwrite).")
+                              f"{_choose(option)} (capalign never writes into such a folder, not even with --overwrite).")
         return Claim(target, kind, holds_result=False)
     if found != kind:
         raise OutputError(f"{shown} holds a capalign {NOUNS[found]}, not a {NOUNS[kind]}; {_choose(option)}.")
     finished = any((target / n).exists() for n in FINISHED[kind])
     if finished and not overwrite:
         raise OutputError(f"{shown} holds a finished {NOUNS[kind]}; {hint}{_choose(option)}, "
-                        "or pass --overwrite to replace it.")
+                          "or pass --overwrite to replace it.")
     return Claim(target, kind, holds_result=finished)
 
 

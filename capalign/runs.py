@@ -91,14 +91,14 @@ def lock_run_dir(run_dir: Path) -> None:
                 return
             if holder.get("host") not in (None, me["host"]):
                 raise OutputError(f"{run_dir} is in use by process {holder.get('pid')} on host {holder['host']} "
-                                f"(lock {lock}); if you are sure that process has ended, delete {lock} and rerun.")
+                                  f"(lock {lock}); if you are sure that process has ended, delete {lock} and rerun.")
             if _alive(holder.get("pid")):
                 raise OutputError(f"{run_dir} is in use by process {holder['pid']} (lock {lock}); "
-                                "wait for it or choose another --out.")
+                                  "wait for it or choose another --out.")
             atomic_write_text(lock, json.dumps(me))  # a record left by a process that is gone is replaced
     except Timeout:
         raise OutputError(f"{run_dir} is being claimed by another process ({run_dir / LOCK_GUARD}); "
-                        "wait for it or choose another --out.") from None
+                          "wait for it or choose another --out.") from None
     atexit.register(_release, run_dir, me["pid"])
 
 

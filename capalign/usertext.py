@@ -23,9 +23,9 @@ def _not_utf8(path: Path, what: str, data: bytes, start: int, line: int) -> Inpu
     target = path.with_name(f"{path.stem}.utf8{path.suffix}")
     if b"\0" in data:
         return InputError(f"{what} {path} is not UTF-8 text (binary data or UTF-16 at line {line}); "
-                         f"pass the right file, or convert UTF-16 with `iconv -f utf-16 -t utf-8 {path} > {target}`.")
+                          f"pass the right file, or convert UTF-16 with `iconv -f utf-16 -t utf-8 {path} > {target}`.")
     return InputError(f"{what} {path} is not UTF-8 text (byte 0x{byte:02X} at line {line}); "
-                     f"convert it with `iconv -f latin1 -t utf-8 {path} > {target}` and pass {target}.")
+                      f"convert it with `iconv -f latin1 -t utf-8 {path} > {target}` and pass {target}.")
 
 
 def _cannot_read(path: Path, what: str, exc: OSError) -> InputError | MissingError:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from capalign.data.importers import import_source
 from capalign.data.importers import fetch_report as R
-from capalign.errors import ConfigError, InputError, MissingError
+from capalign.errors import ConfigError, InputError, MissingError, OutputError
 from test_importers_common import (BAD_FILES, all_rows, check_schema, load, low_pixel_limit,  # noqa: F401
                                    make_bad_files, make_escapes, report_json, rgb, save)
 
@@ -221,6 +221,6 @@ def test_out_that_is_not_a_prepared_dataset_is_not_overwritten(tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("do not delete")
-    with pytest.raises(InputError, match="not a prepared dataset"):
+    with pytest.raises(OutputError, match="not a prepared dataset"):
         import_source(str(p), out, images=tmp_path / "imgs")
     assert (out / "thesis.tex").read_text() == "do not delete"

@@ -126,7 +126,7 @@ def _damaged(folder: Path, source: str | None, detail: str) -> InputError:
         shown = "".join(ch for ch in printable(recorded) if ch.isprintable()) if isinstance(recorded, str) else ""
         source = shown.strip() or "SOURCE"
     return InputError(f"{folder} is a damaged prepared dataset ({detail}); "
-                     f"re-run `capalign fetch {source} --out {folder}`.")
+                      f"re-run `capalign fetch {source} --out {folder}`.")
 
 
 def open_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
@@ -136,4 +136,4 @@ def open_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
         return datasets.load_from_disk(str(folder))
     except _DAMAGE as exc:
         raise InputError(f"{folder} is not a readable saved dataset ({_detail(exc)}); "
-                        "save it again with `save_to_disk` or pass the right folder.") from None
+                         "save it again with `save_to_disk` or pass the right folder.") from None

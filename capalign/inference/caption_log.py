@@ -44,7 +44,7 @@ def finished_images(output: Path, settings: dict) -> tuple[set[str], int]:
     meta = meta_path(output)
     if not meta.is_file():
         raise OutputError(f"{output} has no {meta.name} beside it, so the settings it was written with are unknown; "
-                        "pass --overwrite to caption everything again, or choose another --output.")
+                          "pass --overwrite to caption everything again, or choose another --output.")
     try:
         recorded = json.loads(meta.read_text(encoding="utf-8"))
         if not isinstance(recorded, dict):
@@ -54,7 +54,7 @@ def finished_images(output: Path, settings: dict) -> tuple[set[str], int]:
     differ = _differences(recorded, settings)
     if differ:
         raise OutputError(f"{output} was written with other settings ({'; '.join(differ)}); --resume with the same "
-                        "ones, or pass --overwrite to start afresh.")
+                          "ones, or pass --overwrite to start afresh.")
     data = output.read_bytes()
     whole = data.rfind(b"\n") + 1
     done: set[str] = set()
@@ -68,7 +68,7 @@ def finished_images(output: Path, settings: dict) -> tuple[set[str], int]:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise OutputError(f"{output} line {number} is not a caption record ({{\"image\": ..., \"caption\": ...}}); "
-                            "pass --overwrite to start afresh, or choose another --output.") from None
+                              "pass --overwrite to start afresh, or choose another --output.") from None
         done.add(image)
     return done, whole
 

@@ -87,7 +87,7 @@ class DecodeOptions:
         elif self.num_captions != 1:
             _whole(self.num_captions, "--num-captions", 1, MAX_NUM_CAPTIONS)
             raise ConfigError(f"--num-captions {self.num_captions}: greedy decoding gives one caption; use "
-                            f"--num-beams {self.num_captions} or more, or --temperature above 0.")
+                              f"--num-beams {self.num_captions} or more, or --temperature above 0.")
 
     @property
     def sampling(self) -> bool:
@@ -109,17 +109,17 @@ class DecodeOptions:
         config = decoder.config
         if self.num_beams > config.vocab_size:
             raise ConfigError(f"--num-beams must be between 1 and {config.vocab_size} for this model (its vocabulary "
-                            f"size), got {self.num_beams}.")
+                              f"size), got {self.num_beams}.")
         positions = getattr(config, "max_position_embeddings", None)
         mapper = getattr(captioner.model, "mapper", None)
         prompt = mapper.prefix_length if mapper is not None else 1
         if self.max_length is not None and positions is not None and self.max_length > positions - prompt:
             raise ConfigError(f"--max-length must be between 1 and {positions - prompt} for this model ({positions} "
-                            f"positions, {prompt} taken by the prompt), got {self.max_length}.")
+                              f"positions, {prompt} taken by the prompt), got {self.max_length}.")
         default = getattr(captioner.model.generation_config, "max_new_tokens", None)
         if self.max_length is None and default is not None and self.min_new_tokens > default:
             raise ConfigError(f"--min-new-tokens must be between 0 and {default} (this model's caption length; raise "
-                            f"--max-length to allow more), got {self.min_new_tokens}.")
+                              f"--max-length to allow more), got {self.min_new_tokens}.")
 
     def generate_kwargs(self) -> dict:
         """The matching keyword arguments of transformers' `generate`."""

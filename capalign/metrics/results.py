@@ -34,7 +34,7 @@ def load_results(path: str | Path) -> LoadedResults:
                     data.append(json.loads(line))
                 except (json.JSONDecodeError, RecursionError) as exc:
                     raise InputError(f"{path} is neither JSON nor JSON lines (line {number}: "
-                                    f"{getattr(exc, 'msg', 'nested too deeply')})") from None
+                                     f"{getattr(exc, 'msg', 'nested too deeply')})") from None
     except RecursionError:
         raise InputError(f"{path}: JSON nested too deeply to read; fix the file") from None
     if isinstance(data, dict) and "annotations" in data:
@@ -131,7 +131,7 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
         references = {str(k): list(v) for k, v in data.items() if v}
     else:
         raise InputError(f"{path} is neither a COCO annotations file ({{images, annotations: [{{image_id, caption}}]}}) "
-                        "nor a {image_id: [captions]} JSON")
+                         "nor a {image_id: [captions]} JSON")
     if not references:
         raise InputError(f"{path} holds no reference captions")
     return references

@@ -98,15 +98,13 @@ def load_text_tower(name_or_path: str) -> torch.nn.Module:
         return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
 
 
-def load_decoder(name_or_path: str, cross_attention: bool = False) -> torch.nn.Module:
-    """A causal language model (GPT-2, DistilGPT2, ...); with `cross_attention` its cross-attention
-    layers are switched on (new, randomly initialised) for the encoder–decoder architecture."""
+def load_decoder(name_or_path: str) -> torch.nn.Module:
+    """A causal language model (GPT-2, DistilGPT2, ...), as the prefix architecture's decoder."""
     path = resolve(name_or_path)
-    kwargs = {"add_cross_attention": True, "is_decoder": True} if cross_attention else {}
     config = _config(path)
     guard.check_size(path, lambda: AutoModelForCausalLM.from_config(config, **NO_REMOTE_CODE), HINT)
     with guard.loading(path, HINT, what="weights"):
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
 
 
 def load_tokenizer(name_or_path: str):

@@ -75,13 +75,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         needs = _UNSAFE_GLOBAL.search(str(exc))
         if needs:
             raise InputError(f"{path} holds Python objects beyond tensors (it needs {needs.group(1)}); capalign loads "
-                            "checkpoints with weights_only=True and will not unpickle it. Save the state dict alone "
-                            "(torch.save(model.state_dict(), ...)).") from None
+                             "checkpoints with weights_only=True and will not unpickle it. Save the state dict alone "
+                             "(torch.save(model.state_dict(), ...)).") from None
         raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or not a torch.save file: "
-                        f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}).") from None
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}).") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise InputError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; "
-                        "pass the file ClipCap's train.py saves (torch.save(model.state_dict(), ...)).")
+                         "pass the file ClipCap's train.py saves (torch.save(model.state_dict(), ...)).")
     return state
 
 

@@ -51,11 +51,11 @@ def _load_vision(name: str, layout: ClipCapLayout):
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type != "clip":
         raise InputError(f"--vision {name} is a '{config.model_type}' model; ClipCap maps a CLIP image embedding: "
-                        "pass the CLIP checkpoint it was trained with (a full CLIP folder or Hub id).")
+                         "pass the CLIP checkpoint it was trained with (a full CLIP folder or Hub id).")
     if config.projection_dim != layout.image_dim:
         raise InputError(f"the checkpoint maps a {layout.image_dim}-wide image embedding but --vision {name} projects "
-                        f"to {config.projection_dim}; pass the CLIP it was trained with (ResNet CLIPs such as "
-                        "RN50x4 are not in transformers).")
+                         f"to {config.projection_dim}; pass the CLIP it was trained with (ResNet CLIPs such as "
+                         "RN50x4 are not in transformers).")
     clip = CLIPModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     vision = clip.vision_model  # a CLIPVisionModel in transformers 5: what capalign's load_vision gives
     processor = backbones.load_image_processor(name)
@@ -70,7 +70,7 @@ def _decoder_config(name: str):
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type != "gpt2":
         raise InputError(f"--decoder {name} is a '{config.model_type}' model; ClipCap checkpoints hold a GPT-2: "
-                        "pass the GPT-2 it was trained with.")
+                         "pass the GPT-2 it was trained with.")
     return path, config
 
 
@@ -82,7 +82,7 @@ def _load_decoder(name: str, layout: ClipCapLayout, state, source: Path):
     for field, value in wanted.items():
         if value is not None and getattr(config, field) != value:
             raise InputError(f"{source} was trained with a GPT-2 of {field}={value} but --decoder {name} has "
-                            f"{field}={getattr(config, field)}; pass the GPT-2 it was trained with.")
+                             f"{field}={getattr(config, field)}; pass the GPT-2 it was trained with.")
     decoder = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if layout.has_gpt:
         weights = {k: v for k, v in gpt_state(state).items() if not k.endswith(_IGNORED_GPT)}
@@ -93,7 +93,7 @@ def _load_decoder(name: str, layout: ClipCapLayout, state, source: Path):
         missing = [k for k in missing if k != "lm_head.weight"]  # tied to the token embedding
         if missing or unexpected:
             raise InputError(f"{source}'s GPT-2 does not fit --decoder {name}: "
-                            f"{'missing ' + missing[0] if missing else 'unexpected gpt.' + unexpected[0]}.")
+                             f"{'missing ' + missing[0] if missing else 'unexpected gpt.' + unexpected[0]}.")
     return decoder
 
 

@@ -51,7 +51,7 @@ class ContrastiveHead(nn.Module):
         if not isinstance(dims, dict) or set(dims) != set(keys) or \
                 not all(type(dims[k]) is int and 1 <= dims[k] <= MAX_DIM for k in keys):
             raise InputError(f"cannot load model from {run_dir}: {HEAD_CONFIG} must give {', '.join(keys)} as whole "
-                            f"numbers from 1 to {MAX_DIM}; {guard.HINT}")
+                             f"numbers from 1 to {MAX_DIM}; {guard.HINT}")
         wanted = {"image_proj.weight": (dims["projection_dim"], dims["image_dim"]),
                   "text_proj.weight": (dims["projection_dim"], dims["text_dim"]), "logit_scale": ()}
         if guard.safetensors_shapes(run_dir / HEAD_WEIGHTS, run_dir) != wanted:

@@ -133,7 +133,7 @@ class PrefixCaptionModel(nn.Module):
             wanted = {k: tuple(v.shape) for k, v in PrefixMapper(**description["mapper"]).state_dict().items()}
         if stored != wanted:
             raise InputError(f"cannot load model from {run_dir}: {MAPPER_WEIGHTS} does not match the mapper in "
-                            f"capalign_model.json; {guard.HINT}")
+                             f"capalign_model.json; {guard.HINT}")
         mapper = PrefixMapper(**description["mapper"])
         with guard.loading(run_dir, what=MAPPER_WEIGHTS):
             mapper.load_state_dict(load_file(str(run_dir / MAPPER_WEIGHTS)))

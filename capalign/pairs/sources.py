@@ -156,4 +156,4 @@ def load_pair_source(source: str) -> LoadedPairs:
         if is_prepared(candidate) or (candidate / "dataset_info.json").is_file():
             return load_text_pairs(candidate)
     raise MissingError(f"--pairs {source}: not auto, corrupted, a pairs file (.jsonl/.json/.csv) or a prepared preference dataset; "
-                    f"for UltraFeedback run `capalign fetch ultrafeedback` first.")
+                       f"for UltraFeedback run `capalign fetch ultrafeedback` first.")

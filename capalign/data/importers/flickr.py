@@ -79,7 +79,7 @@ def default_images_dir(path: Path) -> Path:
         if (path.parent / name).is_dir():
             return path.parent / name
     raise MissingError(f"no image folder found beside {path} (looked for {', '.join(IMAGE_DIRS)}); "
-                    "pass --images DIR.")
+                       "pass --images DIR.")
 
 
 def flickr_candidates(path: Path, images: Path, log: SkipLog) -> list[Candidate]:

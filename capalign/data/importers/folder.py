@@ -51,7 +51,7 @@ def _pick(keys, wanted: str | None, options, path: Path, what: str) -> str:
         if k in keys:
             return k
     raise InputError(f"{path}: no {what} column among {sorted(keys)}; "
-                    f"pass --{'caption' if what == 'caption' else 'image'}-column NAME.")
+                     f"pass --{'caption' if what == 'caption' else 'image'}-column NAME.")
 
 
 def _csv_rows(meta: Path, caption_column: str | None):

@@ -39,7 +39,7 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
             cands = webdataset.webdataset_candidates(str(path), log)
             return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
         raise InputError(f"{path} has no metadata.jsonl / metadata.csv, no .tar shards and no saved dataset; "
-                        "add a metadata file (file_name + caption columns) or pass an annotation file.")
+                         "add a metadata file (file_name + caption columns) or pass an annotation file.")
     if not path.exists() and webdataset.is_webdataset(source):
         cands = webdataset.webdataset_candidates(source, log)
         return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
@@ -59,7 +59,7 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
         else:
             keys = list(doc)[:8] if isinstance(doc, dict) else type(doc).__name__
             raise InputError(f"{path} is neither COCO captions json (images + annotations) nor a Karpathy "
-                            f"split json (images with sentences); top level has {keys}.")
+                             f"split json (images with sentences); top level has {keys}.")
         del doc
         return run_candidates(fmt=fmt, plan=plan_splits(cands, seed, limit), **run)
     if flickr.is_token_file(path) or flickr.is_captions_csv(path):

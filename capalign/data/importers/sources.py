@@ -55,8 +55,8 @@ def convert_named(key: str, ds: DatasetDict, *, out: Path, log: SkipLog, seed: i
 
 
 def import_hub_name(key: str, *, out: Path, log: SkipLog, seed: int, limit: int | None, image_size: int,
-                    settings: dict, image_column: str | None, caption_column: str | None) -> FetchReport:
-    """Fetch one of the named sources (fails fast offline when it is not cached)."""
+                    settings: dict) -> FetchReport:
+    """Fetch one of the named sources (fails fast offline when it is not cached); their columns are known."""
     repo, config = {"cifar100-pairs": (cifar_pairs.REPO, None),
                     "ultrafeedback": (ultrafeedback.REPO, None)}.get(
         key, (HUB_SPECS.get(key, HubSpec("")).repo, HUB_SPECS.get(key, HubSpec("")).config))

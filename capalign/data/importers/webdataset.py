@@ -72,7 +72,7 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
         tf = tarfile.open(shard, mode="r:")
     except (tarfile.TarError, OSError) as e:
         raise InputError(f"{shard}: not a readable uncompressed tar shard ({e}); "
-                        "decompress it or pass the right file.") from None
+                         "decompress it or pass the right file.") from None
     samples: dict[str, dict] = {}
     size = shard.stat().st_size
     cut = False

@@ -76,7 +76,7 @@ class Architecture:
 
     def build(self, cfg, tokenizer, processor) -> nn.Module:
         raise ConfigError(f"the {self.name} architecture is not built from a preset; start from an existing model "
-                        "(pass it as --model).")
+                          "(pass it as --model).")
 
     def load(self, folder: Path, info: dict) -> nn.Module:
         raise NotImplementedError

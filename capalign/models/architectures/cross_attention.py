@@ -35,7 +35,7 @@ class CrossAttention(Architecture):
             vision = backbones.load_vision(cfg.vision) if cfg.vision else CLIPVisionModel(tiny_vision_config(cfg))
             if not backbones.is_sequence_encoder(vision, processed_size(processor)):
                 raise ConfigError(f"{cfg.vision} yields a convolutional feature map, not a token sequence; "
-                                "use it with --arch prefix.")
+                                  "use it with --arch prefix.")
             if cfg.decoder:
                 # transformers 5 reads `is_decoder` off the decoder config, which hub GPT-2 configs lack:
                 # pass the config with cross-attention switched on (what the method would do itself).
