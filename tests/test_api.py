@@ -113,7 +113,7 @@ def notebook(monkeypatch):
     which an earlier test's main() installed, are taken away again)."""
     monkeypatch.setattr(reporting, "_reporter", reporting.LoggingReporter())
     monkeypatch.setattr(reporting, "_show_library_output", False)
-    monkeypatch.setattr(reporting.log, "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(reporting.log, "handlers", [h for h in reporting.log.handlers if not type(h).__module__.startswith("capalign.cli")])
     monkeypatch.setattr(reporting.log, "propagate", True)
     level = reporting.log.level
     reporting.log.setLevel(logging.NOTSET)  # (setLevel, not setattr: it clears logging's cache of levels)
