@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from capalign.reporting import log
 from capalign.errors import InputError, MissingError, OutputError
 from capalign.models import registry
 from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, as_given, claim_output_dir, commit, resolved, write_errors
+from capalign.reporting import log
 
 RUNS_ROOT = Path("runs")
 CONFIG_NAME = "capalign.yaml"  # the resolved RunConfig

@@ -22,7 +22,7 @@ from capalign.data.importers import download
 from capalign.data.importers import fetch_report as R
 from capalign.data.importers.sources import convert_named
 from capalign.data.importers.fetch_report import SkipLog
-from capalign.errors import InputError, MissingError
+from capalign.errors import ConfigError, InputError, MissingError
 from test_importers_common import all_rows, check_schema, load, noise_jpeg_bytes, report_json
 
 
@@ -310,3 +310,10 @@ def test_ultrafeedback_preference_pairs(tmp_path):
     assert dd["test"][0] == {"prompt": "q100", "chosen": "good 100", "rejected": "bad 100",
                              "score_chosen": 8.0, "score_rejected": 3.0}
     assert report_json(tmp_path / "out")["skipped"] == {R.BAD_PAIR: 2}
+
+
+def test_named_sources_refuse_column_options_they_would_ignore(tmp_path):
+    for key, option in (("coco", {"image_column": "img"}), ("flickr30k", {"caption_column": "txt"})):
+        with pytest.raises(ConfigError, match="--image-column / --caption-column"):
+            import_source(key, tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()

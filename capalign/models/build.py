@@ -16,13 +16,13 @@ from typing import Iterable
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, GPT2Config, VisionEncoderDecoderModel
 
-from capalign.reporting import log
 from capalign.config import ModelConfig
 from capalign.models import backbones, registry
 from capalign.data.collate import pixel_values
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
 from capalign.models.tokenizer import train_word_tokenizer
+from capalign.reporting import log
 
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from transformers import AutoConfig, CLIPModel, GPT2LMHeadModel
 
-from capalign.reporting import log
 from capalign.config import ModelConfig, build_config, save_config
 from capalign.errors import InputError
 from capalign.model_card import write_model_card
@@ -31,6 +30,7 @@ from capalign.models.clipcap import HEADS, ClipCapLayout, gpt_state, infer_layou
 from capalign.models.io import save_captioner
 from capalign.models.prefix import PrefixCaptionModel, PrefixMapper
 from capalign.outputs import claim_output_dir, install
+from capalign.reporting import log
 from capalign.runs import CONFIG_NAME, mark_finished, write_errors
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")

@@ -10,7 +10,6 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from capalign.reporting import log
 from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.images import open_rgb
 from capalign.data.store import get_split
@@ -20,6 +19,7 @@ from capalign.pairs.generated import best_and_worst_pairs, corrupted_pairs, samp
 from capalign.pairs.ranker import rank_candidates
 from capalign.pairs.sources import load_pair_source
 from capalign.pairs.types import PreferencePair
+from capalign.reporting import log
 
 HELD_OUT_IMAGES = 256
 HELD_OUT_SHARE = 0.05
