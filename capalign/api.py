@@ -21,7 +21,7 @@ from capalign.config import CLIP_B32
 from capalign.data.images import open_rgb
 from capalign.devices import resolve_device
 from capalign.distributed import process_state
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError
 from capalign.evaluation.systems import (IMAGE_METRICS, OBJECT_METRICS, Scoring, Split, System, load_instances,
                                          load_split, load_system, references_split, score_system)
 from capalign.inference.generate import DecodeOptions, ScoredCaption, caption_images, caption_images_scored
@@ -29,8 +29,8 @@ from capalign.inference.scorer import RunScorer
 from capalign.metrics import RETRIEVAL_METRICS, EvaluationResult, parse_metrics
 from capalign.model_card import record_evaluation
 from capalign.models.io import load_captioner
+from capalign.reporting import log
 from capalign.runs import is_run_dir, resolve_model
-from capalign.ui import err_console
 
 __all__ = ["Captioner", "Evaluation", "ScoredCaption", "evaluate"]
 
@@ -41,16 +41,16 @@ def _to_image(item: Any) -> Image.Image:
         return item.convert("RGB") if item.mode != "RGB" else item
     if isinstance(item, (str, Path)):
         if not Path(item).is_file():
-            raise UserError(f"{item} does not exist.")
+            raise MissingError(f"{item} does not exist.")
         try:
             return open_rgb(Path(item))
         except ValueError as exc:
-            raise UserError(str(exc)) from None
+            raise InputError(str(exc)) from None
     if isinstance(item, dict) and (item.get("bytes") or item.get("path")):
         if item.get("bytes"):
             return Image.open(io.BytesIO(item["bytes"])).convert("RGB")
         return _to_image(item["path"])
-    raise UserError(f"cannot caption a {type(item).__name__}: give image paths, PIL images or a datasets Image column")
+    raise InputError(f"cannot caption a {type(item).__name__}: give image paths, PIL images or a datasets Image column")
 
 
 def _images(images: Any) -> tuple[list[Image.Image], bool]:
@@ -104,7 +104,7 @@ class Captioner:
         `temperature` > 0). With `return_scores=True`, each is a `ScoredCaption` (`.caption`,
         `.logprob` — the sequence log-probability —, `.tokens`, `.probs`). The decoding arguments are
         `capalign caption`'s options (`max_length` is --max-length, the most new tokens; see
-        capalign.inference.generate.DecodeOptions); a value out of range is a UserError naming it.
+        capalign.inference.generate.DecodeOptions); a value out of range is a ConfigError naming it.
         """
         options = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size,
                                 top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -119,10 +119,10 @@ class Captioner:
 
     def score(self, images: Any, texts: Iterable[str] | str, batch_size: int = 32) -> torch.Tensor:
         """Cosine similarities under the run's contrastive head: a [len(images), len(texts)] tensor
-        (a run trained without a head raises a UserError)."""
+        (a run trained without a head raises an InputError)."""
         if self.module.head is None:
-            raise UserError(f"{self.source} has no contrastive head (trained with contrastive_weight 0); "
-                            "score() needs one — train with a contrastive weight above 0.")
+            raise InputError(f"{self.source} has no contrastive head (trained with contrastive_weight 0); "
+                             "score() needs one — train with a contrastive weight above 0.")
         pil, _ = _images(images)
         texts = [texts] if isinstance(texts, str) else list(texts)
         scorer = RunScorer(self.module, self.tokenizer, self.processor, batch_size=batch_size)
@@ -176,9 +176,9 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     accelerate launch each process captions its share of the split; the main process scores and
     records, the others return the captions with an empty result."""
     if model is not None and results is not None:
-        raise UserError("give either --model or --results, not both")
+        raise ConfigError("give either --model or --results, not both")
     if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, got {limit} (leave it out to score the whole split).")
+        raise ConfigError(f"--limit must be at least 1, got {limit} (leave it out to score the whole split).")
     decode = DecodeOptions(num_beams=num_beams, max_length=max_length, batch_size=batch_size, temperature=temperature,
                            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                            no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
@@ -187,9 +187,9 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
     notes: dict[str, str] = {}
     if references is not None:
         if results is None:
-            raise UserError("--references scores a results file (--results FILE); to score a model, give --data instead")
+            raise ConfigError("--references scores a results file (--results FILE); to score a model, give --data instead")
         if data is not None:
-            raise UserError("give either --references or --data, not both")
+            raise ConfigError("give either --references or --data, not both")
         the_split: Split = references_split(Path(references))
         for name in [n for n in names if n in IMAGE_METRICS | OBJECT_METRICS]:
             what = "the images" if name in IMAGE_METRICS else "each image's ground-truth objects"
@@ -201,7 +201,7 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         data_label, split_label = data or "shapes", split
     if not the_split.references:  # scores over nothing would read as 0.0000
         where = f"{references}" if references is not None else f"split '{split}' of {data_label}"
-        raise UserError(f"{where} holds no images to score; choose another --split or re-run `capalign fetch`.")
+        raise InputError(f"{where} holds no images to score; choose another --split or re-run `capalign fetch`.")
     system = load_system(model, Path(results) if results is not None else None, the_split, allow_partial=allow_partial,
                          num_beams=num_beams, max_length=max_length, batch_size=batch_size, device=device, dtype=dtype,
                          captions_needed=not set(names) <= set(RETRIEVAL_METRICS), decode=decode)
@@ -216,6 +216,5 @@ def evaluate(model: str | Path | None = None, results: str | Path | None = None,
         # after the scoring, not before: a read-only run folder (a shared model) still gets scored
         problem = record_evaluation(system.run_dir, data_label, split_label, len(system.captions), result.summary)
         if problem:
-            err_console.print(f"warning: the scores were not recorded in {system.run_dir}'s model card: {problem}",
-                              markup=False, highlight=False, soft_wrap=True)  # one line, however long the path
+            log.warning(f"warning: the scores were not recorded in {system.run_dir}'s model card: {problem}")
     return Evaluation(result, system, data_label, split_label, notes)

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -29,17 +29,17 @@ def resolve_device(spec: str | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {spec!r} is not a device; use {CHOICES}.") from None
+        raise ConfigError(f"--device {spec!r} is not a device; use {CHOICES}.") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UserError(f"--device {spec}: no CUDA GPU is available on this machine; use --device cpu (or auto).")
+            raise ConfigError(f"--device {spec}: no CUDA GPU is available on this machine; use --device cpu (or auto).")
         if device.index is not None and device.index >= count:
-            raise UserError(f"--device {spec}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}).")
+            raise ConfigError(f"--device {spec}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}).")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {spec}: Apple MPS is not available on this machine; use --device cpu (or auto).")
+        raise ConfigError(f"--device {spec}: Apple MPS is not available on this machine; use --device cpu (or auto).")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {spec!r} is not supported; use {CHOICES}.")
+        raise ConfigError(f"--device {spec!r} is not supported; use {CHOICES}.")
     return device
 
 
@@ -50,5 +50,5 @@ def resolve_dtype(spec: str | None, device: torch.device, mixed_precision: str |
     if name == "auto":
         name = TRAINED_DTYPES.get(mixed_precision or "no", "float32") if device.type != "cpu" else "float32"
     if name not in DTYPES:
-        raise UserError(f"--dtype {spec!r} is not a dtype; use auto, float32, bfloat16 or float16.")
+        raise ConfigError(f"--dtype {spec!r} is not a dtype; use auto, float32, bfloat16 or float16.")
     return DTYPES[name]

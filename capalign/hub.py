@@ -21,7 +21,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from capalign.errors import UserError
+from capalign.errors import CapalignError, ConfigError, InputError, MissingError, OutputError
 
 _TRUE = {"1", "true", "yes", "on"}
 PROBE_SECONDS = 3.0
@@ -74,19 +74,19 @@ def _cache_hint() -> str:
 
 def load_hub_dataset(repo: str, config: str | None, fetch_name: str):
     """load_dataset(repo, config) online, or from the local cache only when offline; any failure
-    is a UserError that says what to run on a connected machine."""
+    is a MissingError that says what to run on a connected machine."""
     online = hub_reachable()
     try:
         if online:
             return load_dataset(repo, config)
         with offline_mode():
             return load_dataset(repo, config)
-    except UserError:
+    except CapalignError:
         raise
     except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
         where = "the Hugging Face Hub is unreachable or offline mode is on, and it is not in the local cache" \
             if not online else f"loading failed ({type(e).__name__}: {str(e)[:200]})"
-        raise UserError(
+        raise MissingError(
             f"cannot load dataset {repo}{'/' + config if config else ''}: {where}; on a connected machine "
             f"run `capalign fetch {fetch_name} --out DIR` and copy DIR here (or copy its Hugging Face "
             f"cache, {_cache_hint()})."
@@ -96,17 +96,17 @@ def load_hub_dataset(repo: str, config: str | None, fetch_name: str):
 def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
     """Return a local folder with the model's files: a local path as is, else the Hugging Face
     snapshot (downloaded when the hub is reachable, else taken from the local cache; no cache and
-    no hub is a UserError within seconds). Only PyTorch/safetensors weights, configs, tokenizers."""
+    no hub is a MissingError within seconds). Only PyTorch/safetensors weights, configs, tokenizers."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return p.resolve()
     if p.exists():
-        raise UserError(f"{p} is a file; pass a model folder or a Hugging Face model id.")
+        raise InputError(f"{p} is a file; pass a model folder or a Hugging Face model id.")
     try:
         validate_repo_id(name_or_path)
     except HFValidationError:
-        raise UserError(f"{name_or_path} is neither an existing folder nor a valid Hugging Face model id; "
-                        "check the spelling or the path.") from None
+        raise MissingError(f"{name_or_path} is neither an existing folder nor a valid Hugging Face model id; "
+                           "check the spelling or the path.") from None
     kw = dict(cache_dir=str(cache_dir) if cache_dir else None, ignore_patterns=MODEL_IGNORE)
     online = hub_reachable()
     try:
@@ -117,7 +117,7 @@ def fetch_model(name_or_path: str, cache_dir: Path | None = None) -> Path:
     except Exception as e:
         why = "the Hugging Face Hub is unreachable or offline mode is on, and it is not in the local cache" \
             if not online else f"download failed ({type(e).__name__}: {str(e)[:200]})"
-        raise UserError(
+        raise MissingError(
             f"cannot get model {name_or_path}: {why}; on a connected machine run `capalign fetch --model "
             f"{name_or_path}` and copy its Hugging Face cache ({cache_dir or _cache_hint()}) here, or pass a "
             "local model folder."
@@ -141,27 +141,27 @@ def symlinks_in(folder: Path) -> list[str]:
 def push_run(run_dir: Path, repo_id: str, write_card, private: bool = False) -> str:
     """Upload a finished run folder (its model card refreshed first by `write_card(run_dir)`,
     checkpoints left out) to the Hub model repo `repo_id` (created if needed); returns the repo URL.
-    Offline, unreachable or without a token it fails within seconds with a UserError; the token is
+    Offline, unreachable or without a token it fails within seconds with a ConfigError or OutputError; the token is
     never printed. (The card writer is passed in: capalign.model_card imports capalign.runs, which
     resolves Hub ids through this module.)"""
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise UserError(f"--repo-id {repo_id} is not a valid Hugging Face repo id (owner/name).") from None
+        raise ConfigError(f"--repo-id {repo_id} is not a valid Hugging Face repo id (owner/name).") from None
     links = symlinks_in(Path(run_dir))
     if links:
-        raise UserError(f"cannot push {run_dir}: it holds {len(links)} symlink(s) ({', '.join(links[:3])}), whose targets "
-                        "lie outside the run; replace them with copies of the files or remove them, then push again.")
+        raise InputError(f"cannot push {run_dir}: it holds {len(links)} symlink(s) ({', '.join(links[:3])}), whose targets "
+                         "lie outside the run; replace them with copies of the files or remove them, then push again.")
     if offline_requested():
-        raise UserError("cannot push: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); unset it on a "
-                        "machine with Hub access.")
+        raise ConfigError("cannot push: offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); unset it on a "
+                          "machine with Hub access.")
     token = huggingface_hub.get_token()
     if not token:
-        raise UserError("cannot push: no Hugging Face token; run `hf auth login` or set HF_TOKEN, then push again.")
+        raise ConfigError("cannot push: no Hugging Face token; run `hf auth login` or set HF_TOKEN, then push again.")
     endpoint = os.environ.get("HF_ENDPOINT", hc.ENDPOINT)
     if not hub_reachable():
-        raise UserError(f"cannot push: the Hugging Face Hub ({endpoint}) is unreachable from here; push from a "
-                        "connected machine (copy the run folder there).")
+        raise OutputError(f"cannot push: the Hugging Face Hub ({endpoint}) is unreachable from here; push from a "
+                          "connected machine (copy the run folder there).")
     write_card(run_dir)
     api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
     try:
@@ -170,5 +170,5 @@ def push_run(run_dir: Path, repo_id: str, write_card, private: bool = False) -> 
                           commit_message=f"Upload capalign run {Path(run_dir).name}")
     except Exception as e:  # HTTP errors (401, 403, 409), connection drops; their text never holds the token
         message = str(e).replace(token, "***").splitlines()[0][:200] if str(e) else type(e).__name__
-        raise UserError(f"push to {repo_id} failed: {message}") from None
+        raise OutputError(f"push to {repo_id} failed: {message}") from None
     return str(url)

@@ -1,5 +1,5 @@
-"""The model card (`README.md`) of a finished run folder: Hugging Face metadata (YAML front matter)
-followed by what the run is, how it was trained, how to load it and what it cannot do.
+"""The model card (`README.md`) of a finished run folder: Hugging Face metadata (YAML front matter,
+written by huggingface_hub's ModelCardData, model-index from its EvalResults) followed by what the run is, how it was trained, how to load it and what it cannot do.
 
 Everything comes from files the run already holds — `capalign.yaml` (the resolved config),
 `run.json`, `capalign_model.json`, `alignment_report.json` and `evaluations.json` (what `capalign
@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, ModelCardData
 
 from capalign import __version__
-from capalign.errors import UserError
+from capalign.errors import CapalignError
 from capalign.models import registry
 from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION, RUN_INFO, atomic_write_text
 
@@ -58,16 +59,15 @@ def _name(value: str | None, otherwise: str) -> str:
     return f"`{value}`" if value else otherwise
 
 
-def _model_index(name: str, numbers) -> list[dict]:
-    results = []
-    for data, split, _, metrics in numbers:
-        results.append({
-            "task": {"type": "image-to-text", "name": "Image Captioning"},
-            "dataset": {"name": data, "type": data, "split": split},
-            "metrics": [{"type": _HF_METRIC.get(m, m.lower().replace(" ", "_")), "name": m, "value": round(v, 4)}
-                        for m, v in metrics.items()],
-        })
-    return [{"name": name, "results": results}] if results else []
+def _eval_results(numbers) -> list[EvalResult]:
+    """One EvalResult per metric; huggingface_hub groups them into the model-index by dataset and split."""
+    return [EvalResult(task_type="image-to-text", task_name="Image Captioning", dataset_type=data, dataset_name=data,
+                       dataset_split=split, metric_type=_metric_id(m), metric_name=m, metric_value=round(v, 4))
+            for data, split, _, metrics in numbers for m, v in metrics.items()]
+
+
+def _metric_id(metric: str) -> str:
+    return _HF_METRIC.get(metric, metric.lower().replace(" ", "_"))
 
 
 def render_model_card(run_dir: Path) -> str:
@@ -88,17 +88,14 @@ def render_model_card(run_dir: Path) -> str:
     tags = ["capalign", "image-captioning", "image-to-text", _ARCH_TAG.get(arch, arch)]
     if kind == "align":
         tags += ["dpo", "preference-alignment"]
-    meta: dict = {"library_name": "transformers" if plain else "capalign", "pipeline_tag": "image-to-text", "tags": tags}
-    if "/" in data and not Path(data).exists():  # a Hub dataset id (local folders are described in the body)
-        meta["datasets"] = [data]
-    metric_ids = sorted({_HF_METRIC.get(m, m.lower().replace(" ", "_")) for *_, ms in numbers for m in ms})
-    if metric_ids:
-        meta["metrics"] = metric_ids
-    index = _model_index(run_dir.name, numbers)
-    if index:
-        meta["model-index"] = index
+    meta = ModelCardData(
+        library_name="transformers" if plain else "capalign", pipeline_tag="image-to-text", tags=tags,
+        datasets=[data] if "/" in data and not Path(data).exists() else None,  # a Hub dataset id (local folders: the body)
+        metrics=sorted({_metric_id(m) for *_, ms in numbers for m in ms}) or None,
+        model_name=run_dir.name if numbers else None, eval_results=_eval_results(numbers) or None,
+    )
 
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+    lines = ["---", meta.to_yaml(), "---", "",
              f"# {run_dir.name}", "",
              f"An image captioner trained with capalign {__version__} "
              f"({'stage 2: preference alignment (DPO) of a pretrained run' if kind == 'align' else 'stage 1: captioning + contrastive pretraining'}).",
@@ -203,7 +200,7 @@ def record_evaluation(run_dir: Path, data: str, split: str, images: int, metrics
     try:
         atomic_write_text(path, json.dumps(entries, indent=1))
         write_model_card(run_dir)
-    except UserError as exc:
+    except CapalignError as exc:
         failure = exc.__context__  # the OSError atomic_write_text turned into a message with a remedy for --out
         return f"cannot write {getattr(failure, 'filename', None) or path}: {getattr(failure, 'strerror', None) or exc}"
     return None

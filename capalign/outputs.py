@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from capalign.errors import UserError
+from capalign.errors import OutputError
 
 MARKER = ".capalign-owner"  # {"kind": ...}: capalign created or claimed this folder
 LOCK = ".capalign.lock"  # a run folder's owner record: {"pid", "host"}
@@ -103,30 +103,30 @@ def claim_output_dir(path: str | Path, kind: str, *, overwrite: bool = False, op
     try:
         target = resolved(path)
     except (RuntimeError, OSError) as exc:  # a symlink loop
-        raise UserError(f"cannot follow {path}: {exc}; {_choose(option)}.") from None
+        raise OutputError(f"cannot follow {path}: {exc}; {_choose(option)}.") from None
     shown = Path(path) if Path(path).absolute() == target else f"{path} (that is {target})"
     existing = next(p for p in (target, *target.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
         where = "" if existing == target else f" (so {shown} cannot be a folder)"
-        raise UserError(f"{existing} is a file, not a folder{where}; {_choose(option)}.")
+        raise OutputError(f"{existing} is a file, not a folder{where}; {_choose(option)}.")
     if existing != target:
         return Claim(target, kind, holds_result=False)
     try:
         names = {p.name for p in target.iterdir()}
     except PermissionError:
-        raise UserError(f"cannot read {shown}: permission denied; {_choose(option)}.") from None
+        raise OutputError(f"cannot read {shown}: permission denied; {_choose(option)}.") from None
     found = owner(target)
     if found is None:
         if names - OWN_FILES:
-            raise UserError(f"{shown} exists and is not a {NOUNS[kind]} (it holds files capalign did not write); "
-                            f"{_choose(option)} (capalign never writes into such a folder, not even with --overwrite).")
+            raise OutputError(f"{shown} exists and is not a {NOUNS[kind]} (it holds files capalign did not write); "
+                              f"{_choose(option)} (capalign never writes into such a folder, not even with --overwrite).")
         return Claim(target, kind, holds_result=False)
     if found != kind:
-        raise UserError(f"{shown} holds a capalign {NOUNS[found]}, not a {NOUNS[kind]}; {_choose(option)}.")
+        raise OutputError(f"{shown} holds a capalign {NOUNS[found]}, not a {NOUNS[kind]}; {_choose(option)}.")
     finished = any((target / n).exists() for n in FINISHED[kind])
     if finished and not overwrite:
-        raise UserError(f"{shown} holds a finished {NOUNS[kind]}; {hint}{_choose(option)}, "
-                        "or pass --overwrite to replace it.")
+        raise OutputError(f"{shown} holds a finished {NOUNS[kind]}; {hint}{_choose(option)}, "
+                          "or pass --overwrite to replace it.")
     return Claim(target, kind, holds_result=finished)
 
 
@@ -169,12 +169,12 @@ def write_errors(path: Path, *, option: str | None = None) -> Iterator[None]:
         if exc.errno not in WRITE_FAILURES:
             raise
         failed = exc.filename or path
-        raise UserError(f"cannot write {failed}: {exc.strerror or exc}; {_remedy(exc.errno, failed, option)}") from None
+        raise OutputError(f"cannot write {failed}: {exc.strerror or exc}; {_remedy(exc.errno, failed, option)}") from None
     except Exception as exc:
         if type(exc).__name__ != "SafetensorError":
             raise
         code = errno.ENOSPC if "No space left" in str(exc) else errno.EIO
-        raise UserError(f"cannot write {path}: {exc}; {_remedy(code, path, option)}") from None
+        raise OutputError(f"cannot write {path}: {exc}; {_remedy(code, path, option)}") from None
 
 
 def _remedy(code: int | None, path, option: str | None) -> str:

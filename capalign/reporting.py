@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Protocol
 
 log = logging.getLogger("capalign")
+log.addHandler(logging.NullHandler())  # no handler set up by the application: silence, not logging's stderr fallback
 
 # advance(completed=None, info=None): set the bar to `completed` and/or its free-text field; with neither, one step more.
 Advance = Callable[..., None]

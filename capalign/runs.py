@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from capalign import ui
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError, OutputError
 from capalign.models import registry
 from capalign.outputs import HELD_RUNS, LOCK, LOCK_GUARD, as_given, claim_output_dir, commit, resolved, write_errors
+from capalign.reporting import log
 
 RUNS_ROOT = Path("runs")
 CONFIG_NAME = "capalign.yaml"  # the resolved RunConfig
@@ -44,7 +44,7 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
 
             out = Path(agree(str(out)))
     if resume and not Path(out).is_dir():
-        raise UserError(f"--resume: {out} does not exist; point --out at the interrupted run folder, or drop --resume to start a new run.")
+        raise MissingError(f"--resume: {out} does not exist; point --out at the interrupted run folder, or drop --resume to start a new run.")
     what = "resume it with --resume only if it was interrupted; " if resume else ""
     claim = claim_output_dir(out, "run", overwrite=overwrite, option="--out", hint=what)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch the main process holds it
@@ -57,7 +57,7 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         if main and overwrite and not resume:  # the replaced run's checkpoints must not be resumed into the new one
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if claim.holds_result and main:
-        ui.console.print(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
+        log.info(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
     return as_given(run_dir, out)
 
 
@@ -90,15 +90,15 @@ def lock_run_dir(run_dir: Path) -> None:
             if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
                 return
             if holder.get("host") not in (None, me["host"]):
-                raise UserError(f"{run_dir} is in use by process {holder.get('pid')} on host {holder['host']} "
-                                f"(lock {lock}); if you are sure that process has ended, delete {lock} and rerun.")
+                raise OutputError(f"{run_dir} is in use by process {holder.get('pid')} on host {holder['host']} "
+                                  f"(lock {lock}); if you are sure that process has ended, delete {lock} and rerun.")
             if _alive(holder.get("pid")):
-                raise UserError(f"{run_dir} is in use by process {holder['pid']} (lock {lock}); "
-                                "wait for it or choose another --out.")
+                raise OutputError(f"{run_dir} is in use by process {holder['pid']} (lock {lock}); "
+                                  "wait for it or choose another --out.")
             atomic_write_text(lock, json.dumps(me))  # a record left by a process that is gone is replaced
     except Timeout:
-        raise UserError(f"{run_dir} is being claimed by another process ({run_dir / LOCK_GUARD}); "
-                        "wait for it or choose another --out.") from None
+        raise OutputError(f"{run_dir} is being claimed by another process ({run_dir / LOCK_GUARD}); "
+                          "wait for it or choose another --out.") from None
     atexit.register(_release, run_dir, me["pid"])
 
 
@@ -166,21 +166,21 @@ def resolve_model(model: str | Path | None, kind: str | None = None) -> Path:
         found = latest_run(kind)
         if found is None:
             what = f"{kind} run" if kind else "trained model"
-            raise UserError(f"No {what} found under {RUNS_ROOT}/; train one with `capalign pretrain` or pass --model DIR.")
+            raise MissingError(f"No {what} found under {RUNS_ROOT}/; train one with `capalign pretrain` or pass --model DIR.")
         return found
     path = Path(model)
     if not path.exists():
         if not looks_like_hub_id(model):
-            raise UserError(f"Model folder {path} does not exist.")
+            raise MissingError(f"Model folder {path} does not exist.")
         from capalign.hub import fetch_model  # deferred: imports huggingface_hub and datasets, only for hub ids
 
         path = fetch_model(str(model))
     if any((path / name).is_file() for name in (RUN_INFO, CONFIG_NAME, MODEL_DESCRIPTION)):
         if not is_run_dir(path):  # a capalign run, interrupted or damaged
-            raise UserError(f"{path} is not a finished capalign run folder (no run.json/config.json).")
+            raise InputError(f"{path} is not a finished capalign run folder (no run.json/config.json).")
         return path
     if registry.folder_architecture(path) is None:
-        raise UserError(registry.not_a_captioner(path) + ".")
+        raise InputError(registry.not_a_captioner(path) + ".")
     return path
 
 

@@ -12,28 +12,28 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 
 BOM = b"\xef\xbb\xbf"
 
 
-def _not_utf8(path: Path, what: str, data: bytes, start: int, line: int) -> UserError:
+def _not_utf8(path: Path, what: str, data: bytes, start: int, line: int) -> InputError:
     """The one-line error for undecodable bytes at offset `start` of `data` (on line `line`)."""
     byte = data[start]
     target = path.with_name(f"{path.stem}.utf8{path.suffix}")
     if b"\0" in data:
-        return UserError(f"{what} {path} is not UTF-8 text (binary data or UTF-16 at line {line}); "
-                         f"pass the right file, or convert UTF-16 with `iconv -f utf-16 -t utf-8 {path} > {target}`.")
-    return UserError(f"{what} {path} is not UTF-8 text (byte 0x{byte:02X} at line {line}); "
-                     f"convert it with `iconv -f latin1 -t utf-8 {path} > {target}` and pass {target}.")
+        return InputError(f"{what} {path} is not UTF-8 text (binary data or UTF-16 at line {line}); "
+                          f"pass the right file, or convert UTF-16 with `iconv -f utf-16 -t utf-8 {path} > {target}`.")
+    return InputError(f"{what} {path} is not UTF-8 text (byte 0x{byte:02X} at line {line}); "
+                      f"convert it with `iconv -f latin1 -t utf-8 {path} > {target}` and pass {target}.")
 
 
-def _cannot_read(path: Path, what: str, exc: OSError) -> UserError:
-    return UserError(f"cannot read {what} {path}: {exc.strerror or exc}.")
+def _cannot_read(path: Path, what: str, exc: OSError) -> InputError | MissingError:
+    return (MissingError if isinstance(exc, FileNotFoundError) else InputError)(f"cannot read {what} {path}: {exc.strerror or exc}.")
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
-    """The whole file as text (UTF-8, BOM dropped); a UserError naming the file otherwise."""
+    """The whole file as text (UTF-8, BOM dropped); an InputError naming the file otherwise."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -48,18 +48,18 @@ def read_text(path: str | Path, what: str = "file") -> str:
 
 def read_json(path: str | Path, what: str = "file", remedy: str = "fix the file") -> object:
     """A whole JSON file (read as read_text does); a syntax error or nesting too deep for the parser
-    is a UserError naming the file (and line and column) and `remedy`."""
+    is an InputError naming the file (and line and column) and `remedy`."""
     path = Path(path)
     try:
         return json.loads(read_text(path, what))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{what} {path} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}); {remedy}.") from None
+        raise InputError(f"{what} {path} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}); {remedy}.") from None
     except RecursionError:
-        raise UserError(f"{what} {path}: JSON nested too deeply to read; {remedy}.") from None
+        raise InputError(f"{what} {path}: JSON nested too deeply to read; {remedy}.") from None
 
 def iter_lines(path: str | Path, what: str = "file") -> Iterator[str]:
     """Yield the file's lines (with their line endings, BOM dropped), streamed so memory stays flat;
-    suitable for `csv.reader`. A line that is not UTF-8 is a UserError naming the file and line."""
+    suitable for `csv.reader`. A line that is not UTF-8 is an InputError naming the file and line."""
     path = Path(path)
     try:
         handle = open(path, "rb")

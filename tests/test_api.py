@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
@@ -14,7 +16,8 @@ import torch
 from PIL import Image
 
 import capalign
-from capalign.errors import UserError
+from capalign import reporting
+from capalign.errors import InputError, MissingError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,23 +68,31 @@ def test_caption_inputs_and_scores(pretrained_run, workspace, tmp_path):
     for i, image in enumerate(pil):
         paths.append(tmp_path / f"im{i}.png")
         image.save(paths[-1])
-    from_pil = captioner.caption(pil, max_length=12)
-    assert captioner.caption(paths, max_length=12) == from_pil  # PNG round trip is lossless
-    assert captioner.caption(test.select(range(3))["image"], max_length=12) == from_pil  # a datasets Image column
-    assert captioner.caption(str(paths[0]), max_length=12) == from_pil[0]  # one image in, one caption out
+    # The tiny model's greedy captions may all be alike (even empty): each image's log-probability
+    # tells the inputs apart, as in test_distributed.py.
     scored = captioner.caption(pil, max_length=12, return_scores=True)
-    assert [s.caption for s in scored] == from_pil
+    assert len({round(s.logprob, 4) for s in scored}) == 3  # three images, three log-probabilities
+    assert captioner.caption(pil, max_length=12) == [s.caption for s in scored]
+
+    def same(other) -> None:
+        assert [(s.caption, s.tokens) for s in other] == [(s.caption, s.tokens) for s in scored]
+        assert [s.logprob for s in other] == pytest.approx([s.logprob for s in scored], abs=1e-5)
+
+    same(captioner.caption(paths, max_length=12, return_scores=True))  # PNG round trip is lossless
+    same(captioner.caption(test.select(range(3))["image"], max_length=12, return_scores=True))  # a datasets Image column
+    one = captioner.caption(str(paths[0]), max_length=12, return_scores=True)  # one image in, one caption out
+    same([one] + scored[1:])
 
     sims = captioner.score(pil, ["a red circle", "a blue square"])
     assert sims.shape == (3, 2) and bool(((sims >= -1 - 1e-5) & (sims <= 1 + 1e-5)).all())
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(MissingError, match="does not exist"):
         captioner.caption(["nowhere.png"])
 
 
 def test_score_without_head_is_a_clear_error(pretrained_run):
     captioner = capalign.Captioner.from_pretrained(pretrained_run, device="cpu")
     captioner.module.head = None
-    with pytest.raises(UserError, match="no contrastive head"):
+    with pytest.raises(InputError, match="no contrastive head"):
         captioner.score([Image.new("RGB", (64, 64))], ["a red circle"])
 
 
@@ -90,7 +101,50 @@ def test_from_pretrained_hub_id_offline_fails_fast(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    with pytest.raises(UserError, match="connected machine") as info:
+    with pytest.raises(MissingError, match="connected machine") as info:
         capalign.Captioner.from_pretrained("someone/not-cached-captioner")
     assert "\n" not in str(info.value)
     assert time.perf_counter() - start < 5
+
+
+@pytest.fixture
+def notebook(monkeypatch):
+    """The process as a notebook has it: capalign.cli never ran (its reporter and console handler,
+    which an earlier test's main() installed, are taken away again)."""
+    monkeypatch.setattr(reporting, "_reporter", reporting.LoggingReporter())
+    monkeypatch.setattr(reporting, "_show_library_output", False)
+    monkeypatch.setattr(reporting.log, "handlers", [h for h in reporting.log.handlers if not type(h).__module__.startswith("capalign.cli")])
+    monkeypatch.setattr(reporting.log, "propagate", True)
+    level = reporting.log.level
+    reporting.log.setLevel(logging.NOTSET)  # (setLevel, not setattr: it clears logging's cache of levels)
+    yield
+    reporting.log.setLevel(level)
+
+
+def test_the_api_raises_what_the_command_line_says(tmp_path, in_workspace, capsys, notebook):
+    from test_cli import run_cli
+
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(MissingError) as raised:
+        capalign.Captioner.from_pretrained(missing)
+    assert isinstance(raised.value, FileNotFoundError) and str(raised.value) == f"Model folder {missing} does not exist."
+    assert capsys.readouterr() == ("", "")
+    image = ROOT / "examples" / "images"
+    code, out, err = run_cli(["caption", str(image), "--model", str(missing)], capsys)
+    assert code == 2 and err.splitlines() == [f"capalign: error: {raised.value}"] and "Traceback" not in err
+
+
+def test_a_notebook_call_logs_and_prints_nothing(tmp_path, capsys, caplog, monkeypatch, notebook):
+    results, references = tmp_path / "results.json", tmp_path / "refs.json"
+    results.write_text(json.dumps([{"image_id": "1", "caption": "a red circle"}, {"image_id": "2", "caption": "a blue square"},
+                                   {"caption": "a record without an image id"}]))
+    references.write_text(json.dumps({"1": ["a red circle"], "2": ["a blue square"], "3": ["a green diamond"]}))
+    with caplog.at_level(logging.INFO, logger="capalign"):
+        scores = capalign.evaluate(results=results, references=references, metrics="bleu", allow_partial=True)
+    assert scores.result.summary["BLEU-4"] >= 0
+    assert capsys.readouterr() == ("", "")  # pycocoevalcap's own prints are kept off stdout too
+    warnings = [r.getMessage() for r in caplog.records if r.name == "capalign" and r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "skipped 1 records" in warnings[0] and "scoring 2 common images only" in warnings[1]
+    monkeypatch.setattr(logging.root, "handlers", [])  # nothing configured at all: still silent (no lastResort line)
+    capalign.evaluate(results=results, references=references, metrics="bleu", allow_partial=True)
+    assert capsys.readouterr() == ("", "")

@@ -246,12 +246,12 @@ def test_results_file_empty_binary_or_nested_too_deep(tmp_path, capsys, content)
 
 
 def test_pairs_files_latin1_bom_and_bad_records(tmp_path):
-    from capalign.errors import UserError
+    from capalign.errors import InputError
     from capalign.pairs.sources import load_pair_source
 
     _png(tmp_path / "a.png")
     (tmp_path / "latin.jsonl").write_bytes(b'{"image": "a.png", "chosen": "' + LATIN1_CAPTION + b'", "rejected": "x"}\n')
-    with pytest.raises(UserError, match=r"pairs file .*latin.jsonl is not UTF-8 text \(byte 0xE9 at line 1\)"):
+    with pytest.raises(InputError, match=r"pairs file .*latin.jsonl is not UTF-8 text \(byte 0xE9 at line 1\)"):
         load_pair_source(str(tmp_path / "latin.jsonl"))
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfimage,chosen,rejected\na.png,a red square,a blue circle\n")
     assert len(load_pair_source(str(tmp_path / "bom.csv")).pairs) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.inference.generate import DecodeOptions, caption_images, caption_images_scored
 from test_cli import run_cli
 
@@ -155,9 +155,9 @@ def test_the_python_api_and_evaluate_refuse_bad_values_alike(captioner):
 
     for kwargs, named in [({"top_k": 2.5, "temperature": 1.0}, "--top-k"), ({"num_captions": 2}, "--num-captions"),
                           ({"repetition_penalty": -1.0}, "--repetition-penalty")]:
-        with pytest.raises(UserError, match=named):
+        with pytest.raises(ConfigError, match=named):
             captioner.caption(str(IMAGES[0]), **kwargs)
-        with pytest.raises(UserError, match=named):
+        with pytest.raises(ConfigError, match=named):
             capalign.evaluate("nowhere", **kwargs)
 
 

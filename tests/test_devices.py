@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from capalign.devices import resolve_device, resolve_dtype
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.models.io import load_captioner
 from test_cli import run_cli
 
@@ -21,10 +21,10 @@ def test_resolve_device_names_and_refusals():
     assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert resolve_device(None).type == resolve_device("auto").type == expected
-    with pytest.raises(UserError, match="not a device"):
+    with pytest.raises(ConfigError, match="not a device"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="no CUDA GPU"):
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
             resolve_device("cuda:1")
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from capalign.config import TrainConfig, build_config
-from capalign.errors import ConfigError, UserError
+from capalign.errors import CapalignError, ConfigError
 from capalign.train import checkpoints
 from capalign.train.engine import MAX_CONSECUTIVE_NONFINITE, Engine
 from capalign.train.pretrain import pretrain
@@ -321,5 +321,5 @@ def test_the_python_api_checks_decoding_limits(pretrained_run):
     assert isinstance(captioner.caption(str(IMAGE), max_length=positions - 1), str)  # the longest allowed
     for kwargs, named in [({"max_length": positions}, "--max-length"), ({"temperature": float("nan")}, "--temperature"),
                           ({"num_beams": 10**6}, "--num-beams")]:
-        with pytest.raises(UserError, match=named):
+        with pytest.raises(ConfigError, match=named):
             captioner.caption(str(IMAGE), **kwargs)

@@ -333,7 +333,7 @@ def test_symlink_inside_the_folder_is_allowed(pretrained_run, tmp_path, image, c
 
 
 def test_hostile_prefix_mapper_description_is_refused_before_allocating(tmp_path):
-    from capalign.errors import UserError
+    from capalign.errors import InputError
     from capalign.models.io import read_description
 
     for mapper in ({"image_dim": 1 << 30, "text_dim": 8, "prefix_length": 2, "kind": "mlp", "layers": 1, "heads": 1},
@@ -341,7 +341,7 @@ def test_hostile_prefix_mapper_description_is_refused_before_allocating(tmp_path
                    {"image_dim": 8, "text_dim": 8, "prefix_length": 2, "kind": "eval", "layers": 1, "heads": 1},
                    "mlp"):
         (tmp_path / "capalign_model.json").write_text(json.dumps({"arch": "prefix", "mapper": mapper}))
-        with pytest.raises(UserError, match="capalign_model.json"):
+        with pytest.raises(InputError, match="capalign_model.json"):
             read_description(tmp_path)
 
 
@@ -448,14 +448,14 @@ def test_control_characters_from_a_vocabulary_are_escaped(pretrained_run, tmp_pa
 
 
 def test_ui_printable_escapes_control_characters():
-    from capalign import ui
+    from capalign.cli import ui
 
     assert ui.printable("a\x1b[2Jb\x07\r\x9b\u202ec\n\t") == "a\\x1b[2Jb\\x07\\x0d\\x9b\\u202ec\n\t"
 
 
 def test_hugging_face_cache_snapshots_may_link_to_their_blobs(tmp_path):
     """A hub snapshot's files are symlinks into the model's blobs/: allowed; one out of the model's cache is not."""
-    from capalign.errors import UserError
+    from capalign.errors import InputError
     from capalign.models import guard
 
     model = tmp_path / "models--org--name"
@@ -467,7 +467,7 @@ def test_hugging_face_cache_snapshots_may_link_to_their_blobs(tmp_path):
     guard.check_folder(snapshot)
     (tmp_path / "elsewhere.json").write_text("{}")
     (snapshot / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
-    with pytest.raises(UserError, match="tokenizer.json is a symlink"):
+    with pytest.raises(InputError, match="tokenizer.json is a symlink"):
         guard.check_folder(snapshot)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from capalign.data.importers import import_source
 from capalign.data.importers import fetch_report as R
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError, OutputError
 from test_importers_common import (BAD_FILES, all_rows, check_schema, load, low_pixel_limit,  # noqa: F401
                                    make_bad_files, make_escapes, report_json, rgb, save)
 
@@ -86,7 +86,7 @@ def test_malformed_coco_names_the_key_or_line(tmp_path, doc, where):
     ann = tmp_path / "bad.json"
     ann.write_text(doc)
     (tmp_path / "im").mkdir()
-    with pytest.raises(UserError) as e:
+    with pytest.raises(InputError) as e:
         import_source(str(ann), tmp_path / "out", images=tmp_path / "im")
     assert str(ann) in str(e.value) and where in str(e.value)
     assert not (tmp_path / "out").exists()
@@ -95,7 +95,7 @@ def test_malformed_coco_names_the_key_or_line(tmp_path, doc, where):
 def test_coco_without_images_dir_is_a_user_error(tmp_path):
     ann = tmp_path / "c.json"
     ann.write_text('{"images": [], "annotations": []}')
-    with pytest.raises(UserError, match="--images"):
+    with pytest.raises(ConfigError, match="--images"):
         import_source(str(ann), tmp_path / "out")
 
 
@@ -145,7 +145,7 @@ def test_karpathy_unknown_split_is_malformed(tmp_path):
         {"filename": "a.jpg", "split": "train", "sentences": [{"raw": "x"}]},
         {"filename": "b.jpg", "split": "holdout", "sentences": [{"raw": "y"}]}]}))
     (tmp_path / "i").mkdir()
-    with pytest.raises(UserError, match=r"images\[1\]\.split"):
+    with pytest.raises(InputError, match=r"images\[1\]\.split"):
         import_source(str(p), tmp_path / "out", images=tmp_path / "i")
 
 
@@ -195,23 +195,23 @@ def test_flickr_malformed_lines_name_the_line(tmp_path):
     (tmp_path / "Images").mkdir()
     tok = tmp_path / "Flickr8k.token.txt"
     tok.write_text("a.jpg#0\tfine\nb.jpg#0 no tab here\n")
-    with pytest.raises(UserError, match="line 2"):
+    with pytest.raises(InputError, match="line 2"):
         import_source(str(tok), tmp_path / "out")
     cap = tmp_path / "captions.txt"
     cap.write_text("image,caption\na.jpg,ok\nlonely.jpg\n")
-    with pytest.raises(UserError, match="line 3"):
+    with pytest.raises(InputError, match="line 3"):
         import_source(str(cap), tmp_path / "out")
 
 
 def test_unknown_paths_and_formats_fail_fast(tmp_path):
     t = time.monotonic()
-    with pytest.raises(UserError, match="not an existing path"):
+    with pytest.raises(MissingError, match="not an existing path"):
         import_source("no_such_thing_here", tmp_path / "out")
     odd = tmp_path / "notes.txt"
     odd.write_text("hello\n")
-    with pytest.raises(UserError, match="cannot tell the format"):
+    with pytest.raises(InputError, match="cannot tell the format"):
         import_source(str(odd), tmp_path / "out")
-    with pytest.raises(UserError, match="limit"):
+    with pytest.raises(ConfigError, match="limit"):
         import_source(str(odd), tmp_path / "out", limit=0)
     assert time.monotonic() - t < 5
 
@@ -221,6 +221,6 @@ def test_out_that_is_not_a_prepared_dataset_is_not_overwritten(tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("do not delete")
-    with pytest.raises(UserError, match="not a prepared dataset"):
+    with pytest.raises(OutputError, match="not a prepared dataset"):
         import_source(str(p), out, images=tmp_path / "imgs")
     assert (out / "thesis.tex").read_text() == "do not delete"

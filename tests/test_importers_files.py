@@ -11,7 +11,7 @@ import pytest
 
 from capalign.data.importers import import_source
 from capalign.data.importers import fetch_report as R
-from capalign.errors import UserError
+from capalign.errors import InputError
 from test_importers_common import (all_rows, check_schema, load, low_pixel_limit,  # noqa: F401
                                    make_bad_files, make_escapes, noise_jpeg_bytes, report_json, rgb)
 
@@ -88,13 +88,13 @@ def test_folder_caption_column_option_and_malformed_metadata(tmp_path):
     _jsonl(root / "metadata.jsonl", [{"file_name": "a.jpg", "alt": "from alt", "caption": "from caption"}])
     rep = import_source(str(root), tmp_path / "out", caption_column="alt")
     assert all_rows(load(tmp_path / "out"))["a.jpg"]["captions"] == ["from alt"] and sum(rep.rows.values()) == 1
-    with pytest.raises(UserError, match="no column 'nope'"):
+    with pytest.raises(InputError, match="no column 'nope'"):
         import_source(str(root), tmp_path / "o2", caption_column="nope")
     (root / "metadata.jsonl").write_text('{"file_name": "a.jpg", "caption": "ok"}\n{"file_name": "b.jpg", oops}\n')
-    with pytest.raises(UserError, match=r"metadata.jsonl line 2"):
+    with pytest.raises(InputError, match=r"metadata.jsonl line 2"):
         import_source(str(root), tmp_path / "o3")
     (root / "metadata.jsonl").write_text('{"file_name": "a.jpg", "caption": "ok"}\n{"caption": "no file"}\n')
-    with pytest.raises(UserError, match=r"line 2.*file_name"):
+    with pytest.raises(InputError, match=r"line 2.*file_name"):
         import_source(str(root), tmp_path / "o4")
 
 
@@ -166,7 +166,7 @@ def test_webdataset_unsplit_shards_and_bad_shard(tmp_path):
     assert rep.rows == {"train": 8, "validation": 1, "test": 1}
     bad = tmp_path / "broken.tar"
     bad.write_bytes(b"this is not a tar archive at all" * 40)
-    with pytest.raises(UserError, match="broken.tar"):
+    with pytest.raises(InputError, match="broken.tar"):
         import_source(str(bad), tmp_path / "out2")
 
 

@@ -22,7 +22,7 @@ from capalign.data.importers import download
 from capalign.data.importers import fetch_report as R
 from capalign.data.importers.sources import convert_named
 from capalign.data.importers.fetch_report import SkipLog
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError
 from test_importers_common import all_rows, check_schema, load, noise_jpeg_bytes, report_json
 
 
@@ -40,7 +40,7 @@ def offline(monkeypatch):
 @pytest.mark.parametrize("name", HUB_NAMES)
 def test_hub_names_fail_fast_offline(tmp_path, offline, name):
     t = time.monotonic()
-    with pytest.raises(UserError) as e:
+    with pytest.raises(MissingError) as e:
         import_source(name, tmp_path / "out")
     assert time.monotonic() - t < 10
     assert f"capalign fetch {name}" in str(e.value) and "connected machine" in str(e.value)
@@ -49,9 +49,9 @@ def test_hub_names_fail_fast_offline(tmp_path, offline, name):
 
 def test_hf_dataset_id_and_model_fail_fast_offline(tmp_path, offline):
     t = time.monotonic()
-    with pytest.raises(UserError, match="capalign fetch someone/captions-set"):
+    with pytest.raises(MissingError, match="capalign fetch someone/captions-set"):
         import_source("someone/captions-set", tmp_path / "out", image_column="img", caption_column="txt")
-    with pytest.raises(UserError, match="capalign fetch --model gpt2"):
+    with pytest.raises(MissingError, match="capalign fetch --model gpt2"):
         fetch_model("gpt2", cache_dir=tmp_path / "hf")
     assert time.monotonic() - t < 10
 
@@ -62,7 +62,7 @@ def test_hub_fails_fast_without_offline_env(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     t = time.monotonic()
-    with pytest.raises(UserError, match="capalign fetch flickr30k"):
+    with pytest.raises(MissingError, match="capalign fetch flickr30k"):
         import_source("flickr30k", tmp_path / "out")
     assert time.monotonic() - t < 10
 
@@ -78,7 +78,7 @@ def test_fetch_model_uses_local_folder_and_cache(tmp_path, offline):
     (cache / "models--org--tiny" / "refs").mkdir()
     (cache / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
     assert fetch_model("org/tiny", cache_dir=cache) == snap
-    with pytest.raises(UserError, match="neither an existing folder"):
+    with pytest.raises(MissingError, match="neither an existing folder"):
         fetch_model("not a valid//id")
 
 
@@ -132,7 +132,7 @@ def test_saved_dataset_with_any_columns_and_carved_splits(tmp_path):
     DatasetDict(train=ds).save_to_disk(str(tmp_path / "saved"))
     rep = import_source(str(tmp_path / "saved"), tmp_path / "out", image_column="pic", caption_column="txt")
     assert rep.format == "saved-dataset" and rep.rows == {"train": 36, "validation": 2, "test": 2}
-    with pytest.raises(UserError, match="no column 'nope'"):
+    with pytest.raises(InputError, match="no column 'nope'"):
         import_source(str(tmp_path / "saved"), tmp_path / "o2", image_column="nope", caption_column="txt")
     # a prepared dataset imports again with its own ids
     again = import_source(str(tmp_path / "out"), tmp_path / "o3")
@@ -228,10 +228,10 @@ def test_url_list_limit_counts_good_images(tmp_path, server):
 def test_url_list_malformed_line(tmp_path):
     tsv = tmp_path / "l.tsv"
     tsv.write_text("a cat\thttp://x/1.jpg\nno tab on this line\n")
-    with pytest.raises(UserError, match="line 2"):
+    with pytest.raises(InputError, match="line 2"):
         import_source(str(tsv), tmp_path / "out")
     tsv.write_text("a cat\tfile:///etc/passwd\n")
-    with pytest.raises(UserError, match="not an http"):
+    with pytest.raises(InputError, match="not an http"):
         import_source(str(tsv), tmp_path / "out")
 
 
@@ -310,3 +310,10 @@ def test_ultrafeedback_preference_pairs(tmp_path):
     assert dd["test"][0] == {"prompt": "q100", "chosen": "good 100", "rejected": "bad 100",
                              "score_chosen": 8.0, "score_rejected": 3.0}
     assert report_json(tmp_path / "out")["skipped"] == {R.BAD_PAIR: 2}
+
+
+def test_named_sources_refuse_column_options_they_would_ignore(tmp_path):
+    for key, option in (("coco", {"image_column": "img"}), ("flickr30k", {"caption_column": "txt"})):
+        with pytest.raises(ConfigError, match="--image-column / --caption-column"):
+            import_source(key, tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()

@@ -17,10 +17,14 @@ def test_info_nce_matches_hand_computation():
 
 
 def test_info_nce_temperature_is_clamped_at_100():
-    image = torch.eye(2)
+    # Two close embeddings (cosine c ~ 0.98): at scale 100 the loss is log(1 + e^(-100 (1 - c))) ~ 0.13,
+    # at an unclamped 1000 it would be ~ 1e-9; orthogonal ones give 0.0 at any scale and test nothing.
+    image = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1]]), dim=-1)
+    cosine = float(image[0] @ image[1])
     low = info_nce(image, image, torch.tensor(math.log(100.0)))
     high = info_nce(image, image, torch.tensor(math.log(1000.0)))
-    assert float(low) == float(high)
+    assert abs(float(low) - math.log1p(math.exp(-100 * (1 - cosine)))) < 1e-5
+    assert float(high) == float(low) > 0.1
 
 
 def test_sequence_logps_sums_only_real_tokens():

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.metrics import MetricOptions, evaluate_captions
 from capalign.metrics.bertscore import fix_prefix_space
 
@@ -47,7 +47,7 @@ def test_equals_bert_score_called_directly(tiny_bert):
 
 
 def test_local_model_needs_a_layer(tiny_bert):
-    with pytest.raises(UserError, match="--bertscore-layer"):
+    with pytest.raises(ConfigError, match="--bertscore-layer"):
         evaluate_captions(CANDS, REFS, ["BERTScore-F1"], options=MetricOptions(bertscore_model=str(tiny_bert)))
 
 

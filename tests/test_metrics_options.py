@@ -8,7 +8,7 @@ import pytest
 
 import capalign.evaluation.systems as systems
 from capalign.evaluation.systems import System, metric_options
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 
 
 def _run_dir(tmp_path, name="run-a"):
@@ -30,7 +30,7 @@ def test_run_head_used_for_retrieval_and_named_as_clip_scorer(tmp_path, monkeypa
     other = _run_dir(tmp_path, "run-b")
     options = metric_options(System("file", {}, results_file=tmp_path / "r.json"), clip_model=str(other), **kwargs)
     assert options.clip_scorer is head and "run-b" in options.clip_model and options.contrastive_scorer is None
-    with pytest.raises(UserError, match="self"):
+    with pytest.raises(ConfigError, match="self"):
         metric_options(System("file", {}, results_file=tmp_path / "r.json"), clip_model="self", **kwargs)
     monkeypatch.setattr(systems, "load_scorer", lambda run_dir, device=None, dtype=None: None, raising=False)
     options = metric_options(System("run-a", {}, run_dir=run), clip_model="openai/clip-vit-base-patch32", **kwargs)

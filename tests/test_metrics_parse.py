@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError
 from capalign.metrics import METRIC_NAMES, parse_metrics
 from capalign.metrics.results import load_results, match_ids
 
@@ -20,7 +20,7 @@ def test_aliases_and_case():
 
 
 def test_unknown_metric_names_it_and_lists_valid_ones():
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ConfigError) as err:
         parse_metrics("cider,blue")
     assert "'blue'" in str(err.value) and "CIDEr" in str(err.value) and "BLEU-4" in str(err.value)
 
@@ -32,7 +32,7 @@ def test_results_id_mismatch_reports_missing_extra_duplicated(tmp_path):
     path.write_text(json.dumps(records))
     loaded = load_results(path)
     assert loaded.skipped == 1 and loaded.duplicated == {"2": 2} and loaded.captions["2"] == "b"
-    with pytest.raises(UserError) as err:
+    with pytest.raises(InputError) as err:
         match_ids(loaded, ["1", "2", "3", "4"], source="res.json")
     text = str(err.value)
     assert "2 reference images have no caption (missing: 3, 4)" in text
@@ -51,7 +51,7 @@ def test_results_formats(tmp_path):
     assert load_results(mapping).captions == {"x": "one"}
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    with pytest.raises(UserError):
+    with pytest.raises(InputError):
         load_results(bad)
-    with pytest.raises(UserError):
+    with pytest.raises(MissingError):
         load_results(tmp_path / "absent.json")

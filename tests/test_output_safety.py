@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from capalign.errors import UserError
+from capalign.errors import CapalignError
 from capalign.outputs import LOCK, MARKER
 from test_cli import run_cli
 
@@ -186,7 +186,7 @@ def test_an_interrupted_overwrite_keeps_the_old_run_and_a_finished_one_replaces_
 
     def stopped(self):
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)  # as if it had trained a while
-        raise UserError("stopped mid-run")
+        raise CapalignError("stopped mid-run")
 
     fit = Engine.fit
     monkeypatch.setattr(Engine, "fit", stopped)
@@ -285,7 +285,7 @@ RACE = """
 import json, multiprocessing, os, random, sys, time
 from pathlib import Path
 from capalign import runs
-from capalign.errors import UserError
+from capalign.errors import OutputError
 from capalign.runs import lock_run_dir
 
 alive = runs._alive
@@ -296,7 +296,7 @@ def race(folder, start, done, results):
     try:
         lock_run_dir(Path(folder))
         results.put(1)
-    except UserError:
+    except OutputError:
         results.put(0)
     done.wait()  # the winner keeps the lock until every racer has tried (a forked child runs no atexit)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from capalign.pairs.sources import MAX_CAPTION_WORDS, load_pair_source
-from capalign.errors import UserError
+from capalign.errors import InputError
 
 
 @pytest.fixture
@@ -58,10 +58,10 @@ def test_pascal_style_votes_in_csv_and_json(pair_folder):
 def test_malformed_pair_files_name_the_line(pair_folder):
     path = pair_folder / "broken.jsonl"
     path.write_text('{"image": "imgs/a.png", "chosen": "a", "rejected": "b"}\n{not json\n')
-    with pytest.raises(UserError, match="line 2"):
+    with pytest.raises(InputError, match="line 2"):
         load_pair_source(str(path))
     path.write_text('{"image": "imgs/a.png", "best": "a"}\n')
-    with pytest.raises(UserError, match="line 1: needs chosen and rejected"):
+    with pytest.raises(InputError, match="line 1: needs chosen and rejected"):
         load_pair_source(str(path))
 
 

@@ -8,10 +8,10 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.cli import options
 from capalign.config import build_config, help_for
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.runs import RUNS_ROOT, resolve_model, write_errors
 
 
@@ -53,7 +53,7 @@ def align(
     from capalign.train.align import align as run_align  # deferred: imports torch and transformers
 
     if resume and out is None:
-        raise UserError("--resume needs --out pointing at the interrupted run folder.")
+        raise ConfigError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
         align=dict(method=method, reward=reward, baseline=baseline, num_samples=num_samples,
                    candidate_temperature=candidate_temperature, candidate_top_k=candidate_top_k,

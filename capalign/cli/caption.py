@@ -11,9 +11,9 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.cli import options
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.inference.caption_log import CaptionLog, finished_images
 from capalign.outputs import write_errors
 from capalign.runs import atomic_write_text, resolve_model
@@ -55,11 +55,11 @@ def caption(
                                               no_repeat_ngram_size, length_penalty, min_new_tokens, num_captions),
                            batch_size=batch_size)
     if output is not None and output.suffix not in (".jsonl", ".json"):
-        raise UserError(f"--output must end in .jsonl or .json, got {output.name}.")
+        raise ConfigError(f"--output must end in .jsonl or .json, got {output.name}.")
     if resume and (output is None or output.suffix != ".jsonl"):
-        raise UserError("--resume continues a --output FILE.jsonl; give that file (a COCO .json is written only at the end).")
+        raise ConfigError("--resume continues a --output FILE.jsonl; give that file (a COCO .json is written only at the end).")
     if resume and overwrite:
-        raise UserError("give either --resume (keep FILE's captions) or --overwrite (replace them), not both.")
+        raise ConfigError("give either --resume (keep FILE's captions) or --overwrite (replace them), not both.")
     paths, skipped = collect_images(inputs)
     model_dir = resolve_model(model)
     run = Run(model_dir, decode, output, scores, table or output is None or len(paths) <= SCREENFUL, skipped)

@@ -8,10 +8,10 @@ from typing import Optional
 import typer
 
 from capalign.cli import options
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 from capalign.outputs import claim_output_dir, commit, write_errors
 from capalign.runs import atomic_write_json
-from capalign.ui import console, print_missing, print_table, warn
+from capalign.cli.ui import console, print_missing, print_table, warn
 
 
 def compare(
@@ -58,9 +58,9 @@ def compare(
                            batch_size=batch_size)
     claim = claim_output_dir(report, "report", overwrite=overwrite, option="--report") if report is not None else None
     if len(systems) < 2:
-        raise UserError("compare needs at least two systems (run folders or results files)")
+        raise ConfigError("compare needs at least two systems (run folders or results files)")
     if bootstrap < 100:
-        raise UserError("--bootstrap must be at least 100")
+        raise ConfigError("--bootstrap must be at least 100")
     names = parse_metrics(metrics)
     the_split = load_split(data, split, limit, want_train="Copied" in names)
     loaded = [load_system(s, None, the_split, allow_partial=allow_partial, num_beams=num_beams,
@@ -70,7 +70,7 @@ def compare(
     common = set(the_split.references).intersection(*(s.captions for s in loaded))
     if any(len(s.captions) != len(common) for s in loaded):
         if not allow_partial:
-            raise UserError(f"the systems do not cover the same images ({len(common)} shared); pass --allow-partial")
+            raise InputError(f"the systems do not cover the same images ({len(common)} shared); pass --allow-partial")
         warn(f"comparing on the {len(common)} images all systems share")
     ids = sorted(common)
     for s in loaded:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 
 DEMO_METRICS = "bleu,meteor,rouge,cider,hallucination,diversity,retrieval"
 

@@ -10,7 +10,7 @@ import typer
 
 from capalign.cli import options
 from capalign.runs import atomic_write_json
-from capalign.ui import console, print_missing, print_table
+from capalign.cli.ui import console, print_missing, print_table
 
 
 def evaluate(

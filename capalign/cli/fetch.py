@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.config import CLIP_B32
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 from capalign.outputs import claim_output_dir
 
 SHAPES_IMAGE_SIZE = 64
@@ -23,7 +23,7 @@ def _check_image_size(size: int | None, shapes: bool) -> None:
     if size is None or low <= size <= high or (size == 0 and not shapes):
         return
     allowed = f"{low} to {high}" if shapes else f"0 (keep the size) or {low} to {high}"
-    raise UserError(f"--image-size {size} is out of range; {'shapes takes' if shapes else 'use'} {allowed}.")
+    raise ConfigError(f"--image-size {size} is out of range; {'shapes takes' if shapes else 'use'} {allowed}.")
 
 
 def fetch(
@@ -48,9 +48,9 @@ def fetch(
         from capalign.models.clipcap_run import convert_clipcap, is_checkpoint_file  # deferred: imports torch and transformers
 
         if not is_checkpoint_file(model):
-            raise UserError(f"{model} is a file but not a checkpoint (.pt, .pth, .bin, .ckpt, .safetensors); pass a model name or folder.")
+            raise InputError(f"{model} is a file but not a checkpoint (.pt, .pth, .bin, .ckpt, .safetensors); pass a model name or folder.")
         if out is None:
-            raise UserError(f"converting the ClipCap checkpoint {model} needs --out DIR (the run folder to write).")
+            raise ConfigError(f"converting the ClipCap checkpoint {model} needs --out DIR (the run folder to write).")
         convert_clipcap(Path(model).expanduser(), out, vision, decoder, normalize_prefix)
         return
     if model is not None:
@@ -60,7 +60,7 @@ def fetch(
         return
     if source == "shapes":
         if limit is not None and limit < 4:
-            raise UserError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
+            raise ConfigError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
         target = out or store.DEFAULT_DATA_ROOT / "shapes"
         size = SHAPES_IMAGE_SIZE if image_size is None else image_size
         dataset = store.prepare_shapes(target, limit=limit or store.SHAPES_DEFAULT_LIMIT, seed=seed, image_size=size,

@@ -19,7 +19,7 @@ import threading
 import typer
 from typer.exceptions import TyperException
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.cli.align import align
 from capalign.cli.caption import caption
 from capalign.cli.compare import compare

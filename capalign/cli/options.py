@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from capalign.config import CLIP_B32, RunConfig, load_config
-from capalign.errors import UserError
+from capalign.errors import OutputError
 from capalign.runs import CONFIG_NAME
 
 DATA = typer.Option(None, "--data", help="Prepared dataset folder or source name (default: shapes).")
@@ -67,8 +67,8 @@ def refuse_overwrite(path: Path | None, overwrite: bool) -> None:
         return
     existing = next(p for p in (Path(path), *Path(path).parents) if p.exists() or p == p.parent)
     if Path(path).is_dir():
-        raise UserError(f"{path} is a folder; --output takes a file name (choose one inside it, or elsewhere).")
+        raise OutputError(f"{path} is a folder; --output takes a file name (choose one inside it, or elsewhere).")
     if existing != Path(path) and existing.exists() and not existing.is_dir():
-        raise UserError(f"{existing} is a file, so {path} cannot be written; choose another --output.")
+        raise OutputError(f"{existing} is a file, so {path} cannot be written; choose another --output.")
     if Path(path).exists() and not overwrite:
-        raise UserError(f"{path} exists; choose another --output or pass --overwrite to replace it.")
+        raise OutputError(f"{path} exists; choose another --output or pass --overwrite to replace it.")

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from capalign import ui
+from capalign.cli import ui
 from capalign.cli import options
 from capalign.config import PRESETS, build_config, help_for
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.runs import RUNS_ROOT, resolve_model, write_errors
 
 
@@ -46,7 +46,7 @@ def pretrain(
     from capalign.train.pretrain import pretrain as run_pretrain  # deferred: imports torch and transformers
 
     if resume and out is None:
-        raise UserError("--resume needs --out pointing at the interrupted run folder.")
+        raise ConfigError("--resume needs --out pointing at the interrupted run folder.")
     overrides = options.overrides(
         train=dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed,
                    mixed_precision=mixed_precision, grad_accum=grad_accum, select=select, patience=patience, tracker=tracker,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from capalign import ui
-from capalign.errors import UserError
+from capalign.cli import ui
+from capalign.errors import InputError, MissingError
 from capalign.runs import is_run_dir, resolve_model
 
 
@@ -21,9 +21,9 @@ def push(
     from capalign.model_card import write_model_card  # deferred: imports the package version and yaml only for push
 
     if not Path(run).exists():
-        raise UserError(f"Run folder {run} does not exist.")
+        raise MissingError(f"Run folder {run} does not exist.")
     run_dir = resolve_model(run)
     if not is_run_dir(run_dir):  # a transformers captioner folder is the user's own: no card is written into it
-        raise UserError(f"{run} is not a capalign run folder; push uploads finished runs (their card is written first).")
+        raise InputError(f"{run} is not a capalign run folder; push uploads finished runs (their card is written first).")
     url = push_run(run_dir, repo_id, write_model_card, private=private)
     ui.console.print(f"Pushed {run_dir} to {url}")

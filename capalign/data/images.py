@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from capalign.data.importers import fetch_report as R
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 from capalign.usertext import is_text, printable
 
 JPEG_QUALITY = 95  # stored images are re-encoded once as JPEG at this quality
@@ -219,11 +219,11 @@ class ImageFiles(Sequence):
 def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
     """The image files of `inputs`, checked by their headers only (nothing is decoded here; read
     them a batch at a time through ImageFiles): files named directly must be images (else
-    UserError); files found in folders that are not are skipped. Returns (paths, skipped messages)."""
+    InputError); files found in folders that are not are skipped. Returns (paths, skipped messages)."""
     paths, skipped = [], []
     for given in inputs:
         if not given.exists():
-            raise UserError(f"{given} does not exist.")
+            raise MissingError(f"{given} does not exist.")
         if given.is_dir():
             for path in sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
                 try:
@@ -235,8 +235,8 @@ def collect_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
             try:
                 probe_image(given)
             except ValueError as exc:
-                raise UserError(f"{exc}; pass image files (JPEG, PNG, ...) or folders of them.") from None
+                raise InputError(f"{exc}; pass image files (JPEG, PNG, ...) or folders of them.") from None
             paths.append(given)
     if not paths:
-        raise UserError("No images found in " + ", ".join(map(str, inputs)) + ".")
+        raise InputError("No images found in " + ", ".join(map(str, inputs)) + ".")
     return paths, skipped

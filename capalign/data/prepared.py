@@ -6,7 +6,7 @@ reading the data into memory: the folder's JSON files parse and name only files 
 every Arrow file's record batches parse and agree with the declared features, Arrow's offsets and
 text are valid, each split holds the rows `fetch_report.json` recorded, images are stored as bytes
 (a stored path would make datasets open any file or URL), and each split's first and last rows
-decode. Anything wrong is one UserError saying to re-run `capalign fetch`.
+decode. Anything wrong is one InputError saying to re-run `capalign fetch`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.usertext import printable
 
 MAX_JSON_BYTES = 2**20  # the folder's JSON files are a few kB; a larger one is not ours
@@ -28,7 +28,7 @@ _DAMAGE = (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError,
 
 
 class Damaged(Exception):
-    """What is wrong with the folder, in a few words (turned into the UserError by `open_prepared`)."""
+    """What is wrong with the folder, in a few words (turned into the InputError by `open_prepared`)."""
 
 
 def _json(folder: Path, name: str, kind: type) -> object:
@@ -94,7 +94,7 @@ def _check_split(name: str, split: datasets.Dataset, rows: dict) -> None:
 
 
 def open_prepared(folder: Path, source: str | None = None) -> datasets.DatasetDict:
-    """Load and check the prepared dataset at `folder`; any damage is a UserError telling the user to
+    """Load and check the prepared dataset at `folder`; any damage is an InputError telling the user to
     re-run `capalign fetch SOURCE --out FOLDER` (SOURCE from fetch_report.json when it is readable)."""
     folder = Path(folder)
     try:
@@ -117,7 +117,7 @@ def _detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {printable(' '.join(str(exc).split())[:160])}"
 
 
-def _damaged(folder: Path, source: str | None, detail: str) -> UserError:
+def _damaged(folder: Path, source: str | None, detail: str) -> InputError:
     if source is None:
         try:
             recorded = _json(folder, "fetch_report.json", dict).get("source")
@@ -125,15 +125,15 @@ def _damaged(folder: Path, source: str | None, detail: str) -> UserError:
             recorded = None
         shown = "".join(ch for ch in printable(recorded) if ch.isprintable()) if isinstance(recorded, str) else ""
         source = shown.strip() or "SOURCE"
-    return UserError(f"{folder} is a damaged prepared dataset ({detail}); "
-                     f"re-run `capalign fetch {source} --out {folder}`.")
+    return InputError(f"{folder} is a damaged prepared dataset ({detail}); "
+                      f"re-run `capalign fetch {source} --out {folder}`.")
 
 
 def open_saved(folder: Path) -> datasets.Dataset | datasets.DatasetDict:
     """A folder someone else wrote with `save_to_disk` (a DatasetDict or one Dataset), loaded lazily;
-    unreadable JSON or Arrow files are a UserError naming the folder."""
+    unreadable JSON or Arrow files are an InputError naming the folder."""
     try:
         return datasets.load_from_disk(str(folder))
     except _DAMAGE as exc:
-        raise UserError(f"{folder} is not a readable saved dataset ({_detail(exc)}); "
-                        "save it again with `save_to_disk` or pass the right folder.") from None
+        raise InputError(f"{folder} is not a readable saved dataset ({_detail(exc)}); "
+                         "save it again with `save_to_disk` or pass the right folder.") from None

@@ -79,10 +79,6 @@ def describe(objects: list[ShapeObject]) -> list[str]:
     ]
 
 
-def _allowed(colour: str, shape: str, novel: bool) -> bool:
-    return ((colour, shape) in NOVEL_COMBINATIONS) == novel
-
-
 def sample_scene(rng: random.Random, novel: bool) -> list[ShapeObject]:
     """One or two objects; in a novel scene at least one object is a held-out combination."""
     count = rng.choice((1, 2))

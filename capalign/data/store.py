@@ -10,7 +10,7 @@ import datasets
 
 from capalign.data import shapes
 from capalign.data.prepared import open_prepared
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError
 from capalign.outputs import claim_output_dir, install, write_errors
 
 DEFAULT_DATA_ROOT = Path("data")
@@ -33,7 +33,7 @@ def prepare_shapes(out: Path, *, limit: int = SHAPES_DEFAULT_LIMIT, seed: int = 
     """Generate the shapes dataset (deterministic from `seed`) and save it to `out` (which must pass
     the output rule, capalign.outputs; `option` is the flag that chose it, named in errors)."""
     if limit < 4:
-        raise UserError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
+        raise ConfigError(f"--limit must be at least 4 for shapes (one image per split), got {limit}.")
     out = claim_output_dir(out, "dataset", overwrite=True, option=option).path  # before minutes of work
     with write_errors(out, option=option):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def is_prepared(path: Path) -> bool:
 
 def load_prepared(data: str | Path | None = None) -> datasets.DatasetDict:
     """Load a prepared dataset folder, or a source name prepared on first use (`shapes`); a damaged
-    folder is a UserError saying to re-run `capalign fetch` (see capalign.data.prepared)."""
+    folder is an InputError saying to re-run `capalign fetch` (see capalign.data.prepared)."""
     if data is None or str(data) == "shapes":
         path = DEFAULT_DATA_ROOT / "shapes"
         if not is_prepared(path):
@@ -82,15 +82,15 @@ def load_prepared(data: str | Path | None = None) -> datasets.DatasetDict:
     if is_prepared(path):
         return open_prepared(path)
     if path.exists():
-        raise UserError(f"{path} is not a prepared dataset (no dataset_dict.json); create one with `capalign fetch SOURCE --out {path}`.")
+        raise InputError(f"{path} is not a prepared dataset (no dataset_dict.json); create one with `capalign fetch SOURCE --out {path}`.")
     prepared = DEFAULT_DATA_ROOT / str(data)
     if is_prepared(prepared):
         return open_prepared(prepared)
-    raise UserError(f"No dataset at {path}; prepare it first with `capalign fetch {data}`.")
+    raise MissingError(f"No dataset at {path}; prepare it first with `capalign fetch {data}`.")
 
 
 def get_split(dataset: datasets.DatasetDict, split: str) -> datasets.Dataset:
     """One split, or a clear error naming the ones that exist."""
     if split not in dataset:
-        raise UserError(f"The dataset has no split '{split}'; it has: {', '.join(dataset)}.")
+        raise MissingError(f"The dataset has no split '{split}'; it has: {', '.join(dataset)}.")
     return dataset[split]

@@ -10,14 +10,14 @@ from typing import Any
 
 from capalign.data.store import get_split, load_prepared
 from capalign.devices import resolve_device
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError, MissingError
 from capalign.inference.generate import caption_split
 from capalign.inference.scorer import load_scorer
 from capalign.metrics import MetricOptions, evaluate_captions
 from capalign.metrics.hallucination import load_coco_instances
 from capalign.metrics.results import load_references, load_results, match_ids
+from capalign.reporting import log
 from capalign.runs import is_run_dir, looks_like_hub_id, resolve_model
-from capalign.ui import warn
 
 IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", "T2I-R@1", "T2I-R@5", "T2I-R@10"}
 OBJECT_METRICS = {"Hallucination"}  # need each image's ground-truth objects (a prepared shapes split)
@@ -79,11 +79,11 @@ def load_split(data: str | None, split: str, limit: int | None, want_train: bool
     text = dataset.select_columns([c for c in ("image_id", "captions", "objects") if c in dataset.column_names])
     ids = [str(i) for i in text["image_id"]]
     if len(set(ids)) != len(ids):
-        raise UserError(f"split '{split}' has duplicated image_id values; re-prepare the dataset with `capalign fetch`")
+        raise InputError(f"split '{split}' has duplicated image_id values; re-prepare the dataset with `capalign fetch`")
     references = {i: list(c) for i, c in zip(ids, text["captions"])}
     empty = [i for i, c in references.items() if not c]
     if empty:
-        raise UserError(f"{len(empty)} images of split '{split}' have no reference captions (e.g. {empty[0]})")
+        raise InputError(f"{len(empty)} images of split '{split}' have no reference captions (e.g. {empty[0]})")
     objects = dict(zip(ids, text["objects"])) if "objects" in text.column_names else None
     train = None
     if want_train and "train" in dataset_dict and split != "train":
@@ -108,14 +108,14 @@ def load_system(spec: str | None, results: Path | None, split: Split, *, allow_p
         loaded = load_results(path)
         captions, report = match_ids(loaded, split.references, allow_partial=allow_partial, source=str(path))
         if loaded.skipped:
-            warn(f"{path}: skipped {loaded.skipped} records without an image_id and a caption string")
+            log.warning(f"warning: {path}: skipped {loaded.skipped} records without an image_id and a caption string")
         if not report.ok:
-            warn(f"{path}: scoring {len(captions)} common images only; {report.describe()}")
+            log.warning(f"warning: {path}: scoring {len(captions)} common images only; {report.describe()}")
         return System(path.stem, captions, results_file=path, id_report=report)
     if results is not None:
-        raise UserError(f"results file {results} does not exist")
+        raise MissingError(f"results file {results} does not exist")
     if spec is not None and not Path(spec).exists() and not looks_like_hub_id(spec):
-        raise UserError(f"{spec} is neither a results file nor a model folder (capalign run or transformers captioner)")
+        raise InputError(f"{spec} is neither a results file nor a model folder (capalign run or transformers captioner)")
     run_dir = resolve_model(spec)
     if not captions_needed:
         return System(run_dir.name, dict.fromkeys(split.references, ""), run_dir=run_dir)
@@ -142,15 +142,15 @@ def metric_options(system: System, *, clip_model: str, bertscore_model: str | No
         options.contrastive_name = f"contrastive head of capalign run {system.run_dir.name}"
     if clip_model == "self":
         if system.run_dir is None:
-            raise UserError("--clip-model self needs a capalign run (a results file has no contrastive head)")
+            raise ConfigError("--clip-model self needs a capalign run (a results file has no contrastive head)")
         head, why = (options.contrastive_scorer, None) if options.contrastive_scorer else _load_head(system.run_dir, device, dtype)
         if head is None:
-            raise UserError(f"--clip-model self: {why}")
+            raise InputError(f"--clip-model self: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {system.run_dir.name}"
     elif Path(clip_model).is_dir() and is_run_dir(Path(clip_model)):
         head, why = _load_head(Path(clip_model), device, dtype)
         if head is None:
-            raise UserError(f"--clip-model {clip_model}: {why}")
+            raise InputError(f"--clip-model {clip_model}: {why}")
         options.clip_scorer, options.clip_model = head, f"contrastive head of capalign run {Path(clip_model).name}"
     return options
 

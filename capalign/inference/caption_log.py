@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import OutputError
 from capalign.outputs import write_errors
 from capalign.runs import atomic_write_text
 
@@ -39,22 +39,22 @@ def _differences(recorded: dict, settings: dict) -> list[str]:
 def finished_images(output: Path, settings: dict) -> tuple[set[str], int]:
     """For `--resume`: the images `output` already holds (their "image" values) and the byte length
     of its whole lines; a last line without its newline (cut short by a kill) is not counted, so it
-    is dropped and redone. Refuses, as a UserError, a file without its sidecar, one written with
+    is dropped and redone. Refuses, as an OutputError, a file without its sidecar, one written with
     other settings, and one with a line that is not a caption record."""
     meta = meta_path(output)
     if not meta.is_file():
-        raise UserError(f"{output} has no {meta.name} beside it, so the settings it was written with are unknown; "
-                        "pass --overwrite to caption everything again, or choose another --output.")
+        raise OutputError(f"{output} has no {meta.name} beside it, so the settings it was written with are unknown; "
+                          "pass --overwrite to caption everything again, or choose another --output.")
     try:
         recorded = json.loads(meta.read_text(encoding="utf-8"))
         if not isinstance(recorded, dict):
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta} is not a capalign caption settings file ({exc}); pass --overwrite to start afresh.") from None
+        raise OutputError(f"{meta} is not a capalign caption settings file ({exc}); pass --overwrite to start afresh.") from None
     differ = _differences(recorded, settings)
     if differ:
-        raise UserError(f"{output} was written with other settings ({'; '.join(differ)}); --resume with the same "
-                        "ones, or pass --overwrite to start afresh.")
+        raise OutputError(f"{output} was written with other settings ({'; '.join(differ)}); --resume with the same "
+                          "ones, or pass --overwrite to start afresh.")
     data = output.read_bytes()
     whole = data.rfind(b"\n") + 1
     done: set[str] = set()
@@ -67,8 +67,8 @@ def finished_images(output: Path, settings: dict) -> tuple[set[str], int]:
             if not isinstance(image, str):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise UserError(f"{output} line {number} is not a caption record ({{\"image\": ..., \"caption\": ...}}); "
-                            "pass --overwrite to start afresh, or choose another --output.") from None
+            raise OutputError(f"{output} line {number} is not a caption record ({{\"image\": ..., \"caption\": ...}}); "
+                              "pass --overwrite to start afresh, or choose another --output.") from None
         done.add(image)
     return done, whole
 

@@ -13,11 +13,11 @@ from typing import Iterator
 import torch
 from accelerate.utils import gather_object
 
-from capalign import ui
+from capalign import reporting
 from capalign.data.collate import pixel_values
 from capalign.data.images import Unreadable
 from capalign.distributed import process_state
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.models.io import load_captioner
 
 # Beam search keeps batch × beams sequences (and their logits over the vocabulary) in memory; far
@@ -31,7 +31,7 @@ def _whole(value, option: str, low: int, high: int | None = None, what: str = ""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
     if not ok:
         allowed = f"between {low} and {high}" if high is not None else f"a whole number of at least {low}"
-        raise UserError(f"{option} must be {allowed}{what}, got {value}.")
+        raise ConfigError(f"{option} must be {allowed}{what}, got {value}.")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DecodeOptions:
     many captions per image (the best beams, best first, or independent samples).
 
     The one place decoding settings are checked (the CLI's options and capalign.Captioner's
-    arguments alike): out-of-range values are a UserError naming the option and the allowed range,
+    arguments alike): out-of-range values are a ConfigError naming the option and the allowed range,
     here for what needs no model, in `check_model` for what depends on the model."""
 
     num_beams: int = 1
@@ -63,21 +63,21 @@ class DecodeOptions:
         if self.max_length is not None:
             _whole(self.max_length, "--max-length", 1)
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UserError(f"--temperature must be a finite number of at least 0 (0 = no sampling), got {self.temperature}.")
+            raise ConfigError(f"--temperature must be a finite number of at least 0 (0 = no sampling), got {self.temperature}.")
         _whole(self.batch_size, "--batch-size", 1)
         _whole(self.top_k, "--top-k", 0, what=" (0 = no top-k filtering)")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):  # NaN fails both comparisons
-            raise UserError(f"--top-p must be above 0 and at most 1 (1 = no nucleus filtering), got {self.top_p}.")
+            raise ConfigError(f"--top-p must be above 0 and at most 1 (1 = no nucleus filtering), got {self.top_p}.")
         if (self.top_k or self.top_p < 1) and not self.sampling:
-            raise UserError("--top-k and --top-p filter what sampling draws from; add --temperature above 0 (e.g. 1).")
+            raise ConfigError("--top-k and --top-p filter what sampling draws from; add --temperature above 0 (e.g. 1).")
         if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
                 and self.repetition_penalty > 0):
-            raise UserError(f"--repetition-penalty must be a finite number above 0 (1 = none), got {self.repetition_penalty}.")
+            raise ConfigError(f"--repetition-penalty must be a finite number above 0 (1 = none), got {self.repetition_penalty}.")
         _whole(self.no_repeat_ngram_size, "--no-repeat-ngram-size", 0, what=" (0 = off)")
         if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)):
-            raise UserError(f"--length-penalty must be a finite number (1 = none), got {self.length_penalty}.")
+            raise ConfigError(f"--length-penalty must be a finite number (1 = none), got {self.length_penalty}.")
         if self.length_penalty != 1 and self.num_beams == 1:
-            raise UserError("--length-penalty scores finished beams; it needs --num-beams 2 or more.")
+            raise ConfigError("--length-penalty scores finished beams; it needs --num-beams 2 or more.")
         _whole(self.min_new_tokens, "--min-new-tokens", 0, self.max_length,
                what=" (at most --max-length)" if self.max_length is not None else "")
         if self.num_beams > 1:
@@ -86,8 +86,8 @@ class DecodeOptions:
             _whole(self.num_captions, "--num-captions", 1, MAX_NUM_CAPTIONS)
         elif self.num_captions != 1:
             _whole(self.num_captions, "--num-captions", 1, MAX_NUM_CAPTIONS)
-            raise UserError(f"--num-captions {self.num_captions}: greedy decoding gives one caption; use "
-                            f"--num-beams {self.num_captions} or more, or --temperature above 0.")
+            raise ConfigError(f"--num-captions {self.num_captions}: greedy decoding gives one caption; use "
+                              f"--num-beams {self.num_captions} or more, or --temperature above 0.")
 
     @property
     def sampling(self) -> bool:
@@ -108,18 +108,18 @@ class DecodeOptions:
             return
         config = decoder.config
         if self.num_beams > config.vocab_size:
-            raise UserError(f"--num-beams must be between 1 and {config.vocab_size} for this model (its vocabulary "
-                            f"size), got {self.num_beams}.")
+            raise ConfigError(f"--num-beams must be between 1 and {config.vocab_size} for this model (its vocabulary "
+                              f"size), got {self.num_beams}.")
         positions = getattr(config, "max_position_embeddings", None)
         mapper = getattr(captioner.model, "mapper", None)
         prompt = mapper.prefix_length if mapper is not None else 1
         if self.max_length is not None and positions is not None and self.max_length > positions - prompt:
-            raise UserError(f"--max-length must be between 1 and {positions - prompt} for this model ({positions} "
-                            f"positions, {prompt} taken by the prompt), got {self.max_length}.")
+            raise ConfigError(f"--max-length must be between 1 and {positions - prompt} for this model ({positions} "
+                              f"positions, {prompt} taken by the prompt), got {self.max_length}.")
         default = getattr(captioner.model.generation_config, "max_new_tokens", None)
         if self.max_length is None and default is not None and self.min_new_tokens > default:
-            raise UserError(f"--min-new-tokens must be between 0 and {default} (this model's caption length; raise "
-                            f"--max-length to allow more), got {self.min_new_tokens}.")
+            raise ConfigError(f"--min-new-tokens must be between 0 and {default} (this model's caption length; raise "
+                              f"--max-length to allow more), got {self.min_new_tokens}.")
 
     def generate_kwargs(self) -> dict:
         """The matching keyword arguments of transformers' `generate`."""
@@ -254,10 +254,10 @@ def caption_sharded(captioner, tokenizer, processor, images, options: DecodeOpti
         for chunk in chunks:
             out.extend(chunk)
     else:
-        with ui.progress_bar("captioning", len(images), stderr=True) as (progress, task):
+        with reporting.progress("captioning", len(images), stderr=True) as advance:
             for chunk in chunks:
                 out.extend(chunk)
-                progress.update(task, completed=len(out))
+                advance(completed=len(out))
     return out if options.num_captions > 1 else [group[0] for group in out]
 
 

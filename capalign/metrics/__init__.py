@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.metrics.bertscore import score_bertscore
 from capalign.metrics.clipscore import score_clip
 from capalign.metrics.coco import score_coco
@@ -27,7 +27,7 @@ from capalign.metrics.types import (
     EvaluationResult,
     MetricOptions,
 )
-from capalign.ui import library_output
+from capalign.reporting import library_output
 
 __all__ = ["CORPUS_ONLY", "LOWER_IS_BETTER", "METRIC_NAMES", "EvaluationResult", "MetricOptions", "evaluate_captions",
            "parse_metrics"]
@@ -73,13 +73,13 @@ def parse_metrics(text: str | None) -> list[str]:
         key = _key(part)
         names = METRIC_NAMES if key == "all" else _LOOKUP.get(key)
         if names is None:
-            raise UserError(
+            raise ConfigError(
                 f"unknown metric '{part.strip()}'; choose from: all, {', '.join(METRIC_NAMES)} "
                 f"(aliases: {', '.join(sorted(_ALIASES))})"
             )
         chosen.extend(n for n in names if n not in chosen)
     if not chosen:
-        raise UserError("--metrics is empty; give e.g. 'cider,bleu' or 'all'")
+        raise ConfigError("--metrics is empty; give e.g. 'cider,bleu' or 'all'")
     return [n for n in METRIC_NAMES if n in chosen]
 
 
@@ -103,7 +103,7 @@ def evaluate_captions(
     options = options or MetricOptions()
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
-        raise UserError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
     if set(candidates) != set(references):
         raise ValueError("candidates and references must cover the same image ids")
     ids = sorted(candidates)

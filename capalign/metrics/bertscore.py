@@ -16,7 +16,7 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.metrics.types import EvaluationResult, MetricOptions
 from capalign.models import guard
 from capalign.models.guard import NO_REMOTE_CODE
@@ -35,14 +35,14 @@ def _packaged_baseline(name: str) -> str | None:
 
 def resolve_model(model: str | None, layer: int | None, baseline: str | None) -> tuple[str, int, str | None, str]:
     """(local model dir, layer, baseline path or None, display label). Raises FileNotFoundError with a
-    one-line message when a hub model is not cached; UserError for a local model without a layer."""
+    one-line message when a hub model is not cached; ConfigError for a local model without a layer."""
     from bert_score.utils import model2layers  # deferred: as bert_score above
 
     name = model or DEFAULT_MODEL
     if Path(name).expanduser().is_dir():
         path = str(Path(name).expanduser().resolve())
         if layer is None:
-            raise UserError(f"--bertscore-layer N is required with a local --bertscore-model ({name})")
+            raise ConfigError(f"--bertscore-layer N is required with a local --bertscore-model ({name})")
         base = baseline
     else:
         try:
@@ -54,7 +54,7 @@ def resolve_model(model: str | None, layer: int | None, baseline: str | None) ->
             ) from None
         if layer is None:
             if name not in model2layers:
-                raise UserError(f"--bertscore-layer N is required for {name} (bert-score has no default layer)")
+                raise ConfigError(f"--bertscore-layer N is required for {name} (bert-score has no default layer)")
             layer = model2layers[name]
         base = baseline or _packaged_baseline(name)
     # bert-score loads with AutoModel / AutoTokenizer and no trust_remote_code: refuse a folder that

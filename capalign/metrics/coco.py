@@ -29,6 +29,7 @@ from pycocoevalcap.spice.spice import Spice
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
 from capalign.metrics.types import EvaluationResult
+from capalign.reporting import log
 
 SPICE_JAR_NAME = "stanford-corenlp-3.6.0.jar"
 SPICE_FETCH = (
@@ -48,7 +49,9 @@ def _quiet_java_stderr() -> Iterator[None]:
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+            replay = sink.read().decode(errors="replace")[-4000:].strip()
+            if replay:
+                log.warning(replay)
             raise
         finally:
             os.dup2(saved, 2)

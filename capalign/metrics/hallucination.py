@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from capalign.data.shapes import find_hallucinations
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.metrics.types import EvaluationResult
 
 Checker = Callable[[str, list[dict]], list[str]]
@@ -146,7 +146,7 @@ def load_coco_instances(path: str | Path) -> dict[str, list[str]]:
         for ann in data["annotations"]:
             objects[str(ann["image_id"])].add(names[ann["category_id"]])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is not a readable COCO instances file ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path} is not a readable COCO instances file ({type(exc).__name__}: {exc})") from None
     return {k: sorted(v) for k, v in objects.items()}
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.usertext import id_text, is_text, read_json, read_text
 
 
@@ -33,10 +33,10 @@ def load_results(path: str | Path) -> LoadedResults:
                 try:
                     data.append(json.loads(line))
                 except (json.JSONDecodeError, RecursionError) as exc:
-                    raise UserError(f"{path} is neither JSON nor JSON lines (line {number}: "
-                                    f"{getattr(exc, 'msg', 'nested too deeply')})") from None
+                    raise InputError(f"{path} is neither JSON nor JSON lines (line {number}: "
+                                     f"{getattr(exc, 'msg', 'nested too deeply')})") from None
     except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to read; fix the file") from None
+        raise InputError(f"{path}: JSON nested too deeply to read; fix the file") from None
     if isinstance(data, dict) and "annotations" in data:
         data = data["annotations"]
     if isinstance(data, dict) and set(data) == {"image_id", "caption"}:  # JSON lines holding one record
@@ -44,7 +44,7 @@ def load_results(path: str | Path) -> LoadedResults:
     if isinstance(data, dict):
         data = [{"image_id": k, "caption": v} for k, v in data.items()]
     if not isinstance(data, list):
-        raise UserError(f"{path} is not a COCO results file: expected a list of {{image_id, caption}} records")
+        raise InputError(f"{path} is not a COCO results file: expected a list of {{image_id, caption}} records")
     loaded = LoadedResults(captions={})
     for record in data:
         key = id_text(record.get("image_id")) if isinstance(record, dict) else None
@@ -56,7 +56,7 @@ def load_results(path: str | Path) -> LoadedResults:
             continue
         loaded.captions[key] = record["caption"]
     if not loaded.captions:
-        raise UserError(f"{path} holds no usable {{image_id, caption}} records ({loaded.skipped} skipped)")
+        raise InputError(f"{path} holds no usable {{image_id, caption}} records ({loaded.skipped} skipped)")
     return loaded
 
 
@@ -94,7 +94,7 @@ def _sort_key(image_id: str):
 def match_ids(
     loaded: LoadedResults, reference_ids, *, allow_partial: bool = False, source: str = "results file"
 ) -> tuple[dict[str, str], IdReport]:
-    """Captions restricted to ids present in both. Any missing / extra / duplicated id is a UserError
+    """Captions restricted to ids present in both. Any missing / extra / duplicated id is an InputError
     naming them, unless allow_partial (then the common ids are scored, first caption of a duplicate)."""
     refs = set(reference_ids)
     report = IdReport(
@@ -103,10 +103,10 @@ def match_ids(
         duplicated=dict(sorted(loaded.duplicated.items(), key=lambda kv: _sort_key(kv[0]))),
     )
     if not report.ok and not allow_partial:
-        raise UserError(f"{source} does not match the references: {report.describe()}; fix the file or pass --allow-partial")
+        raise InputError(f"{source} does not match the references: {report.describe()}; fix the file or pass --allow-partial")
     common = {k: v for k, v in loaded.captions.items() if k in refs}
     if not common:
-        raise UserError(f"{source} shares no image ids with the references ({report.describe()})")
+        raise InputError(f"{source} shares no image ids with the references ({report.describe()})")
     return common, report
 
 
@@ -126,12 +126,12 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
         listed = [id_text(i["id"]) for i in images if isinstance(i, dict) and "id" in i]
         bare = [i for i in listed if i is not None and i not in references]
         if bare:
-            raise UserError(f"{path}: {len(bare)} images have no caption annotation (e.g. {bare[0]})")
+            raise InputError(f"{path}: {len(bare)} images have no caption annotation (e.g. {bare[0]})")
     elif isinstance(data, dict) and all(isinstance(v, list) and all(map(is_text, v)) for v in data.values()):
         references = {str(k): list(v) for k, v in data.items() if v}
     else:
-        raise UserError(f"{path} is neither a COCO annotations file ({{images, annotations: [{{image_id, caption}}]}}) "
-                        "nor a {image_id: [captions]} JSON")
+        raise InputError(f"{path} is neither a COCO annotations file ({{images, annotations: [{{image_id, caption}}]}}) "
+                         "nor a {image_id: [captions]} JSON")
     if not references:
-        raise UserError(f"{path} holds no reference captions")
+        raise InputError(f"{path} holds no reference captions")
     return references

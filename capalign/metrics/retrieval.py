@@ -15,7 +15,7 @@ from capalign.metrics.clipscore import embed_image_ids
 from capalign.metrics.types import RETRIEVAL_METRICS, EvaluationResult, MetricOptions
 
 
-def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, ks=(1, 5, 10), chunk: int = 1024):
+def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, chunk: int = 1024):
     """Per-image i2t ranks and per-text t2i ranks (0 = first) from unit-norm embeddings."""
     n = image_emb.shape[0]
     i2t_rank = np.empty(n, dtype=np.int64)

@@ -15,7 +15,7 @@ import transformers
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.hub import fetch_model, offline_mode
 from capalign.models import guard
 from capalign.models.guard import NO_REMOTE_CODE
@@ -38,15 +38,15 @@ _TEXT_TOWERS = {
 
 def resolve(name_or_path: str) -> str:
     """A local folder holding the model: the path itself, the cached snapshot of a hub name, or a
-    fresh download when the hub is reachable. Missing and offline is a UserError."""
+    fresh download when the hub is reachable. Missing and offline is an InputError."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"{path} has no config.json; pass a folder written by save_pretrained or a Hugging Face model id.")
+            raise InputError(f"{path} has no config.json; pass a folder written by save_pretrained or a Hugging Face model id.")
         guard.check_folder(path.resolve(), HINT)
         return str(path.resolve())
     if path.exists():
-        raise UserError(f"{path} is a file; pass a model folder or a Hugging Face model id.")
+        raise InputError(f"{path} is a file; pass a model folder or a Hugging Face model id.")
     try:
         with offline_mode():
             found = snapshot_download(name_or_path, local_files_only=True)
@@ -77,7 +77,7 @@ def load_vision(name_or_path: str) -> torch.nn.Module:
     with guard.loading(path, HINT, what="weights"):
         model = AutoModel.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
     if getattr(model.config, "vision_config", None) is not None or getattr(model.config, "text_config", None) is not None:
-        raise UserError(f"{name_or_path} is a composite '{model_type}' model; pass a vision-only model or a CLIP/SigLIP checkpoint.")
+        raise InputError(f"{name_or_path} is a composite '{model_type}' model; pass a vision-only model or a CLIP/SigLIP checkpoint.")
     return model
 
 
@@ -86,7 +86,7 @@ def load_text_tower(name_or_path: str) -> torch.nn.Module:
     path = resolve(name_or_path)
     config = _config(path)
     if config.model_type not in _TEXT_TOWERS:
-        raise UserError(f"--text-encoder must be a CLIP checkpoint (got a '{config.model_type}' model at {name_or_path}).")
+        raise InputError(f"--text-encoder must be a CLIP checkpoint (got a '{config.model_type}' model at {name_or_path}).")
     kwargs = {}
     if config.model_type == "clip":  # the projection width is a top-level field of a full CLIP config
         text_config = config.text_config
@@ -98,15 +98,13 @@ def load_text_tower(name_or_path: str) -> torch.nn.Module:
         return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
 
 
-def load_decoder(name_or_path: str, cross_attention: bool = False) -> torch.nn.Module:
-    """A causal language model (GPT-2, DistilGPT2, ...); with `cross_attention` its cross-attention
-    layers are switched on (new, randomly initialised) for the encoder–decoder architecture."""
+def load_decoder(name_or_path: str) -> torch.nn.Module:
+    """A causal language model (GPT-2, DistilGPT2, ...), as the prefix architecture's decoder."""
     path = resolve(name_or_path)
-    kwargs = {"add_cross_attention": True, "is_decoder": True} if cross_attention else {}
     config = _config(path)
     guard.check_size(path, lambda: AutoModelForCausalLM.from_config(config, **NO_REMOTE_CODE), HINT)
     with guard.loading(path, HINT, what="weights"):
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE)
 
 
 def load_tokenizer(name_or_path: str):

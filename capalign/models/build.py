@@ -16,13 +16,13 @@ from typing import Iterable
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, GPT2Config, VisionEncoderDecoderModel
 
-from capalign import ui
 from capalign.config import ModelConfig
 from capalign.models import backbones, registry
 from capalign.data.collate import pixel_values
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
 from capalign.models.tokenizer import train_word_tokenizer
+from capalign.reporting import log
 
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -72,7 +72,7 @@ def build_captioner(cfg: ModelConfig, captions: Iterable[str], with_head: bool):
     processor = backbones.load_image_processor(cfg.vision) if cfg.vision else None
     if processor is None:
         if cfg.vision:
-            ui.err_console.print(f"note: {cfg.vision} has no preprocessor_config.json; using CLIP preprocessing at {cfg.image_size}px.")
+            log.warning(f"note: {cfg.vision} has no preprocessor_config.json; using CLIP preprocessing at {cfg.image_size}px.")
         processor = build_image_processor(cfg)
     model = architecture.build(cfg, tokenizer, processor)
     captioner = Captioner(model, None, text_tower=text_tower, text_tokenizer=text_tokenizer, architecture=architecture)

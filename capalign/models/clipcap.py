@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 
 GPT = "gpt."
 PROJECT = "clip_project."
@@ -74,19 +74,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for broken files
         needs = _UNSAFE_GLOBAL.search(str(exc))
         if needs:
-            raise UserError(f"{path} holds Python objects beyond tensors (it needs {needs.group(1)}); capalign loads "
-                            "checkpoints with weights_only=True and will not unpickle it. Save the state dict alone "
-                            "(torch.save(model.state_dict(), ...)).") from None
-        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or not a torch.save file: "
-                        f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}).") from None
+            raise InputError(f"{path} holds Python objects beyond tensors (it needs {needs.group(1)}); capalign loads "
+                             "checkpoints with weights_only=True and will not unpickle it. Save the state dict alone "
+                             "(torch.save(model.state_dict(), ...)).") from None
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or not a torch.save file: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}).") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; "
-                        "pass the file ClipCap's train.py saves (torch.save(model.state_dict(), ...)).")
+        raise InputError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; "
+                         "pass the file ClipCap's train.py saves (torch.save(model.state_dict(), ...)).")
     return state
 
 
-def _unknown(path: Path, why: str) -> UserError:
-    return UserError(f"{path} is not a ClipCap checkpoint capalign can convert: {why}.")
+def _unknown(path: Path, why: str) -> InputError:
+    return InputError(f"{path} is not a ClipCap checkpoint capalign can convert: {why}.")
 
 
 def infer_layout(state: dict[str, torch.Tensor], path: Path, fallback_width: int) -> ClipCapLayout:

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, CLIPModel, GPT2LMHeadModel
 
-from capalign import ui
 from capalign.config import ModelConfig, build_config, save_config
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.model_card import write_model_card
 from capalign.models import backbones
 from capalign.models.build import build_image_processor, configure_prefix_generation
@@ -31,6 +30,7 @@ from capalign.models.clipcap import HEADS, ClipCapLayout, gpt_state, infer_layou
 from capalign.models.io import save_captioner
 from capalign.models.prefix import PrefixCaptionModel, PrefixMapper
 from capalign.outputs import claim_output_dir, install
+from capalign.reporting import log
 from capalign.runs import CONFIG_NAME, mark_finished, write_errors
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -50,12 +50,12 @@ def _load_vision(name: str, layout: ClipCapLayout):
     path = backbones.resolve(name)
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type != "clip":
-        raise UserError(f"--vision {name} is a '{config.model_type}' model; ClipCap maps a CLIP image embedding: "
-                        "pass the CLIP checkpoint it was trained with (a full CLIP folder or Hub id).")
+        raise InputError(f"--vision {name} is a '{config.model_type}' model; ClipCap maps a CLIP image embedding: "
+                         "pass the CLIP checkpoint it was trained with (a full CLIP folder or Hub id).")
     if config.projection_dim != layout.image_dim:
-        raise UserError(f"the checkpoint maps a {layout.image_dim}-wide image embedding but --vision {name} projects "
-                        f"to {config.projection_dim}; pass the CLIP it was trained with (ResNet CLIPs such as "
-                        "RN50x4 are not in transformers).")
+        raise InputError(f"the checkpoint maps a {layout.image_dim}-wide image embedding but --vision {name} projects "
+                         f"to {config.projection_dim}; pass the CLIP it was trained with (ResNet CLIPs such as "
+                         "RN50x4 are not in transformers).")
     clip = CLIPModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     vision = clip.vision_model  # a CLIPVisionModel in transformers 5: what capalign's load_vision gives
     processor = backbones.load_image_processor(name)
@@ -69,8 +69,8 @@ def _decoder_config(name: str):
     path = backbones.resolve(name)
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if config.model_type != "gpt2":
-        raise UserError(f"--decoder {name} is a '{config.model_type}' model; ClipCap checkpoints hold a GPT-2: "
-                        "pass the GPT-2 it was trained with.")
+        raise InputError(f"--decoder {name} is a '{config.model_type}' model; ClipCap checkpoints hold a GPT-2: "
+                         "pass the GPT-2 it was trained with.")
     return path, config
 
 
@@ -81,19 +81,19 @@ def _load_decoder(name: str, layout: ClipCapLayout, state, source: Path):
               "n_positions": layout.positions}
     for field, value in wanted.items():
         if value is not None and getattr(config, field) != value:
-            raise UserError(f"{source} was trained with a GPT-2 of {field}={value} but --decoder {name} has "
-                            f"{field}={getattr(config, field)}; pass the GPT-2 it was trained with.")
+            raise InputError(f"{source} was trained with a GPT-2 of {field}={value} but --decoder {name} has "
+                             f"{field}={getattr(config, field)}; pass the GPT-2 it was trained with.")
     decoder = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if layout.has_gpt:
         weights = {k: v for k, v in gpt_state(state).items() if not k.endswith(_IGNORED_GPT)}
         try:
             missing, unexpected = decoder.load_state_dict(weights, strict=False)
         except RuntimeError as exc:
-            raise UserError(f"{source}'s GPT-2 does not fit --decoder {name}: {str(exc).splitlines()[-1].strip()}") from None
+            raise InputError(f"{source}'s GPT-2 does not fit --decoder {name}: {str(exc).splitlines()[-1].strip()}") from None
         missing = [k for k in missing if k != "lm_head.weight"]  # tied to the token embedding
         if missing or unexpected:
-            raise UserError(f"{source}'s GPT-2 does not fit --decoder {name}: "
-                            f"{'missing ' + missing[0] if missing else 'unexpected gpt.' + unexpected[0]}.")
+            raise InputError(f"{source}'s GPT-2 does not fit --decoder {name}: "
+                             f"{'missing ' + missing[0] if missing else 'unexpected gpt.' + unexpected[0]}.")
     return decoder
 
 
@@ -106,7 +106,7 @@ def _mapper(layout: ClipCapLayout, state, source: Path, vision, projection, norm
     try:
         mapper.load_state_dict(weights)
     except RuntimeError as exc:
-        raise UserError(f"{source}'s mapper does not fit: {str(exc).splitlines()[-1].strip()}") from None
+        raise InputError(f"{source}'s mapper does not fit: {str(exc).splitlines()[-1].strip()}") from None
     return mapper
 
 
@@ -153,6 +153,6 @@ def convert_clipcap(source: Path, out: Path, vision: str, decoder: str, normaliz
     write_model_card(out)
     what = f"{layout.kind} mapper, prefix {layout.prefix_length}" + (
         f", clip length {layout.clip_length}, {layout.layers} layers x {HEADS} heads" if layout.kind == "transformer" else "")
-    ui.console.print(f"Converted {source} ({what}; GPT-2 {'from the checkpoint' if layout.has_gpt else 'from ' + decoder}; "
-                     f"prefix {'normalised' if normalize else 'not normalised'}) → {out}")
+    log.info(f"Converted {source} ({what}; GPT-2 {'from the checkpoint' if layout.has_gpt else 'from ' + decoder}; "
+             f"prefix {'normalised' if normalize else 'not normalised'}) → {out}")
     return out

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.models import guard
 
 HEAD_WEIGHTS = "contrastive_head.safetensors"
@@ -50,12 +50,12 @@ class ContrastiveHead(nn.Module):
         keys = ("image_dim", "text_dim", "projection_dim")
         if not isinstance(dims, dict) or set(dims) != set(keys) or \
                 not all(type(dims[k]) is int and 1 <= dims[k] <= MAX_DIM for k in keys):
-            raise UserError(f"cannot load model from {run_dir}: {HEAD_CONFIG} must give {', '.join(keys)} as whole "
-                            f"numbers from 1 to {MAX_DIM}; {guard.HINT}")
+            raise InputError(f"cannot load model from {run_dir}: {HEAD_CONFIG} must give {', '.join(keys)} as whole "
+                             f"numbers from 1 to {MAX_DIM}; {guard.HINT}")
         wanted = {"image_proj.weight": (dims["projection_dim"], dims["image_dim"]),
                   "text_proj.weight": (dims["projection_dim"], dims["text_dim"]), "logit_scale": ()}
         if guard.safetensors_shapes(run_dir / HEAD_WEIGHTS, run_dir) != wanted:
-            raise UserError(f"cannot load model from {run_dir}: {HEAD_WEIGHTS} does not match {HEAD_CONFIG}; {guard.HINT}")
+            raise InputError(f"cannot load model from {run_dir}: {HEAD_WEIGHTS} does not match {HEAD_CONFIG}; {guard.HINT}")
         head = cls(**dims)
         with guard.loading(run_dir, what=HEAD_WEIGHTS):
             head.load_state_dict(load_file(str(run_dir / HEAD_WEIGHTS)))

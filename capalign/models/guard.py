@@ -1,7 +1,7 @@
 """Model folders and checkpoints users hand us may be damaged or hostile. `check_folder` looks at a
 folder before any library reads it (symlinks out of it, remote code, unreadable JSON, corrupt
 safetensors headers, pickles that hold code, absurd generation settings); `loading` turns whatever a
-library raises while loading into one UserError line; `check_size` refuses a config that describes a
+library raises while loading into one InputError line; `check_size` refuses a config that describes a
 model far larger than its weights before anything is allocated.
 
 transformers prompts "Do you wish to run the custom code? [y/N]" for a folder whose configs hold an
@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig
 
-from capalign.errors import UserError
+from capalign.errors import CapalignError, InputError
 
 NO_REMOTE_CODE = {"trust_remote_code": False}
 HINT = "re-run training or pass a valid --model"
@@ -40,8 +40,8 @@ MAX_LAYERS = 1024  # layer counts beyond this are refused before a model is even
 SIZE_SLACK = 4  # a model may be this many times larger than its stored weights (new cross-attention, ties)
 
 
-def _refuse(folder: Path, reason: str, hint: str, action: str = "cannot load model from") -> UserError:
-    return UserError(f"{action} {folder}: {reason}; {hint}")
+def _refuse(folder: Path, reason: str, hint: str, action: str = "cannot load model from") -> InputError:
+    return InputError(f"{action} {folder}: {reason}; {hint}")
 
 
 def _boundary(folder: Path) -> Path:
@@ -119,7 +119,7 @@ def _check_layers(data, folder: Path, hint: str) -> None:
 def safetensors_shapes(path: Path, folder: Path, hint: str = HINT,
                        action: str = "cannot load model from") -> dict[str, tuple[int, ...]]:
     """Tensor name → shape from a safetensors header (the safetensors library validates the header:
-    its length, JSON, offsets and sizes against the file); a damaged file is a UserError."""
+    its length, JSON, offsets and sizes against the file); a damaged file is an InputError."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
@@ -132,7 +132,7 @@ def safetensors_shapes(path: Path, folder: Path, hint: str = HINT,
 def check_pickle(path: Path, folder: Path, hint: str = HINT, allowed: frozenset[str] = frozenset(),
                  action: str = "cannot load model from") -> None:
     """A torch pickle may only hold tensors (and the `allowed` globals): list the globals it would
-    import, without loading it; anything else is a UserError naming the file."""
+    import, without loading it; anything else is an InputError naming the file."""
     try:
         unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g not in allowed]
     except Exception as exc:  # not a torch zip file (legacy pickle, garbage): torch.load(weights_only) would fail too
@@ -149,7 +149,7 @@ def _read_by_loaders(name: str) -> bool:
 
 
 def check_folder(folder: str | Path, hint: str = HINT) -> None:
-    """Refuse, with one UserError line naming the file, a model folder that links out of itself, asks
+    """Refuse, with one InputError line naming the file, a model folder that links out of itself, asks
     to run its own code, holds unreadable JSON, damaged safetensors, code-carrying pickles or absurd
     generation settings."""
     folder = Path(folder)
@@ -157,7 +157,7 @@ def check_folder(folder: str | Path, hint: str = HINT) -> None:
     for path in sorted(folder.glob("*.json")):
         try:
             data = _read_json(path, folder, hint)
-        except UserError:
+        except CapalignError:
             if _read_by_loaders(path.name):
                 raise
             continue  # a record of capalign's (run.json, ...) that no loader reads
@@ -233,11 +233,11 @@ def loading(folder: str | Path, hint: str = HINT, action: str = "cannot load mod
             what: str | None = None) -> Iterator[None]:
     """Around library calls that read a model folder: what they raise (OSError, ValueError, JSON and
     safetensors errors, UnpicklingError, KeyError, RuntimeError on a size mismatch, tokenizers'
-    plain Exceptions) becomes one UserError line naming the folder, the file(s) read (`what`) and
+    plain Exceptions) becomes one InputError line naming the folder, the file(s) read (`what`) and
     what to do."""
     try:
         yield
-    except UserError:
+    except CapalignError:
         raise
     except MemoryError:
         raise _refuse(Path(folder), "it needs more memory than this machine has", hint, action) from None

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
 from capalign.config import load_config
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.models import guard, registry
 from capalign.models.captioner import Captioner
 from capalign.models.contrastive import ContrastiveHead
@@ -35,7 +35,7 @@ from capalign.runs import CONFIG_NAME, MODEL_DESCRIPTION
 
 def read_description(run_dir: Path) -> dict | None:
     """The run's capalign_model.json, or None (older cross-attention runs and transformers captioner
-    folders have none); one checked for its fields' types and sizes (a UserError when it is damaged)."""
+    folders have none); one checked for its fields' types and sizes (an InputError when it is damaged)."""
     path = Path(run_dir) / MODEL_DESCRIPTION
     if not path.is_file():
         return None
@@ -43,7 +43,7 @@ def read_description(run_dir: Path) -> dict | None:
         info = json.loads(path.read_bytes().decode("utf-8"))
     problem = _description_problem(info)
     if problem:
-        raise UserError(f"cannot load model from {run_dir}: {MODEL_DESCRIPTION} {problem}; {guard.HINT}")
+        raise InputError(f"cannot load model from {run_dir}: {MODEL_DESCRIPTION} {problem}; {guard.HINT}")
     return info
 
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.models import guard
 from capalign.models.backbones import load_vision
 
@@ -132,8 +132,8 @@ class PrefixCaptionModel(nn.Module):
         with torch.device("meta"):  # the described mapper's shapes, before anything is allocated
             wanted = {k: tuple(v.shape) for k, v in PrefixMapper(**description["mapper"]).state_dict().items()}
         if stored != wanted:
-            raise UserError(f"cannot load model from {run_dir}: {MAPPER_WEIGHTS} does not match the mapper in "
-                            f"capalign_model.json; {guard.HINT}")
+            raise InputError(f"cannot load model from {run_dir}: {MAPPER_WEIGHTS} does not match the mapper in "
+                             f"capalign_model.json; {guard.HINT}")
         mapper = PrefixMapper(**description["mapper"])
         with guard.loading(run_dir, what=MAPPER_WEIGHTS):
             mapper.load_state_dict(load_file(str(run_dir / MAPPER_WEIGHTS)))

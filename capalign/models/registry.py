@@ -13,7 +13,7 @@ import importlib
 import json
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 
 # name → (module defining ARCHITECTURE, config.json model_types it loads from a plain transformers folder)
 _ARCHITECTURES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -29,9 +29,9 @@ FOREIGN_TYPES = tuple(t for _, types in _ARCHITECTURES.values() for t in types)
 
 
 def get(name: str):
-    """The architecture called `name`; an unknown name is a UserError listing the known ones."""
+    """The architecture called `name`; an unknown name is a ConfigError listing the known ones."""
     if name not in _ARCHITECTURES:
-        raise UserError(f"unknown model architecture {str(name)[:40]!r}; capalign knows {', '.join(NAMES)}.")
+        raise ConfigError(f"unknown model architecture {str(name)[:40]!r}; capalign knows {', '.join(NAMES)}.")
     return importlib.import_module(_ARCHITECTURES[name][0]).ARCHITECTURE
 
 

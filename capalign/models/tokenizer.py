@@ -13,7 +13,8 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
 def train_word_tokenizer(captions: Iterable[str], min_frequency: int = 1) -> PreTrainedTokenizerFast:
     """Train a lower-cased word-level tokenizer; EOS doubles as BOS (decoder start), pad is separate.
 
-    A separate pad token keeps the end-of-caption token learnable (see STACK-NOTES: pad = eos masks EOS).
+    A separate pad token keeps the end-of-caption token learnable: were pad the EOS token, masking the
+    padding out of the loss would mask every EOS too, and the model would never learn to stop.
     """
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

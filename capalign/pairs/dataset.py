@@ -10,16 +10,16 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from capalign import ui
 from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.images import open_rgb
 from capalign.data.store import get_split
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 from capalign.inference.scorer import head_similarity
 from capalign.pairs.generated import best_and_worst_pairs, corrupted_pairs, sample_candidates
 from capalign.pairs.ranker import rank_candidates
 from capalign.pairs.sources import load_pair_source
 from capalign.pairs.types import PreferencePair
+from capalign.reporting import log
 
 HELD_OUT_IMAGES = 256
 HELD_OUT_SHARE = 0.05
@@ -89,13 +89,13 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
     has_objects = "objects" in split.column_names
     if source == "corrupted":
         if not has_objects:
-            raise UserError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
+            raise ConfigError("--pairs corrupted needs a dataset with ground-truth objects (shapes).")
         return corrupted_pairs(split, seed)
     if source != "auto":
         loaded = load_pair_source(source)
-        ui.console.print(f"--pairs {source}: {loaded.summary()}")
+        log.info(f"--pairs {source}: {loaded.summary()}")
         if not loaded.pairs:
-            raise UserError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
+            raise InputError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
     images = split["image"]  # a lazy column: each batch decodes its own slice, never the whole split
     candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed, sampling)

@@ -8,7 +8,7 @@ from difflib import SequenceMatcher
 
 import torch
 
-from capalign import ui
+from capalign import reporting
 from capalign.data import shapes
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.pairs.types import PreferencePair
@@ -85,11 +85,11 @@ def sample_candidates(captioner, tokenizer, processor, images, samples: int, see
     sampling = sampling if sampling is not None else DecodeOptions(temperature=1.0)
     passes = [DecodeOptions()] + [sampling] * samples
     runs: list[list] = [[] for _ in passes]
-    with ui.progress_bar("sampling candidates", len(images) * len(passes)) as (progress, task):
+    with reporting.progress("sampling candidates", len(images) * len(passes)) as advance:
         for run, options in zip(runs, passes):
             for start in range(0, len(images), options.batch_size):  # caption_images' own batches, so the same draws
                 chunk = images[start : start + options.batch_size]
                 run.extend(caption_images(captioner, tokenizer, processor, chunk, options))
-                progress.advance(task, len(chunk))
+                advance(completed=sum(map(len, runs)))
     return [list(dict.fromkeys(c for item in per_image for c in (item if isinstance(item, list) else [item])))
             for per_image in zip(*runs)]

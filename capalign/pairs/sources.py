@@ -22,7 +22,7 @@ import datasets
 from capalign.data.importers.records import read_jsonl
 from capalign.data.prepared import open_prepared, open_saved
 from capalign.data.store import DEFAULT_DATA_ROOT, get_split, is_prepared
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 from capalign.usertext import is_text, read_json, read_text
 
 MAX_CAPTION_WORDS = 30  # an image-free pair is kept only when both answers are caption-length
@@ -47,15 +47,15 @@ def _records(path: Path) -> list[tuple[str, dict]]:
     if path.suffix == ".json":
         data = read_json(path, "pairs file")
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise UserError(f"{path} must hold a JSON list of objects.")
+            raise InputError(f"{path} must hold a JSON list of objects.")
         return [(f"item {i}", r) for i, r in enumerate(data)]
     if path.suffix == ".csv":
         reader = csv.DictReader(read_text(path, "pairs file").splitlines(keepends=True))
         try:
             return [(f"line {reader.line_num}", dict(r)) for r in reader]
         except csv.Error as exc:
-            raise UserError(f"{path} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
-    raise UserError(f"Pairs file {path} must end in .jsonl, .json or .csv.")
+            raise InputError(f"{path} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
+    raise InputError(f"Pairs file {path} must end in .jsonl, .json or .csv.")
 
 
 def _caption(value) -> str | None:
@@ -74,24 +74,24 @@ def _choose(record: dict, where: str, path: Path) -> tuple[str | None, str | Non
         try:
             a, b = float(record["votes_a"]), float(record["votes_b"])
         except (TypeError, ValueError):
-            raise UserError(f"{path} {where}: votes_a / votes_b must be numbers.") from None
+            raise InputError(f"{path} {where}: votes_a / votes_b must be numbers.") from None
         if a == b:
             return None
         first, second = _caption(record["caption_a"]), _caption(record["caption_b"])
         return (first, second) if a > b else (second, first)
-    raise UserError(f"{path} {where}: needs chosen and rejected (or caption_a, caption_b, votes_a, votes_b).")
+    raise InputError(f"{path} {where}: needs chosen and rejected (or caption_a, caption_b, votes_a, votes_b).")
 
 
 def load_pairs_file(path: Path) -> LoadedPairs:
     """Read image–caption preference pairs; images must lie inside the file's folder."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Pairs file {path} does not exist.")
+        raise MissingError(f"Pairs file {path} does not exist.")
     root = path.parent.resolve()
     loaded = LoadedPairs([])
     for where, record in _records(path):
         if "image" not in record:
-            raise UserError(f"{path} {where}: missing the 'image' field.")
+            raise InputError(f"{path} {where}: missing the 'image' field.")
         choice = _choose(record, where, path)
         if choice is None:
             loaded.skipped["tied_votes"] += 1
@@ -132,7 +132,7 @@ def load_text_pairs(path: Path) -> LoadedPairs:
     split = get_split(data, "train") if isinstance(data, datasets.DatasetDict) else data
     missing = {"chosen", "rejected"} - set(split.column_names)
     if missing:
-        raise UserError(f"{path} is not a preference dataset (no {', '.join(sorted(missing))} column).")
+        raise InputError(f"{path} is not a preference dataset (no {', '.join(sorted(missing))} column).")
     loaded = LoadedPairs([])
     for chosen, rejected in zip(split["chosen"], split["rejected"]):
         chosen, rejected = _caption(chosen), _caption(rejected)
@@ -155,5 +155,5 @@ def load_pair_source(source: str) -> LoadedPairs:
     for candidate in (path, DEFAULT_DATA_ROOT / source):
         if is_prepared(candidate) or (candidate / "dataset_info.json").is_file():
             return load_text_pairs(candidate)
-    raise UserError(f"--pairs {source}: not auto, corrupted, a pairs file (.jsonl/.json/.csv) or a prepared preference dataset; "
-                    f"for UltraFeedback run `capalign fetch ultrafeedback` first.")
+    raise MissingError(f"--pairs {source}: not auto, corrupted, a pairs file (.jsonl/.json/.csv) or a prepared preference dataset; "
+                       f"for UltraFeedback run `capalign fetch ultrafeedback` first.")

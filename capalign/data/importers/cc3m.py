@@ -36,7 +36,7 @@ def _columns(first: list[str]) -> tuple[int, int, bool]:
 
 def url_list_candidates(path: Path, split: str | None, seed: int, log: SkipLog) -> Iterator[Candidate]:
     """Stream the candidates of one split (None: all rows) from a TSV URL list (header `caption<TAB>url` optional).
-    A line without a tab, or whose URL is not http(s), is a UserError naming the line."""
+    A line without a tab, or whose URL is not http(s), is an InputError naming the line."""
     cap_i = url_i = None
     for n, line in enumerate(iter_lines(path, "URL list"), 1):
         line = line.rstrip("\r\n")

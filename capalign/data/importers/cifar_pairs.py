@@ -14,7 +14,7 @@ from typing import Iterator
 from datasets import ClassLabel, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 
 from . import fetch_report as R
 from capalign.data.images import BadImage, normalize_image
@@ -55,7 +55,7 @@ def _columns(ds: DatasetDict) -> tuple[str, str]:
     image = next((c for c, f in d.features.items() if isinstance(f, Image)), None)
     label = next((c for c in ("fine_label", "label") if isinstance(d.features.get(c), ClassLabel)), None)
     if image is None or label is None:
-        raise UserError(f"{REPO}-style data needs an image and a fine_label/label class column; got {d.column_names}.")
+        raise InputError(f"{REPO}-style data needs an image and a fine_label/label class column; got {d.column_names}.")
     return image, label
 
 
@@ -69,7 +69,7 @@ def pair_generators(ds: DatasetDict, seed: int, limit: int | None, image_size: i
         if s:
             parts[s] = (src, list(range(len(ds[src]))))
     if "train" not in parts:
-        raise UserError(f"{REPO} has no train split (splits: {list(ds)}).")
+        raise InputError(f"{REPO} has no train split (splits: {list(ds)}).")
     if "validation" not in parts:
         src, idx = parts["train"]
         rest, held = carve(idx, seed)

@@ -7,7 +7,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 from capalign.usertext import iter_lines, read_text
 
 from . import fetch_report as R
@@ -57,7 +57,7 @@ def _read_csv(path: Path) -> dict[str, list[str]]:
                     "expected 'image,caption'")
             caps[row[0].strip()].append(",".join(row[1:]))
     except csv.Error as exc:
-        raise UserError(f"{path} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
+        raise InputError(f"{path} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
     return caps
 
 
@@ -78,8 +78,8 @@ def default_images_dir(path: Path) -> Path:
     for name in IMAGE_DIRS:
         if (path.parent / name).is_dir():
             return path.parent / name
-    raise UserError(f"no image folder found beside {path} (looked for {', '.join(IMAGE_DIRS)}); "
-                    "pass --images DIR.")
+    raise MissingError(f"no image folder found beside {path} (looked for {', '.join(IMAGE_DIRS)}); "
+                       "pass --images DIR.")
 
 
 def flickr_candidates(path: Path, images: Path, log: SkipLog) -> list[Candidate]:

@@ -9,7 +9,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.usertext import iter_lines
 
 from . import fetch_report as R
@@ -50,8 +50,8 @@ def _pick(keys, wanted: str | None, options, path: Path, what: str) -> str:
     for k in options:
         if k in keys:
             return k
-    raise UserError(f"{path}: no {what} column among {sorted(keys)}; "
-                    f"pass --{'caption' if what == 'caption' else 'image'}-column NAME.")
+    raise InputError(f"{path}: no {what} column among {sorted(keys)}; "
+                     f"pass --{'caption' if what == 'caption' else 'image'}-column NAME.")
 
 
 def _csv_rows(meta: Path, caption_column: str | None):
@@ -63,7 +63,7 @@ def _csv_rows(meta: Path, caption_column: str | None):
         for row in reader:
             yield reader.line_num, row.get(fcol), [row.get(ccol)]
     except csv.Error as exc:
-        raise UserError(f"{meta} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
+        raise InputError(f"{meta} line {reader.line_num}: malformed CSV ({exc}); fix that line.") from None
 
 
 def _rows(meta: Path, caption_column: str | None):

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from datasets import DatasetDict, Image
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.usertext import id_text
 
 from . import fetch_report as R
@@ -70,16 +70,16 @@ def resolve_columns(ds: DatasetDict, spec: HubSpec, name: str) -> HubSpec:
     if spec.url is None and image is None:
         found = [c for c, f in first.features.items() if isinstance(f, Image)]
         if not found:
-            raise UserError(f"{name} has no image column (columns: {cols}); pass --image-column NAME.")
+            raise InputError(f"{name} has no image column (columns: {cols}); pass --image-column NAME.")
         image = found[0]
     if not captions:
         found = [c for c in CAPTION_COLUMNS if c in cols]
         if not found:
-            raise UserError(f"{name} has no caption column (columns: {cols}); pass --caption-column NAME.")
+            raise InputError(f"{name} has no caption column (columns: {cols}); pass --caption-column NAME.")
         captions = (found[0],)
     for c in [image, spec.url, *captions, spec.id_column]:
         if c is not None and c not in cols:
-            raise UserError(f"{name} has no column {c!r} (columns: {cols}); check --image-column / --caption-column.")
+            raise InputError(f"{name} has no column {c!r} (columns: {cols}); check --image-column / --caption-column.")
     return HubSpec(spec.repo, spec.config, image, spec.url, tuple(captions), spec.id_column, spec.note)
 
 
@@ -95,7 +95,7 @@ def split_indices(ds: DatasetDict, seed: int, name: str) -> dict[str, list[tuple
         if target:
             parts[target].append((src, range(len(ds[src]))))
     if not parts["train"]:
-        raise UserError(f"{name} has no train split (splits: {list(ds)}); it cannot be used as captions data.")
+        raise InputError(f"{name} has no train split (splits: {list(ds)}); it cannot be used as captions data.")
     rng = random.Random(seed)
     if not parts["test"] and parts["validation"]:
         src, idx = parts["validation"][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 
 from . import cc3m, coco, flickr, folder, karpathy, webdataset
 from .download import Downloader
@@ -17,9 +17,9 @@ from .sources import import_saved
 
 def _images_dir(images: Path | None, path: Path, what: str) -> Path:
     if images is None:
-        raise UserError(f"{path} is a {what}; pass --images DIR, the folder holding the images it names.")
+        raise ConfigError(f"{path} is a {what}; pass --images DIR, the folder holding the images it names.")
     if not images.is_dir():
-        raise UserError(f"--images {images} is not a folder; pass the folder holding the images.")
+        raise InputError(f"--images {images} is not a folder; pass the folder holding the images.")
     return images
 
 
@@ -38,8 +38,8 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
         if webdataset.is_webdataset(str(path)):
             cands = webdataset.webdataset_candidates(str(path), log)
             return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
-        raise UserError(f"{path} has no metadata.jsonl / metadata.csv, no .tar shards and no saved dataset; "
-                        "add a metadata file (file_name + caption columns) or pass an annotation file.")
+        raise InputError(f"{path} has no metadata.jsonl / metadata.csv, no .tar shards and no saved dataset; "
+                         "add a metadata file (file_name + caption columns) or pass an annotation file.")
     if not path.exists() and webdataset.is_webdataset(source):
         cands = webdataset.webdataset_candidates(source, log)
         return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
@@ -58,8 +58,8 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
             fmt = "karpathy"
         else:
             keys = list(doc)[:8] if isinstance(doc, dict) else type(doc).__name__
-            raise UserError(f"{path} is neither COCO captions json (images + annotations) nor a Karpathy "
-                            f"split json (images with sentences); top level has {keys}.")
+            raise InputError(f"{path} is neither COCO captions json (images + annotations) nor a Karpathy "
+                             f"split json (images with sentences); top level has {keys}.")
         del doc
         return run_candidates(fmt=fmt, plan=plan_splits(cands, seed, limit), **run)
     if flickr.is_token_file(path) or flickr.is_captions_csv(path):
@@ -77,7 +77,7 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
         dl = Downloader(out.parent / f"{out.name}.downloads")
         return run_candidates(fmt="url-list", plan=plan, downloader=dl,
                               notes=[f"downloads cached in {dl.dir} (re-run to resume)"], **run)
-    raise UserError(
+    raise InputError(
         f"cannot tell the format of {path}: expected a COCO or Karpathy .json, Flickr captions.txt / "
         "*.token.txt, a .tar shard, a caption<TAB>url .tsv, or a folder with metadata.jsonl/.csv."
     )

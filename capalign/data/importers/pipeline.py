@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from datasets.exceptions import DatasetGenerationError
 
-from capalign.errors import UserError
+from capalign.errors import CapalignError
 from capalign.outputs import claim_output_dir, install, write_errors
 
 from .download import Downloader
@@ -109,7 +109,7 @@ def _build(gen: Callable[[], Iterator[dict]], features: Features, cache: Path, c
                                       fingerprint=uuid.uuid4().hex)
     except DatasetGenerationError as e:
         cause = e.__cause__ or e.__context__
-        if isinstance(cause, UserError):
+        if isinstance(cause, CapalignError):
             raise cause from None
         raise
     except ValueError:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 from capalign.usertext import id_text, is_text, iter_lines, read_json
 
 from . import fetch_report as R
@@ -71,27 +71,27 @@ def keep_with_captions(cands: Iterable[Candidate], log: SkipLog) -> list[Candida
 
 
 def load_json(path: Path) -> Any:
-    """Parse an annotation file; a syntax error becomes a UserError naming the file, line and column."""
+    """Parse an annotation file; a syntax error becomes an InputError naming the file, line and column."""
     return read_json(path, "annotation file", "fix or re-download the file")
 
 
 def read_jsonl(path: Path, what: str = "file"):
     """Yield (line number, object) for each non-blank line of a JSON Lines file (UTF-8, streamed);
-    a line that is not a JSON object is a UserError naming the file and line."""
+    a line that is not a JSON object is an InputError naming the file and line."""
     for number, line in enumerate(iter_lines(path, what), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path} line {number}: invalid JSON ({exc.msg}); fix that line.") from None
+            raise InputError(f"{path} line {number}: invalid JSON ({exc.msg}); fix that line.") from None
         except RecursionError:
-            raise UserError(f"{path} line {number}: JSON nested too deeply; fix that line.") from None
+            raise InputError(f"{path} line {number}: JSON nested too deeply; fix that line.") from None
         require(isinstance(record, dict), path, f"line {number}", "expected a JSON object")
         yield number, record
 
 
 def require(cond: bool, path: Path, where: str, what: str) -> None:
-    """Raise a UserError naming the file and key/line at fault when `cond` is false."""
+    """Raise an InputError naming the file and key/line at fault when `cond` is false."""
     if not cond:
-        raise UserError(f"{path} {where}: {what}; fix the annotation file or pass the right one.")
+        raise InputError(f"{path} {where}: {what}; fix the annotation file or pass the right one.")

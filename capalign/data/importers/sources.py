@@ -6,7 +6,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from capalign.errors import UserError
+from capalign.errors import InputError, OutputError
 
 from . import cifar_pairs, ultrafeedback
 from .download import Downloader
@@ -34,7 +34,7 @@ def convert_hf(ds: DatasetDict, spec: HubSpec, *, source: str, fmt: str, out: Pa
 def _as_dict(ds, name: str) -> DatasetDict:
     if isinstance(ds, DatasetDict):
         return ds
-    raise UserError(f"{name} did not load as a dataset with splits; pass a dataset id or a saved DatasetDict.")
+    raise InputError(f"{name} did not load as a dataset with splits; pass a dataset id or a saved DatasetDict.")
 
 
 def convert_named(key: str, ds: DatasetDict, *, out: Path, log: SkipLog, seed: int, limit: int | None,
@@ -55,8 +55,8 @@ def convert_named(key: str, ds: DatasetDict, *, out: Path, log: SkipLog, seed: i
 
 
 def import_hub_name(key: str, *, out: Path, log: SkipLog, seed: int, limit: int | None, image_size: int,
-                    settings: dict, image_column: str | None, caption_column: str | None) -> FetchReport:
-    """Fetch one of the named sources (fails fast offline when it is not cached)."""
+                    settings: dict) -> FetchReport:
+    """Fetch one of the named sources (fails fast offline when it is not cached); their columns are known."""
     repo, config = {"cifar100-pairs": (cifar_pairs.REPO, None),
                     "ultrafeedback": (ultrafeedback.REPO, None)}.get(
         key, (HUB_SPECS.get(key, HubSpec("")).repo, HUB_SPECS.get(key, HubSpec("")).config))
@@ -78,7 +78,7 @@ def import_saved(path: Path, *, out: Path, log: SkipLog, seed: int, limit: int |
                  settings: dict, image_column: str | None, caption_column: str | None) -> FetchReport:
     """A folder written by `save_to_disk` (e.g. a hub dataset copied from a connected machine)."""
     if Path(out).resolve() == path.resolve():
-        raise UserError(f"--out {out} is the source folder itself; choose another --out.")
+        raise OutputError(f"--out {out} is the source folder itself; choose another --out.")
     ds = open_saved(path)
     if not isinstance(ds, DatasetDict):
         ds = DatasetDict({"train": ds})

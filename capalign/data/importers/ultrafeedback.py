@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from datasets import DatasetDict, Features, Value
 
-from capalign.errors import UserError
+from capalign.errors import InputError
 
 from . import fetch_report as R
 from .fetch_report import SkipLog
@@ -42,10 +42,10 @@ def preference_generators(ds: DatasetDict, seed: int, limit: int | None, log: Sk
     """Per-split row generators for write_prepared (limit = pairs per split)."""
     src = {s: next((n for n in names if n in ds), None) for s, names in _SOURCE_SPLITS.items()}
     if src["train"] is None:
-        raise UserError(f"{REPO}-style data needs a train_prefs or train split; got {list(ds)}.")
+        raise InputError(f"{REPO}-style data needs a train_prefs or train split; got {list(ds)}.")
     for col in ("prompt", "chosen", "rejected"):
         if col not in ds[src["train"]].column_names:
-            raise UserError(f"{REPO}-style data needs a {col!r} column; got {ds[src['train']].column_names}.")
+            raise InputError(f"{REPO}-style data needs a {col!r} column; got {ds[src['train']].column_names}.")
     train_idx = list(range(len(ds[src["train"]])))
     rest, held = carve(train_idx, seed)
     parts = {"train": (src["train"], sorted(rest)), "validation": (src["train"], sorted(held))}

@@ -11,7 +11,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from capalign.errors import UserError
+from capalign.errors import InputError, MissingError
 
 from . import fetch_report as R
 from .records import Candidate, clean_captions, keep_with_captions
@@ -71,8 +71,8 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
     try:
         tf = tarfile.open(shard, mode="r:")
     except (tarfile.TarError, OSError) as e:
-        raise UserError(f"{shard}: not a readable uncompressed tar shard ({e}); "
-                        "decompress it or pass the right file.") from None
+        raise InputError(f"{shard}: not a readable uncompressed tar shard ({e}); "
+                         "decompress it or pass the right file.") from None
     samples: dict[str, dict] = {}
     size = shard.stat().st_size
     cut = False
@@ -127,7 +127,7 @@ def webdataset_candidates(spec: str, log: SkipLog) -> list[Candidate]:
     paths (other shards join train) or, if no shard is so named, are made by the seeded split."""
     shards = expand_shards(spec)
     if not shards:
-        raise UserError(f"no .tar shards match {spec}; pass a shard, a folder of shards or a pattern.")
+        raise MissingError(f"no .tar shards match {spec}; pass a shard, a folder of shards or a pattern.")
     base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
     splits = {s: _split_of(s, base) for s in shards}
     named = any(splits.values())

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.utils import ModelOutput
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 from capalign.models import guard
 from capalign.models.backbones import output_dim, pooled
 from capalign.models.contrastive import pool_last_token
@@ -75,8 +75,8 @@ class Architecture:
         return None
 
     def build(self, cfg, tokenizer, processor) -> nn.Module:
-        raise UserError(f"the {self.name} architecture is not built from a preset; start from an existing model "
-                        "(pass it as --model).")
+        raise ConfigError(f"the {self.name} architecture is not built from a preset; start from an existing model "
+                          "(pass it as --model).")
 
     def load(self, folder: Path, info: dict) -> nn.Module:
         raise NotImplementedError
@@ -157,15 +157,15 @@ class Architecture:
 
     def caption_logits(self, model: nn.Module, encoded: EncodedImages, labels: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits for `labels` (-100 marks padding); logits[:, t] predicts labels[:, t]."""
-        raise UserError(NO_DECODER)
+        raise InputError(NO_DECODER)
 
     def prior_logits(self, model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
         """As caption_logits with no image (the decoder's language prior, for image-free pairs)."""
-        raise UserError(f"the {self.name} architecture cannot score captions without images; give pairs with images.")
+        raise InputError(f"the {self.name} architecture cannot score captions without images; give pairs with images.")
 
     def generate(self, model: nn.Module, pixel_values: torch.Tensor, encode, **kwargs) -> torch.Tensor:
         """Caption token ids (`encode(pixels)` gives EncodedImages when the architecture needs them)."""
-        raise UserError(NO_DECODER)
+        raise InputError(NO_DECODER)
 
     def transition_scorer(self, model: nn.Module):
         """The module whose `compute_transition_scores` matches what `generate` returns."""

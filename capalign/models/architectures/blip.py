@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import BlipForConditionalGeneration, BlipProcessor
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.models import guard
 from capalign.models.architectures.base import Architecture, EncodedImages, shifted_inputs
 from capalign.models.backbones import pooled
@@ -56,7 +56,7 @@ class Blip(Architecture):
         return model.generate(pixel_values=pixel_values, **kwargs)
 
     def text_features(self, model, input_ids, attention_mask):
-        raise UserError("a BLIP captioner's text decoder has no text-only pass; a contrastive head needs --text-encoder.")
+        raise ConfigError("a BLIP captioner's text decoder has no text-only pass; a contrastive head needs --text-encoder.")
 
 
 ARCHITECTURE = Blip()

@@ -10,7 +10,7 @@ from transformers import (AutoConfig, CLIPVisionModel, GPT2LMHeadModel, VisionEn
                           VisionEncoderDecoderModel)
 from transformers.modeling_outputs import BaseModelOutput
 
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.models import backbones, guard
 from capalign.models.architectures.base import Architecture, EncodedImages, shifted_inputs
 from capalign.models.backbones import pooled
@@ -34,8 +34,8 @@ class CrossAttention(Architecture):
         else:
             vision = backbones.load_vision(cfg.vision) if cfg.vision else CLIPVisionModel(tiny_vision_config(cfg))
             if not backbones.is_sequence_encoder(vision, processed_size(processor)):
-                raise UserError(f"{cfg.vision} yields a convolutional feature map, not a token sequence; "
-                                "use it with --arch prefix.")
+                raise ConfigError(f"{cfg.vision} yields a convolutional feature map, not a token sequence; "
+                                  "use it with --arch prefix.")
             if cfg.decoder:
                 # transformers 5 reads `is_decoder` off the decoder config, which hub GPT-2 configs lack:
                 # pass the config with cross-attention switched on (what the method would do itself).
