@@ -324,9 +324,9 @@ def _named_by_flags(exc: ConfigError, overrides: dict, flags: dict[str, str]) ->
     """The error with every config key in it spelled as its flag, when the refused setting came from one."""
     message = str(exc)
     key = message.split(" ", 1)[0]
-    section, _, name = key.partition(".")
-    given = overrides.get(section, {}) if name else {}
-    if key not in flags or not (name in given if isinstance(given, dict) else key in overrides):
+    section, _, name = key.rpartition(".")
+    from_flag = name in overrides.get(section, {}) if section else name in overrides
+    if key not in flags or not from_flag:
         return exc
     return ConfigError(re.sub(r"\b(?:model|train|align)\.\w+", lambda m: flags.get(m.group(0), m.group(0)), message))
 

@@ -98,7 +98,7 @@ def test_a_flag_overrides_the_file_and_a_bad_flag_is_named_as_the_flag(in_worksp
     code, _, err = run_cli(["pretrain", "--config", "lr.yaml", "--grad-clip", "-1", "--out", "runs/bad"], capsys)
     assert "--grad-clip must be a number above 0 (got -1.0)" in _one_line(code, err)
     code, _, err = run_cli(["pretrain", "--config", "lr.yaml", "--lr", "abc"], capsys)
-    assert "'abc' is not a valid float" in _one_line(code, err)
+    assert "Invalid value for '--lr'" in _one_line(code, err)
 
 
 def _params(command: str) -> dict:

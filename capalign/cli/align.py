@@ -19,7 +19,7 @@ from capalign.runs import RUNS_ROOT, resolve_model, write_errors
 FLAGS = [flags.flags_of(AlignConfig, "align"), flags.flags_of(TrainConfig, "train", only=lambda f: f.metadata["engine"])]
 
 
-@flags.with_flags(*FLAGS, help_suffix={"train": " (default: as the pretrained run)."})
+@flags.with_flags(*FLAGS, help_suffix={"train": " Default: as the pretrained run."})
 def align(
     model: Optional[str] = typer.Option(None, help="Pretrained run folder (default: the latest pretrain run)."),
     data: Optional[str] = typer.Option(None, help="Dataset (default: the one the model was trained on)."),
@@ -34,13 +34,13 @@ def align(
 
     Starts from the pretrained run's resolved configuration (its preset's alignment settings, mixed
     precision, gradient accumulation, seed); --config and the options override it."""
-    from capalign.devices import check_precision  # deferred: imports torch
-    from capalign.train.align import align as run_align  # deferred: imports torch and transformers
-
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides, names = flags.overrides(FLAGS, given), flags.names(FLAGS)
     build_config(config_file=config, overrides=overrides, flags=names)  # a bad option is reported before a missing model
+    from capalign.devices import check_precision  # deferred: imports torch
+    from capalign.train.align import align as run_align  # deferred: imports torch and transformers
+
     model_dir = resolve_model(model, kind="pretrain")
     run_config = build_config(config_file=config, overrides=overrides, flags=names,
                               base=options.resolved_config(model_dir, out if resume else None))

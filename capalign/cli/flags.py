@@ -19,7 +19,7 @@ from capalign.schema import describe, kind
 class Flag:
     """One generated option: the setting it sets (`section`, `field`), its parameter name and flags."""
 
-    section: str  # "train", "model", "" (RunConfig.data), or a group name of plain keyword options
+    section: str  # "train", "model", "" (RunConfig.data), or a group's name ("decoding": not config)
     field: dataclasses.Field
     name: str
     flags: tuple[str, ...]
@@ -37,11 +37,11 @@ class Flag:
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
-def flags_of(cls, section: str, *, only=None, skip=()) -> list[Flag]:
-    """The flags of `cls`'s fields (those `only` keeps, but not those in `skip`), named after them."""
+def flags_of(cls, section: str, *, only=None) -> list[Flag]:
+    """The flags of `cls`'s scalar fields (those `only` keeps), named after them."""
     out = []
     for f in dataclasses.fields(cls):
-        if kind(f)[0] is None or f.name in skip or (only is not None and not only(f)):
+        if kind(f)[0] is None or (only is not None and not only(f)):
             continue
         long = "--" + f.name.replace("_", "-")
         spelled = f.metadata.get("flag") or (f"{long}/--no-{long[2:]}" if kind(f)[0] is bool else long)

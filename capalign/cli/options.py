@@ -1,5 +1,5 @@
-"""Options several commands share, each help text written once. Options that mirror a config field
-take their help from the field's metadata (capalign.config.help_for)."""
+"""Options several commands share, each help text written once. Options that set a config field, and
+the decoding options (`Decoding`), are generated from dataclass fields (capalign.cli.flags)."""
 
 from __future__ import annotations
 

@@ -28,15 +28,15 @@ def pretrain(
     **given,
 ) -> None:
     """Stage 1: captioning loss + image–text contrastive loss."""
-    from capalign.devices import check_precision  # deferred: imports torch
-    from capalign.train.pretrain import pretrain as run_pretrain  # deferred: imports torch and transformers
-
     if resume and out is None:
         raise UserError("--resume needs --out pointing at the interrupted run folder.")
     overrides = flags.overrides(FLAGS, given)
     preset = overrides.get("model", {}).pop("preset", None)  # a preset is a starting point, not one value
     base = options.resolved_config(None, out) if resume and preset is None else None  # resume: the run's own settings
     settings = build_config(preset, config, overrides, base=base, flags=flags.names(FLAGS))
+    from capalign.devices import check_precision  # deferred: imports torch
+    from capalign.train.pretrain import pretrain as run_pretrain  # deferred: imports torch and transformers
+
     check_precision(settings.train.mixed_precision, settings.train.device)  # before the run folder is made
     start = resolve_model(init_from) if init_from is not None else None
     with write_errors(out or RUNS_ROOT):  # disk full, read-only, no permission: one line
