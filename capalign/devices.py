@@ -52,3 +52,16 @@ def resolve_dtype(spec: str | None, device: torch.device, mixed_precision: str |
     if name not in DTYPES:
         raise ConfigError(f"--dtype {spec!r} is not a dtype; use auto, float32, bfloat16 or float16.")
     return DTYPES[name]
+
+
+def check_precision(mixed_precision: str, spec: str | None = None) -> None:
+    """Refuse a `train.mixed_precision` the device `spec` names cannot train in (fp16 autocast needs a
+    CUDA GPU; bf16 a CPU, an MPS device or a CUDA GPU that has it), so that a run never records a
+    precision it did not train in; called at a stage's start, before anything is written."""
+    device = resolve_device(spec)
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError(f"train.mixed_precision fp16 needs a CUDA GPU, and this run trains on the CPU "
+                          f"(--device {spec or 'auto'}); use --mixed-precision no (or bf16).")
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.mixed_precision bf16: this GPU ({torch.cuda.get_device_name(device)}) does not "
+                          "support bfloat16; use --mixed-precision fp16 or no.")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from capalign.config import build_config, load_config, save_config, to_dict
-from capalign.errors import CapalignError
+from capalign.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.yaml"
 
@@ -18,7 +18,7 @@ def test_flags_override_the_file_and_unknown_keys_are_refused(tmp_path):
     assert build_config(None, EXAMPLE, {"train": {"lr": 0.5}}).train.lr == 0.5
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  learning_rate: 0.1\n")
-    with pytest.raises(CapalignError, match="train.learning_rate"):
+    with pytest.raises(ConfigError, match="train.learning_rate"):
         build_config(None, bad)
 
 
@@ -39,5 +39,5 @@ def test_a_saved_config_cut_at_a_line_end_is_refused_not_filled_with_defaults(tm
     assert load_config(path).model.preset == "clip-gpt2"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[: len(lines) // 2]))  # still valid YAML
-    with pytest.raises(CapalignError, match="damaged or was edited"):
+    with pytest.raises(ConfigError, match="damaged or was edited"):
         load_config(path)

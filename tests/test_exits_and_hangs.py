@@ -51,8 +51,8 @@ def test_pretrain_with_a_huge_learning_rate_stops_as_diverged(in_workspace, caps
     assert not (in_workspace / "runs/diverged/run.json").exists()  # not marked finished
 
 
-def test_align_with_an_infinite_beta_stops_as_diverged(pretrained_run, in_workspace, capsys):
-    code, _, err = run_cli(["align", "--model", str(pretrained_run), "--config", "tiny.yaml", "--beta", "inf",
+def test_align_with_a_huge_lr_stops_as_diverged(pretrained_run, in_workspace, capsys):
+    code, _, err = run_cli(["align", "--model", str(pretrained_run), "--config", "tiny.yaml", "--lr", "1e30",
                             "--max-steps", "4", "--rounds", "1", "--pairs", "corrupted", "--batch-size", "2",
                             "--out", "runs/diverged-align"], capsys)
     _one_line(code, err, 2)

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from capalign.cli import ui
-from capalign.cli import options
+from capalign.cli import flags, options
 from capalign.errors import ConfigError
 from capalign.inference.caption_log import CaptionLog, finished_images
 from capalign.outputs import write_errors
@@ -22,19 +22,14 @@ from capalign.runs import atomic_write_text, resolve_model
 SCREENFUL = 20  # more images than this: a progress bar and a summary line instead of a row per image
 
 
+NUM_CAPTIONS = ("Captions per image: the N best beams (N <= --num-beams) or N samples (--temperature > 0); JSONL lists "
+                "them as \"captions\", \"caption\" is the first; a COCO .json keeps the first.")
+
+
+@flags.with_flags(*options.DECODING, defaults=True, helps={"num_captions": NUM_CAPTIONS})
 def caption(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: Optional[str] = typer.Option(None, help="Run folder (default: the latest finished run)."),
-    num_beams: int = options.NUM_BEAMS,
-    max_length: Optional[int] = options.MAX_LENGTH,
-    temperature: float = options.TEMPERATURE,
-    top_k: int = options.TOP_K,
-    top_p: float = options.TOP_P,
-    repetition_penalty: float = options.REPETITION_PENALTY,
-    no_repeat_ngram_size: int = options.NO_REPEAT_NGRAM_SIZE,
-    length_penalty: float = options.LENGTH_PENALTY,
-    min_new_tokens: int = options.MIN_NEW_TOKENS,
-    num_captions: int = typer.Option(1, "--num-captions", help="Captions per image: the N best beams (N <= --num-beams) or N samples (--temperature > 0); JSONL lists them as \"captions\", \"caption\" is the first; a COCO .json keeps the first."),
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
     dtype: str = options.DTYPE,
@@ -43,6 +38,7 @@ def caption(
     table: bool = typer.Option(False, "--table", help=f"Print the captions as a table even for more than {SCREENFUL} images (with --output, more than that get a progress bar and a summary line)."),
     resume: bool = typer.Option(False, "--resume", help="Caption only the images not yet in --output FILE.jsonl (an interrupted run's), with the same settings; appends to it."),
     overwrite: bool = options.OVERWRITE,
+    **given,
 ) -> None:
     """Caption images with a trained model (under torchrun / accelerate launch, each process captions its part of each batch)."""
     from capalign.data.images import ImageFiles, collect_images  # deferred: imports numpy and PIL
@@ -51,9 +47,7 @@ def caption(
     from capalign.models.io import load_captioner  # deferred: imports torch and transformers
 
     options.refuse_overwrite(output, overwrite or resume)  # --resume appends to the file it names
-    decode = DecodeOptions(**options.decoding(num_beams, max_length, temperature, top_k, top_p, repetition_penalty,
-                                              no_repeat_ngram_size, length_penalty, min_new_tokens, num_captions),
-                           batch_size=batch_size)
+    decode = DecodeOptions(**options.decoding(given), batch_size=batch_size)
     if output is not None and output.suffix not in (".jsonl", ".json"):
         raise ConfigError(f"--output must end in .jsonl or .json, got {output.name}.")
     if resume and (output is None or output.suffix != ".jsonl"):

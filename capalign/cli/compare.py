@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from capalign.cli import options
+from capalign.cli import flags, options
 from capalign.errors import ConfigError, InputError
 from capalign.outputs import claim_output_dir, commit, write_errors
 from capalign.runs import atomic_write_json
 from capalign.cli.ui import console, print_missing, print_table, warn
 
 
+@flags.with_flags(*options.DECODING, defaults=True, helps={"num_captions": "Decode N captions per image (see caption --num-captions) and compare the first."})
 def compare(
     systems: list[str] = typer.Argument(..., help="Run folders or COCO results files; the first is the baseline."),
     data: Optional[str] = options.DATA,
@@ -29,20 +30,11 @@ def compare(
     instances: Optional[Path] = options.INSTANCES,
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples (and permutations) per metric."),
     seed: int = typer.Option(0, "--seed"),
-    num_beams: int = options.NUM_BEAMS,
-    max_length: Optional[int] = options.MAX_LENGTH,
-    temperature: float = options.TEMPERATURE,
-    top_k: int = options.TOP_K,
-    top_p: float = options.TOP_P,
-    repetition_penalty: float = options.REPETITION_PENALTY,
-    no_repeat_ngram_size: int = options.NO_REPEAT_NGRAM_SIZE,
-    length_penalty: float = options.LENGTH_PENALTY,
-    min_new_tokens: int = options.MIN_NEW_TOKENS,
-    num_captions: int = typer.Option(1, "--num-captions", help="Decode N captions per image (see caption --num-captions) and compare the first."),
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
     dtype: str = options.DTYPE,
     limit: Optional[int] = options.LIMIT,
+    **given,
 ) -> None:
     """Compare systems on the same images: 95% bootstrap CIs, paired p-values and win rates vs the first."""
     from capalign.evaluation.stats import NOTES, compare_systems, rows_to_json  # deferred: imports numpy
@@ -53,9 +45,7 @@ def compare(
     from capalign.metrics import parse_metrics  # deferred: imports torch and pycocoevalcap
 
     options.refuse_overwrite(output, overwrite)
-    decode = DecodeOptions(**options.decoding(num_beams, max_length, temperature, top_k, top_p, repetition_penalty,
-                                              no_repeat_ngram_size, length_penalty, min_new_tokens, num_captions),
-                           batch_size=batch_size)
+    decode = DecodeOptions(**options.decoding(given), batch_size=batch_size)
     claim = claim_output_dir(report, "report", overwrite=overwrite, option="--report") if report is not None else None
     if len(systems) < 2:
         raise ConfigError("compare needs at least two systems (run folders or results files)")
@@ -63,8 +53,8 @@ def compare(
         raise ConfigError("--bootstrap must be at least 100")
     names = parse_metrics(metrics)
     the_split = load_split(data, split, limit, want_train="Copied" in names)
-    loaded = [load_system(s, None, the_split, allow_partial=allow_partial, num_beams=num_beams,
-                          max_length=max_length, batch_size=batch_size, device=device, dtype=dtype, decode=decode)
+    loaded = [load_system(s, None, the_split, allow_partial=allow_partial, num_beams=decode.num_beams,
+                          max_length=decode.max_length, batch_size=batch_size, device=device, dtype=dtype, decode=decode)
               for s in systems]
     labels = _unique_labels([s.label for s in loaded])
     common = set(the_split.references).intersection(*(s.captions for s in loaded))

@@ -8,11 +8,12 @@ from typing import Optional
 
 import typer
 
-from capalign.cli import options
+from capalign.cli import flags, options
 from capalign.runs import atomic_write_json
 from capalign.cli.ui import console, print_missing, print_table
 
 
+@flags.with_flags(*options.DECODING, defaults=True, helps={"num_captions": "Decode N captions per image (see caption --num-captions) and score the first."})
 def evaluate(
     model: Optional[str] = typer.Option(None, "--model", help="Run folder (default: the latest run)."),
     results: Optional[Path] = typer.Option(None, "--results", help="COCO results file [{image_id, caption}] to score instead of a model."),
@@ -27,20 +28,11 @@ def evaluate(
     bertscore_model: Optional[str] = options.BERTSCORE_MODEL,
     bertscore_layer: Optional[int] = options.BERTSCORE_LAYER,
     instances: Optional[Path] = options.INSTANCES,
-    num_beams: int = options.NUM_BEAMS,
-    max_length: Optional[int] = options.MAX_LENGTH,
-    temperature: float = options.TEMPERATURE,
-    top_k: int = options.TOP_K,
-    top_p: float = options.TOP_P,
-    repetition_penalty: float = options.REPETITION_PENALTY,
-    no_repeat_ngram_size: int = options.NO_REPEAT_NGRAM_SIZE,
-    length_penalty: float = options.LENGTH_PENALTY,
-    min_new_tokens: int = options.MIN_NEW_TOKENS,
-    num_captions: int = typer.Option(1, "--num-captions", help="Decode N captions per image (see caption --num-captions) and score the first."),
     batch_size: int = options.BATCH_SIZE,
     device: Optional[str] = options.DEVICE,
     dtype: str = options.DTYPE,
     limit: Optional[int] = options.LIMIT,
+    **given,
 ) -> None:
     """Score a model or a results file against a split's references (or a references file)."""
     from capalign.api import evaluate as run_evaluation  # deferred: imports torch, transformers and datasets
@@ -51,8 +43,7 @@ def evaluate(
         model, results, data=data, split=split, references=references, metrics=metrics, allow_partial=allow_partial,
         clip_model=clip_model, bertscore_model=bertscore_model, bertscore_layer=bertscore_layer, instances=instances,
         batch_size=batch_size, device=device, dtype=dtype, limit=limit,
-        **options.decoding(num_beams, max_length, temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
-                           length_penalty, min_new_tokens, num_captions))
+        **options.decoding(given))
     if not process_state().is_main_process:  # under torchrun / accelerate launch the main process reports
         return
     result = evaluation.result

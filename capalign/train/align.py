@@ -14,7 +14,6 @@ frozen, is the pair ranker's scorer and the DPO reference in every round (`align
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -257,11 +256,7 @@ def _train_round(policy, train_pairs: PairSet, held_out: PairSet | None, collate
                  run_dir: Path, round_index: int, seed: int, steps_before: int, resume: bool) -> Engine:
     """Train the policy on one round's pairs; logged steps continue from earlier rounds."""
     a = config.align
-    settings = dataclasses.replace(  # stage 2 keeps stage 1's engine settings but its own schedule
-        config.train, lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
-        weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, seed=seed, log_every=a.log_every,
-        eval_every=a.eval_every, patience=None,
-    )
+    settings = config.align_engine(seed=seed)  # stage 1's engine settings, stage 2's schedule
     engine = Engine(
         policy, loss_fn, train_pairs, collate, settings, run_dir,
         validate=held_out_metrics(held_out, collate, loss_fn, a.batch_size) if held_out else None,

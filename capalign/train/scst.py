@@ -16,7 +16,6 @@ The InfoNCE term on (image, its first reference) keeps the contrastive head matc
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -259,11 +258,7 @@ def align_scst(model_dir: Path, config: RunConfig, dataset, policy, pretrained, 
     collate = ImageBatchMaker(split, processor, text_inputs)
     loss_fn = scst_loss_fn(reward, pretrained, tokenizer, a.num_samples, a.baseline, a.beta, contrastive_weight)
     validation = dataset["validation"] if "validation" in dataset and len(dataset["validation"]) else None
-    settings = dataclasses.replace(
-        config.train, lr=a.lr, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
-        weight_decay=a.weight_decay, warmup_ratio=a.warmup_ratio, log_every=a.log_every,
-        eval_every=a.eval_every, patience=None,
-    )
+    settings = config.align_engine()  # stage 1's engine settings, stage 2's schedule
     ui.console.print(f"SCST on {len(split)} training images, {a.num_samples} samples each, reward {a.reward}, "
                      f"baseline {a.baseline}, beta {a.beta}.")
     engine = Engine(
