@@ -82,6 +82,9 @@ class TrainConfig:
     checkpoint_every: int = setting(200, "Steps between resume checkpoints.")
     keep_checkpoints: int = setting(2, "Resume checkpoints kept (the newest ones).")
     eval_every: int = setting(200, "Steps between validations.")
+    streaming: bool = setting(False, "Read --data as a Hugging Face dataset in streaming mode (owner/name or a local folder of data files), unprepared; .tar shards always stream. Needs --max-steps.")
+    val_data: str | None = setting(None, "Validation data for a streamed --data (shards or, with --streaming, a dataset): its first 512 samples are held in memory (default: the shards named val/validation, or the dataset's validation split).")
+    shuffle_buffer: int = setting(256, "Streamed samples held (encoded) for shuffling, per process and loader worker.")
 
 
 @dataclass
@@ -311,6 +314,7 @@ def validate(config: RunConfig) -> None:
         (config.train.grad_accum > 0, "--grad-accum must be positive"),
         (config.train.keep_checkpoints > 0, "train.keep_checkpoints must be at least 1"),
         (config.train.val_images > 0, "train.val_images must be positive"),
+        (config.train.shuffle_buffer > 0, "--shuffle-buffer must be positive"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,0 +1,155 @@
+"""Streaming training input: pretrain reads local webdataset shards and a local Hugging Face dataset
+in streaming mode, unprepared; shares partition the samples; an interrupted run resumes where the
+stream was."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from capalign.data.stream_sources import ShardSource, open_shards
+from capalign.data.streaming import TrainingStream
+from test_cli import run_cli
+
+COLOURS = ["red", "green", "blue", "yellow", "white", "black"]
+TINY = ["--config", "tiny.yaml", "--batch-size", "4"]
+
+
+def _png(colour: str, size: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder: Path, shards: int = 3, per_shard: int = 8, bad: bool = False, prefix: str = "") -> list[str]:
+    """`shards` tar shards of tiny PNGs with .txt captions; returns the sample keys. `bad`: the last
+    shard also holds a non-image member and an image without a caption."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for s in range(shards):
+        with tarfile.open(folder / f"{prefix}{s:03d}.tar", "w") as tar:
+            for k in range(per_shard):
+                key = f"s{s}-{k:03d}"
+                colour = COLOURS[(s * per_shard + k) % len(COLOURS)]
+                _add(tar, f"{key}.png", _png(colour))
+                _add(tar, f"{key}.txt", f"a {colour} square".encode())
+                keys.append(key)
+            if bad and s == shards - 1:
+                _add(tar, "broken.png", b"this is not an image")
+                _add(tar, "broken.txt", b"a broken square")
+                _add(tar, "silent.png", _png("red"))
+    return keys
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_pretrain_streams_local_shards_into_a_loadable_run(in_workspace, capsys):
+    write_shards(in_workspace / "shards", bad=True)
+    code, out, err = run_cli(["pretrain", "--data", "shards/{000..002}.tar", *TINY, "--max-steps", "7",
+                              "--out", "runs/streamed"], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "broken" in err and "silent" in err  # the bad samples are skipped and named, not fatal
+    assert "no validation metrics" in out
+    run = in_workspace / "runs/streamed"
+    assert sorted(_losses(run)) == [2, 4, 6, 7]  # 28 samples: the whole first pass (24 usable) and more
+    image = in_workspace / "streamed-photo.png"
+    image.write_bytes(_png("blue", 64))
+    code, out, err = run_cli(["caption", str(image), "--model", str(run), "--output", "streamed-caps.json"], capsys)
+    assert code == 0, err
+    captions = json.loads((in_workspace / "streamed-caps.json").read_text())
+    assert isinstance(captions[0]["caption"], str)
+
+
+def test_missing_max_steps_is_refused_in_one_line(in_workspace, capsys):
+    write_shards(in_workspace / "shards", shards=1, per_shard=2)
+    code, out, err = run_cli(["pretrain", "--data", "shards/000.tar", *TINY, "--out", "runs/no-steps"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--max-steps" in lines[0] and "Traceback" not in err
+    assert not (in_workspace / "runs/no-steps").exists()
+
+
+def _share_refs(source, shares: int, passes=(0,)) -> list[list[str]]:
+    stream = TrainingStream(source, seed=3, buffer=4, name="test")
+    return [[ref for p in passes for ref, _, _ in stream.share_samples(share, shares, p)] for share in range(shares)]
+
+
+@pytest.mark.parametrize("shards,shares", [(3, 2), (4, 4), (2, 3)])
+def test_shares_partition_the_samples(tmp_path, shards, shares):
+    """(process, worker) shares: with more shards than shares whole shards go round-robin, with fewer
+    every share keeps every n-th sample; either way no sample twice and none left out."""
+    keys = write_shards(tmp_path / "shards", shards=shards, per_shard=5)
+    source = open_shards(str(tmp_path / "shards"))["train"]
+    parts = _share_refs(source, shares)
+    seen = [ref.split(":")[1] for part in parts for ref in part]
+    assert sorted(seen) == sorted(keys)
+    assert all(parts)
+
+
+def test_process_and_worker_shares_cover_each_pass(tmp_path):
+    """Two processes x two workers: rank r, worker w is share 2r + w of 4."""
+    keys = write_shards(tmp_path / "shards", shards=5, per_shard=3)
+    source = ShardSource(sorted((tmp_path / "shards").glob("*.tar")))
+    for pass_ in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            stream = TrainingStream(source, seed=0, buffer=2, rank=rank, world=2)
+            for worker in (0, 1):
+                seen += [ref for ref, _, _ in stream.share_samples(rank * 2 + worker, 4, pass_)]
+        assert sorted(ref.split(":")[1] for ref in seen) == sorted(keys)
+
+
+def test_resume_skips_exactly_the_trained_batches(tmp_path):
+    write_shards(tmp_path / "shards", shards=2, per_shard=6)
+    source = open_shards(str(tmp_path / "shards"))["train"]
+    straight = [caption for _, caption in _take(TrainingStream(source, seed=1, buffer=3), 20)]
+    resumed = TrainingStream(source, seed=1, buffer=3)
+    resumed.resume_after(3, 4)  # 3 batches of 4 trained on
+    assert [caption for _, caption in _take(resumed, 8)] == straight[12:20]
+
+
+def _take(stream, n: int) -> list:
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_interrupted_streamed_run_resumes_as_if_uninterrupted(in_workspace, capsys, monkeypatch):
+    from capalign.train.engine import Engine
+
+    write_shards(in_workspace / "rshards", shards=3, per_shard=6)
+    args = ["pretrain", "--data", "rshards/{000..002}.tar", *TINY, "--max-steps", "8"]
+    code, _, err = run_cli([*args, "--out", "runs/stream-straight"], capsys)
+    assert code == 0, err
+
+    original = Engine._train_batch
+
+    def interrupt_after_four(self, batch, window):
+        if self.state.step == 4:
+            raise KeyboardInterrupt
+        return original(self, batch, window)
+
+    monkeypatch.setattr(Engine, "_train_batch", interrupt_after_four)
+    code, _, err = run_cli([*args, "--out", "runs/stream-resumed"], capsys)
+    assert code == 130
+    monkeypatch.setattr(Engine, "_train_batch", original)
+    code, _, err = run_cli([*args, "--out", "runs/stream-resumed", "--resume"], capsys)
+    assert code == 0, err
+    straight, resumed = _losses(in_workspace / "runs/stream-straight"), _losses(in_workspace / "runs/stream-resumed")
+    assert sorted(resumed) == sorted(straight) == [2, 4, 6, 8]
+    for step in (6, 8):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5)
