@@ -43,7 +43,7 @@ def write_shards(folder: Path, shards: int = 3, per_shard: int = 8, bad: bool = 
                 key = f"s{s}-{k:03d}"
                 colour = COLOURS[(s * per_shard + k) % len(COLOURS)]
                 _add(tar, f"{key}.png", _png(colour))
-                _add(tar, f"{key}.txt", f"a {colour} square".encode())
+                _add(tar, f"{key}.txt", f"a {colour} square {s} {k}".encode())  # unique: tests compare orders
                 keys.append(key)
             if bad and s == shards - 1:
                 _add(tar, "broken.png", b"this is not an image")
@@ -153,3 +153,72 @@ def test_interrupted_streamed_run_resumes_as_if_uninterrupted(in_workspace, caps
     assert sorted(resumed) == sorted(straight) == [2, 4, 6, 8]
     for step in (6, 8):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-5)
+
+
+def write_parquet_dataset(folder: Path) -> None:
+    """A local dataset `load_dataset` streams: two train files and one validation file (parquet)."""
+    import datasets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    for name, rows in (("train-00000-of-00002", 6), ("train-00001-of-00002", 6), ("validation-00000-of-00001", 3)):
+        colours = [COLOURS[i % len(COLOURS)] for i in range(rows)]
+        datasets.Dataset.from_dict({"image": [{"bytes": _png(c), "path": None} for c in colours],
+                                    "caption": [f"a {c} square" for c in colours]},
+                                   features=features).to_parquet(str(folder / f"{name}.parquet"))
+
+
+def test_pretrain_streams_a_local_hugging_face_dataset_with_its_validation_split(in_workspace, capsys):
+    import yaml
+
+    from conftest import TINY_MODEL
+
+    write_parquet_dataset(in_workspace / "hf-local")
+    config = {"model": TINY_MODEL, "train": {"streaming": True, "batch_size": 4, "log_every": 2, "eval_every": 2,
+                                             "checkpoint_every": 100, "select": "none"}}
+    (in_workspace / "streaming.yaml").write_text(yaml.safe_dump(config))  # --streaming once the flags are generated
+    code, out, err = run_cli(["pretrain", "--data", "hf-local", "--config", "streaming.yaml", "--max-steps", "4",
+                              "--out", "runs/hf-streamed"], capsys)
+    assert code == 0, err
+    assert "the first 3 samples" in out
+    records = [json.loads(line) for line in (in_workspace / "runs/hf-streamed/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
+    assert sorted(r["step"] for r in records if "loss" in r) == [2, 4]
+
+
+def test_streaming_a_missing_dataset_is_one_line(in_workspace, capsys):
+    import yaml
+
+    (in_workspace / "streaming-only.yaml").write_text(yaml.safe_dump({"train": {"streaming": True}}))
+    code, _, err = run_cli(["pretrain", "--data", "no-such-folder", "--config", "streaming-only.yaml",
+                            "--max-steps", "2", "--out", "runs/never"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no-such-folder" in err
+    assert not (in_workspace / "runs/never").exists()
+
+
+def test_shards_named_validation_are_held_out_of_training(tmp_path):
+    write_shards(tmp_path / "shards", shards=2, per_shard=3, prefix="train-")
+    write_shards(tmp_path / "shards", shards=1, per_shard=2, prefix="val-")
+    write_shards(tmp_path / "shards", shards=1, per_shard=2, prefix="test-")
+    sources = open_shards(str(tmp_path / "shards" / "*.tar"))
+    assert [p.name for p in sources["train"].shards] == ["train-000.tar", "train-001.tar"]
+    assert [p.name for p in sources["validation"].shards] == ["val-000.tar"]
+
+
+def test_loader_workers_resume_where_the_stream_was(tmp_path):
+    """With DataLoader workers (CUDA runs), batch i comes from worker i mod W: a loader resumed after
+    k batches yields what an uninterrupted one yields from batch k on."""
+    from torch.utils.data import DataLoader
+
+    write_shards(tmp_path / "shards", shards=4, per_shard=5)
+    source = open_shards(str(tmp_path / "shards"))["train"]
+
+    def batches(skip: int, n: int) -> list[list[str]]:
+        stream = TrainingStream(source, seed=2, buffer=3)
+        stream.resume_after(skip, 3)
+        loader = DataLoader(stream, batch_size=3, num_workers=2, collate_fn=lambda items: [c for _, c in items])
+        it = iter(loader)
+        return [next(it) for _ in range(n)]
+
+    straight = batches(0, 9)
+    assert batches(5, 4) == straight[5:9]

@@ -10,8 +10,9 @@ Face dataset in streaming mode (capalign.data.stream_sources), without preparing
 - Length: none. Each share repeats pass after pass, so no process or worker runs dry before the
   others; training stops at --max-steps.
 - Resume: deterministic skipping. Batch i of a process comes from worker i mod W (the DataLoader's
-  in-order round robin over workers whose streams never end), so after k batches worker w skips the
-  samples of its first |{i < k : i mod W = w}| batches (read and decoded, not processed or trained on).
+  in-order round robin over workers whose streams never end), so after k batches the resumed loader's
+  worker w takes the part of worker (w + k) mod W and skips the samples of that worker's first
+  |{i < k : i mod W = (w + k) mod W}| batches (read and decoded, not processed or trained on).
 - Validation: a streamed source has no held-out split in memory: the first VALIDATION_IMAGES samples
   of --val-data, else of the shards named val/validation (or the dataset's validation split), are
   held in memory as a small fixed set; without either, the run has no validation metrics and says so.
@@ -83,6 +84,8 @@ class TrainingStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # a fresh loader asks worker 0 first: after k batches, worker w plays the part of worker (w + k) mod W
+        worker = (worker + self._skip_batches) % workers
         share, shares = self.rank * workers + worker, self.world * workers
         skip = len(range(worker, self._skip_batches, workers)) * self._batch_size
         for pass_ in itertools.count():
