@@ -59,11 +59,13 @@ def _losses(run: Path) -> dict[int, float]:
 
 def test_pretrain_streams_local_shards_into_a_loadable_run(in_workspace, capsys):
     write_shards(in_workspace / "shards", bad=True)
-    code, out, err = run_cli(["pretrain", "--data", "shards/{000..002}.tar", *TINY, "--max-steps", "7",
+    whole = (in_workspace / "shards/000.tar").read_bytes()
+    (in_workspace / "shards/003.tar").write_bytes(whole[: len(whole) // 2 + 100])  # cut mid-member
+    code, out, err = run_cli(["pretrain", "--data", "shards/{000..003}.tar", *TINY, "--max-steps", "7",
                               "--out", "runs/streamed"], capsys)
     assert code == 0, err
     assert "Traceback" not in err
-    assert "broken" in err and "silent" in err  # the bad samples are skipped and named, not fatal
+    assert "broken" in err and "silent" in err and "003.tar" in err  # skipped and named, not fatal
     assert "no validation metrics" in out
     run = in_workspace / "runs/streamed"
     assert sorted(_losses(run)) == [2, 4, 6, 7]  # 28 samples: the whole first pass (24 usable) and more
@@ -82,6 +84,16 @@ def test_missing_max_steps_is_refused_in_one_line(in_workspace, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--max-steps" in lines[0] and "Traceback" not in err
     assert not (in_workspace / "runs/no-steps").exists()
+
+
+def test_shards_without_a_usable_sample_are_one_line(in_workspace, capsys):
+    (in_workspace / "junk").mkdir(exist_ok=True)
+    (in_workspace / "junk/000.tar").write_bytes(b"not a tar file at all" * 40)
+    code, _, err = run_cli(["pretrain", "--data", "junk/000.tar", *TINY, "--max-steps", "2", "--out", "runs/junk"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("capalign: error:") and "no usable sample" in err
+    code, _, err = run_cli(["pretrain", "--data", "absent/{000..002}.tar", *TINY, "--max-steps", "2"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "absent" in err
 
 
 def _share_refs(source, shares: int, passes=(0,)) -> list[list[str]]:

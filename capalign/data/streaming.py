@@ -98,7 +98,7 @@ class TrainingStream(IterableDataset):
                 yield image, caption
             if not produced:
                 raise InputError(f"{self.name}: share {share + 1} of {shares} (process {self.rank}, loader worker "
-                                 f"{worker}) holds no usable sample; pass more shards or fewer processes.")
+                                 f"{worker}) holds no usable sample (see the warnings); check the shards, or pass more shards or fewer processes.")
 
     def share_samples(self, share: int, shares: int, pass_: int) -> Iterator[tuple]:
         """(ref, image, caption) of one share in one pass, shuffled; `share` of `shares` (0-based)."""
