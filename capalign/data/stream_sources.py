@@ -61,9 +61,8 @@ class HubSource:
 
     def __init__(self, split: datasets.IterableDataset, name: str):
         self.name = name
-        image, self.captions = _columns(split, name)
-        self.image = image
-        self.split = split.cast_column(image, datasets.Image(decode=False))  # our decoder checks every image
+        self.image, self.captions = _columns(split, name)
+        self.split = split.cast_column(self.image, datasets.Image(decode=False))  # our decoder checks every image
 
     def __len__(self) -> int:
         return max(1, self.split.num_shards)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections import Counter
 from typing import Iterator
 
 import datasets
@@ -53,10 +52,6 @@ VALIDATION_FEATURES = datasets.Features({
 class _Skips(SkipLog):
     """A SkipLog that also names its first few skips in a warning."""
 
-    def __init__(self, where: str):
-        super().__init__()
-        self.where = where
-
     def skip(self, reason: str, record: str, detail: str = "") -> None:
         super().skip(reason, record, detail)
         total = sum(self.counts.values())
@@ -74,7 +69,6 @@ class TrainingStream(IterableDataset):
     def __init__(self, source, *, seed: int, buffer: int, rank: int = 0, world: int = 1, name: str = ""):
         self.source, self.seed, self.buffer = source, seed, buffer
         self.rank, self.world, self.name = rank, world, name
-        self.skipped: Counter[str] = Counter()  # this process's counts when batches are made in it
         self._skip_batches, self._batch_size = 0, 1
 
     def resume_after(self, batches: int, batch_size: int) -> None:
@@ -98,7 +92,8 @@ class TrainingStream(IterableDataset):
                 yield image, caption
             if not produced:
                 raise InputError(f"{self.name}: share {share + 1} of {shares} (process {self.rank}, loader worker "
-                                 f"{worker}) holds no usable sample (see the warnings); check the shards, or pass more shards or fewer processes.")
+                                 f"{worker}) holds no usable sample (see the warnings); check the shards, "
+                                 "or pass more shards or fewer processes.")
 
     def share_samples(self, share: int, shares: int, pass_: int) -> Iterator[tuple]:
         """(ref, image, caption) of one share in one pass, shuffled; `share` of `shares` (0-based)."""
@@ -109,7 +104,7 @@ class TrainingStream(IterableDataset):
         else:
             mine, keep = order, (lambda n: n % shares == share)
         rng = random.Random(f"{self.seed}-{pass_}-{share}")
-        log = _Skips(f"{self.name} share {share}")
+        log = _Skips()
         raw = (c for i, c in enumerate(c for s in mine for c in self.source.read(s, log)) if keep(i))
         buffer: list = []
         for cand in raw:
@@ -119,7 +114,6 @@ class TrainingStream(IterableDataset):
         rng.shuffle(buffer)
         for cand in buffer:
             yield from self._decoded(cand, rng, log)
-        self.skipped.update(log.counts)
 
     def _decoded(self, cand, rng: random.Random, log: SkipLog) -> Iterator[tuple]:
         caption = cand.captions[rng.randrange(len(cand.captions))]
@@ -140,7 +134,7 @@ class TrainingStream(IterableDataset):
 
 def held_in_memory(source, limit: int = VALIDATION_IMAGES) -> datasets.Dataset:
     """The first `limit` usable samples of `source` as a small in-memory split (image_id, image, captions)."""
-    log, rows = _Skips("validation"), {"image_id": [], "image": [], "captions": []}
+    log, rows = _Skips(), {"image_id": [], "image": [], "captions": []}
     samples = (c for s in range(len(source)) for c in source.read(s, log))
     for cand in samples:
         if len(rows["image_id"]) >= limit:
