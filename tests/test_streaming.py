@@ -234,3 +234,18 @@ def test_loader_workers_resume_where_the_stream_was(tmp_path):
 
     straight = batches(0, 9)
     assert batches(5, 4) == straight[5:9]
+
+
+def test_a_loader_workers_error_stays_one_line(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from capalign.data.streaming import worker_errors
+    from capalign.errors import InputError
+
+    for name in ("0.tar", "1.tar"):
+        (tmp_path / name).write_bytes(b"not a tar file at all" * 40)
+    stream = TrainingStream(ShardSource(sorted(tmp_path.glob("*.tar"))), seed=0, buffer=2, name="junk")
+    loader = DataLoader(stream, batch_size=2, num_workers=2, collate_fn=list)
+    with pytest.raises(InputError) as raised, worker_errors():
+        next(iter(loader))
+    assert "\n" not in str(raised.value) and "holds no usable sample" in str(raised.value)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from contextlib import contextmanager
 from typing import Iterator
 
 import datasets
@@ -35,7 +36,7 @@ from capalign.data.images import BadImage, decode_image, normalize_image
 from capalign.data.importers.fetch_report import SkipLog
 from capalign.data.stream_sources import is_streamed, open_source, open_validation
 from capalign.distributed import process_state
-from capalign.errors import ConfigError, InputError
+from capalign.errors import CapalignError, ConfigError, InputError
 
 STREAM_IMAGE_SIZE = 256  # images are decoded to fetch's default stored size, as a prepared dataset holds them
 VALIDATION_IMAGES = 512
@@ -130,6 +131,19 @@ class TrainingStream(IterableDataset):
         samples = (c for s in range(len(self.source)) for c in self.source.read(s, log))
         for cand in itertools.islice(samples, limit):
             yield from cand.captions
+
+
+@contextmanager
+def worker_errors() -> Iterator[None]:
+    """Within the block, a capalign error raised in a DataLoader worker (which torch re-raises with
+    the worker's traceback as its message) becomes the one-line error it was."""
+    try:
+        yield
+    except CapalignError as e:
+        lines = str(e).splitlines()
+        if len(lines) > 1 and lines[0].startswith("Caught ") and ": " in lines[-1]:
+            raise type(e)(lines[-1].split(": ", 1)[1]) from None
+        raise
 
 
 def held_in_memory(source, limit: int = VALIDATION_IMAGES) -> datasets.Dataset:

@@ -40,6 +40,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from capalign import reporting
 from capalign.config import TrainConfig
+from capalign.data.streaming import worker_errors
 from capalign.devices import resolve_device
 from capalign.errors import ConfigError, InputError, MissingError
 from capalign.runs import atomic_write_text, write_errors
@@ -211,10 +212,11 @@ class Engine:
         while self._keep_training():
             if self.streamed:  # one endless epoch; the stream skips what a resumed run trained on
                 self.loader.dataset.resume_after(self.state.batches_done_in_epoch, self.loader.batch_size)
-                batches = iter(self.loader)
-                self._restore_rng()
-                yield from (send_to_device(b, self.accelerator.device, non_blocking=self.loader.pin_memory)
-                            for b in batches)
+                with worker_errors():
+                    batches = iter(self.loader)
+                    self._restore_rng()
+                    yield from (send_to_device(b, self.accelerator.device, non_blocking=self.loader.pin_memory)
+                                for b in batches)
                 return
             self.loader.set_epoch(self.state.epoch)
             batches = iter(self._rest_of_epoch())
