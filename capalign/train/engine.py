@@ -34,12 +34,13 @@ from typing import Callable, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import DataLoaderConfiguration, send_to_device, set_seed
+from torch.utils.data import DataLoader, IterableDataset
 from transformers import get_cosine_schedule_with_warmup
 
 from capalign import reporting
 from capalign.config import TrainConfig
+from capalign.data.streaming import worker_errors
 from capalign.devices import resolve_device
 from capalign.errors import ConfigError, InputError, MissingError
 from capalign.runs import atomic_write_text, write_errors
@@ -106,12 +107,21 @@ class Engine:
         _check_global_batch(settings.batch_size, self.accelerator.num_processes)
         self._start_tracker(tracker_config)
         set_seed(settings.seed)
-        loader = _loader(train_set, collate, settings, device)
+        # A stream (IterableDataset) splits itself across processes and workers and has no length:
+        # its loader makes this process's share of each batch and is not handed to accelerate.
+        self.streamed = isinstance(train_set, IterableDataset)
+        if self.streamed and not settings.max_steps:
+            raise ConfigError("streamed training data has no length; pass --max-steps N.")
+        loader = _loader(train_set, collate, settings, device, self.accelerator.num_processes)
         self.total_steps = settings.max_steps or settings.epochs * max(1, math.ceil(len(loader) / settings.grad_accum))
         optimizer, scheduler = _optimiser(module, settings, self.total_steps)
-        self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            module, optimizer, loader, scheduler
-        )
+        if self.streamed:
+            self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
+            self.loader = loader
+        else:
+            self.module, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+                module, optimizer, loader, scheduler
+            )
 
         self.state = EngineState()
         self._stop: list[int] = []  # signals received (see fit)
@@ -200,6 +210,14 @@ class Engine:
         """Training batches in the seeded order, epoch after epoch while training goes on, from where
         the state stands (`_loop` counts them as done once trained on)."""
         while self._keep_training():
+            if self.streamed:  # one endless epoch; the stream skips what a resumed run trained on
+                self.loader.dataset.resume_after(self.state.batches_done_in_epoch, self.loader.batch_size)
+                with worker_errors():
+                    batches = iter(self.loader)
+                    self._restore_rng()
+                    yield from (send_to_device(b, self.accelerator.device, non_blocking=self.loader.pin_memory)
+                                for b in batches)
+                return
             self.loader.set_epoch(self.state.epoch)
             batches = iter(self._rest_of_epoch())
             self._restore_rng()
@@ -515,8 +533,12 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _loader(train_set, collate, settings: TrainConfig, device: torch.device) -> DataLoader:
-    """Shuffled in the seed's order; the last short batch dropped when there is more than one batch."""
+def _loader(train_set, collate, settings: TrainConfig, device: torch.device, processes: int = 1) -> DataLoader:
+    """Shuffled in the seed's order; the last short batch dropped when there is more than one batch.
+    A stream: this process's share of each global batch, in the stream's own order."""
+    if isinstance(train_set, IterableDataset):
+        return DataLoader(train_set, batch_size=settings.batch_size // processes, collate_fn=collate,
+                          **loader_workers(device, settings.augment))
     return DataLoader(
         train_set,
         batch_size=settings.batch_size,

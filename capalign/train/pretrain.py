@@ -13,6 +13,7 @@ from capalign import ui
 from capalign.config import RunConfig, TrainConfig, load_config, save_config, to_dict
 from capalign.data.collate import CaptionCollator, CaptionPairs
 from capalign.data.store import get_split, load_prepared
+from capalign.data.streaming import TrainingStream, is_stream, open_stream
 from capalign.distributed import process_state
 from capalign.errors import UserError
 from capalign.losses import stage1_loss
@@ -52,13 +53,15 @@ def build_run(config: RunConfig, init_from: Path | None = None):
     """Data, tokenizer, processor and model for a fresh (or resumed) pretraining run; with `init_from`
     (a run folder or a transformers captioner folder), that model's weights, tokenizer and processor
     (fine-tuning: config.model then records where they came from)."""
-    data = load_prepared(config.data)
+    streamed = is_stream(config)  # shards or --streaming: read as they are, not prepared (capalign.data.streaming)
+    data = open_stream(config) if streamed else load_prepared(config.data)
     train = get_split(data, "train")
     t = config.train
     if init_from is not None:
         return (data, *initial_model(config, init_from))
+    captions = train.captions() if streamed else itertools.chain.from_iterable(train["captions"])
     captioner, tokenizer, processor = build_captioner(
-        config.model, itertools.chain.from_iterable(train["captions"]), with_head=bool(t.contrastive_weight or t.cosine_weight))
+        config.model, captions, with_head=bool(t.contrastive_weight or t.cosine_weight))
     return data, tokenizer, processor, captioner
 
 
@@ -79,6 +82,8 @@ def initial_model(config: RunConfig, init_from: Path):
 
 
 def _pairs(split, name: str, captioner, processor, use_cache: bool, train=None):
+    if isinstance(split, TrainingStream):
+        return split
     if not use_cache:
         return CaptionPairs(split)
     store = cached_features(split, name, captioner.vision, processor, keep_hidden=captioner.architecture.keeps_encoder_tokens,
@@ -105,7 +110,9 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     plain_collate = CaptionCollator(tokenizer, processor, config.model.max_caption_tokens, text_inputs=text_inputs)
     loss_fn = pretrain_loss(config.train)
     if dry_run:
-        report_dry_run(captioner, CaptionPairs(data["train"]), collate, loss_fn, config.train.batch_size)
+        pairs = list(itertools.islice(data["train"], config.train.batch_size)) if is_stream(config) \
+            else CaptionPairs(data["train"])
+        report_dry_run(captioner, pairs, collate, loss_fn, config.train.batch_size)
         return None
     run_dir = new_run_dir("pretrain", out, resume=resume, overwrite=overwrite)
     if process_state().is_main_process:
@@ -116,7 +123,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
         save_captioner(where, module, tokenizer, processor)
 
     use_cache = config.train.feature_cache and captioner.frozen["vision"] and not config.train.augment \
-        and captioner.architecture.caches_features
+        and captioner.architecture.caches_features and not is_stream(config)
     train_pairs = _pairs(data["train"], "train", captioner, processor, use_cache, config.train)
     validate = None
     if "validation" in data and len(data["validation"]):
