@@ -104,7 +104,7 @@ class Captioner:
         `temperature` > 0). With `return_scores=True`, each is a `ScoredCaption` (`.caption`,
         `.logprob` — the sequence log-probability —, `.tokens`, `.probs`). The decoding arguments are
         `capalign caption`'s options (`max_length` is --max-length, the most new tokens; see
-        capalign.inference.generate.DecodeOptions); a value out of range is a ConfigError naming it.
+        capalign.decoding.Decoding); a value out of range is a ConfigError naming it.
         """
         options = DecodeOptions(num_beams=num_beams, max_length=max_length, temperature=temperature, batch_size=batch_size,
                                 top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,

@@ -60,7 +60,7 @@ def describe(f: dataclasses.Field, help: str | None = None) -> str:
 
 
 def allowed(f: dataclasses.Field) -> str:
-    """What a field takes, in words: `a number above 0`, `one of dpo, scst`, `true or false`."""
+    """What a field takes, in words: `a number above 0`, `between 1 and 100`, `one of dpo, scst`, `true or false`."""
     base, optional = kind(f)
     meta = f.metadata
     if meta.get("choices"):
@@ -71,8 +71,14 @@ def allowed(f: dataclasses.Field) -> str:
         text = "text"
     else:
         limits = [f"{name.replace('_', ' ')} {meta[name]}" for name in _BOUNDS if meta.get(name) is not None]
-        if base is int and limits == ["at least 1"]:
+        low, high = meta.get("at_least"), meta.get("at_most")
+        closed = base is int and low is not None and len(limits) == 1 + (high is not None)  # no above / below
+        if closed and low == 1 and high is None:
             text = "positive: a whole number from 1 up"
+        elif closed and high is not None:
+            text = f"between {low} and {high}"
+        elif closed:
+            text = f"a whole number of at least {low}"
         else:
             text = ("a whole number" if base is int else "a number" if limits else "a finite number") \
                 + (" " + " and ".join(limits) if limits else "")
@@ -106,9 +112,15 @@ def shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check(settings, section: str) -> None:
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line flag named after a field (`num_beams` → `--num-beams`)."""
+    return "--" + f.name.replace("_", "-")
+
+
+def check(settings, section: str = "", *, as_flags: bool = False) -> None:
     """Check every scalar field of the dataclass `settings` against its type, choices and bounds;
-    ints given for floats become floats. `section` prefixes the field in the message (`train.`)."""
+    ints given for floats become floats. `section` prefixes the field in the message (`train.`);
+    `as_flags` names it by its flag instead (`--num-beams`), for a command's options, not config keys."""
     for f in dataclasses.fields(settings):
         base, _ = kind(f)
         if base is None:
@@ -117,7 +129,8 @@ def check(settings, section: str) -> None:
         if value is False and base is str and "no" in (f.metadata.get("choices") or ()):
             value = "no"  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
         if not _fits(f, value):
-            raise ConfigError(f"{section}{f.name} must be {allowed(f)} (got {shown(value)}).")
+            name = flag_name(f) if as_flags else section + f.name
+            raise ConfigError(f"{name} must be {allowed(f)} (got {shown(value)}).")
         setattr(settings, f.name, float(value) if base is float and value is not None else value)
 
 

@@ -116,11 +116,11 @@ def test_evaluate_takes_the_decoding_options(pretrained_run, in_workspace, capsy
 
 @pytest.mark.parametrize("option, value, named", [
     ("--top-k", "-1", "--top-k must be a whole number of at least 0"),
-    ("--top-p", "0", "--top-p must be above 0 and at most 1"),
-    ("--top-p", "1.5", "--top-p must be above 0 and at most 1"),
-    ("--top-p", "nan", "--top-p must be above 0 and at most 1"),
-    ("--repetition-penalty", "0", "--repetition-penalty must be a finite number above 0"),
-    ("--repetition-penalty", "inf", "--repetition-penalty must be a finite number above 0"),
+    ("--top-p", "0", "--top-p must be a number above 0 and at most 1"),
+    ("--top-p", "1.5", "--top-p must be a number above 0 and at most 1"),
+    ("--top-p", "nan", "--top-p must be a number above 0 and at most 1"),
+    ("--repetition-penalty", "0", "--repetition-penalty must be a number above 0"),
+    ("--repetition-penalty", "inf", "--repetition-penalty must be a number above 0"),
     ("--no-repeat-ngram-size", "-2", "--no-repeat-ngram-size must be a whole number of at least 0"),
     ("--length-penalty", "nan", "--length-penalty must be a finite number"),
     ("--min-new-tokens", "-1", "--min-new-tokens must be a whole number of at least 0"),

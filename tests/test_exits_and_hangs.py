@@ -295,8 +295,8 @@ def test_evaluate_a_read_only_run_still_reports_its_scores(pretrained_run, in_wo
 @pytest.mark.parametrize("option, value, named", [
     ("--max-length", "100000", "--max-length must be between 1 and"),
     ("--num-beams", "1000000", "--num-beams must be between 1 and"),
-    ("--temperature", "nan", "--temperature must be a finite number"),
-    ("--temperature", "inf", "--temperature must be a finite number"),
+    ("--temperature", "nan", "--temperature must be a number at least 0"),
+    ("--temperature", "inf", "--temperature must be a number at least 0"),
 ])
 def test_caption_decoding_limits(pretrained_run, in_workspace, capsys, option, value, named):
     code, _, err = run_cli(["caption", str(IMAGE), "--model", str(pretrained_run), option, value], capsys)

@@ -26,7 +26,7 @@ BAD_VALUES = [
     ("train:\n  log_every: 0\n", "train.log_every must be positive"),
     ("train:\n  grad_clip: -1\n", "train.grad_clip must be a number above 0 (got -1)"),
     ("align:\n  lr: 0\n", "align.lr must be a number above 0 (got 0)"),
-    ("train:\n  seed: -3\n", "train.seed must be a whole number at least 0"),
+    ("train:\n  seed: -3\n", "train.seed must be between 0 and 4294967295 (got -3)"),
     ("train:\n  warmup_ratio: 2\n", "train.warmup_ratio must be a number at least 0 and at most 1"),
     ("train:\n  mixed_precision: fp8\n", "train.mixed_precision must be one of no, fp16, bf16 (got 'fp8')"),
     ("train:\n  tracker: mlflow\n", "train.tracker must be one of tensorboard, wandb, or null"),

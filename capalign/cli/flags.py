@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from capalign.schema import describe, kind
+from capalign.schema import describe, flag_name, kind
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def flags_of(cls, section: str, *, only=None) -> list[Flag]:
     for f in dataclasses.fields(cls):
         if kind(f)[0] is None or (only is not None and not only(f)):
             continue
-        long = "--" + f.name.replace("_", "-")
+        long = flag_name(f)
         spelled = f.metadata.get("flag") or (f"{long}/--no-{long[2:]}" if kind(f)[0] is bool else long)
         out.append(Flag(section, f, f.name, tuple(spelled.split())))
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -16,88 +16,18 @@ from accelerate.utils import gather_object
 from capalign import reporting
 from capalign.data.collate import pixel_values
 from capalign.data.images import Unreadable
+from capalign.decoding import Decoding, too_many
 from capalign.distributed import process_state
-from capalign.errors import ConfigError
 from capalign.models.io import load_captioner
-
-# Beam search keeps batch × beams sequences (and their logits over the vocabulary) in memory; far
-# fewer beams than this already give the best captions, so a larger width is a typo, not a setting.
-MAX_NUM_BEAMS = 100
-MAX_NUM_CAPTIONS = 100  # the same bound for sampled captions per image: batch × N rows decode at once
-
-
-def _whole(value, option: str, low: int, high: int | None = None, what: str = "") -> None:
-    """Refuse a non-integer or out-of-range value, naming the option and the allowed range."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        allowed = f"between {low} and {high}" if high is not None else f"a whole number of at least {low}"
-        raise ConfigError(f"{option} must be {allowed}{what}, got {value}.")
+from capalign.schema import setting
 
 
 @dataclass
-class DecodeOptions:
-    """How captions are decoded; `temperature` > 0 turns on sampling; `max_length` (the most new
-    tokens) None: the model's own caption length (its generation config, set from
-    `model.max_caption_tokens`). `top_k` 0 and `top_p` 1 filter nothing; `repetition_penalty` 1,
-    `no_repeat_ngram_size` 0 and `length_penalty` 1 change nothing; `num_captions` > 1 returns that
-    many captions per image (the best beams, best first, or independent samples).
+class DecodeOptions(Decoding):
+    """The decoding settings (capalign.decoding.Decoding: declared, helped and checked there) and
+    how many images decode at once; `check_model` refuses what the model cannot do."""
 
-    The one place decoding settings are checked (the CLI's options and capalign.Captioner's
-    arguments alike): out-of-range values are a ConfigError naming the option and the allowed range,
-    here for what needs no model, in `check_model` for what depends on the model."""
-
-    num_beams: int = 1
-    max_length: int | None = None
-    temperature: float = 0.0
-    batch_size: int = 64
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    min_new_tokens: int = 0
-    num_captions: int = 1
-
-    def __post_init__(self) -> None:
-        _whole(self.num_beams, "--num-beams", 1, MAX_NUM_BEAMS)
-        if self.max_length is not None:
-            _whole(self.max_length, "--max-length", 1)
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"--temperature must be a finite number of at least 0 (0 = no sampling), got {self.temperature}.")
-        _whole(self.batch_size, "--batch-size", 1)
-        _whole(self.top_k, "--top-k", 0, what=" (0 = no top-k filtering)")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):  # NaN fails both comparisons
-            raise ConfigError(f"--top-p must be above 0 and at most 1 (1 = no nucleus filtering), got {self.top_p}.")
-        if (self.top_k or self.top_p < 1) and not self.sampling:
-            raise ConfigError("--top-k and --top-p filter what sampling draws from; add --temperature above 0 (e.g. 1).")
-        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
-                and self.repetition_penalty > 0):
-            raise ConfigError(f"--repetition-penalty must be a finite number above 0 (1 = none), got {self.repetition_penalty}.")
-        _whole(self.no_repeat_ngram_size, "--no-repeat-ngram-size", 0, what=" (0 = off)")
-        if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)):
-            raise ConfigError(f"--length-penalty must be a finite number (1 = none), got {self.length_penalty}.")
-        if self.length_penalty != 1 and self.num_beams == 1:
-            raise ConfigError("--length-penalty scores finished beams; it needs --num-beams 2 or more.")
-        _whole(self.min_new_tokens, "--min-new-tokens", 0, self.max_length,
-               what=" (at most --max-length)" if self.max_length is not None else "")
-        if self.num_beams > 1:
-            _whole(self.num_captions, "--num-captions", 1, self.num_beams, what=" (at most --num-beams)")
-        elif self.sampling:
-            _whole(self.num_captions, "--num-captions", 1, MAX_NUM_CAPTIONS)
-        elif self.num_captions != 1:
-            _whole(self.num_captions, "--num-captions", 1, MAX_NUM_CAPTIONS)
-            raise ConfigError(f"--num-captions {self.num_captions}: greedy decoding gives one caption; use "
-                              f"--num-beams {self.num_captions} or more, or --temperature above 0.")
-
-    @property
-    def sampling(self) -> bool:
-        return self.temperature > 0
-
-    def settings(self) -> dict:
-        """What decides the captions (everything but the batch size), as plain JSON values."""
-        values = asdict(self)
-        del values["batch_size"]
-        return values
+    batch_size: int = setting(64, "Images per batch.", at_least=1)
 
     def check_model(self, captioner) -> None:
         """Refuse more new tokens than the decoder has positions left after its prompt (the image
@@ -108,37 +38,17 @@ class DecodeOptions:
             return
         config = decoder.config
         if self.num_beams > config.vocab_size:
-            raise ConfigError(f"--num-beams must be between 1 and {config.vocab_size} for this model (its vocabulary "
-                              f"size), got {self.num_beams}.")
+            raise too_many("--num-beams", self.num_beams, 1, config.vocab_size, "for this model: its vocabulary size")
         positions = getattr(config, "max_position_embeddings", None)
         mapper = getattr(captioner.model, "mapper", None)
         prompt = mapper.prefix_length if mapper is not None else 1
         if self.max_length is not None and positions is not None and self.max_length > positions - prompt:
-            raise ConfigError(f"--max-length must be between 1 and {positions - prompt} for this model ({positions} "
-                              f"positions, {prompt} taken by the prompt), got {self.max_length}.")
+            raise too_many("--max-length", self.max_length, 1, positions - prompt,
+                           f"for this model: {positions} positions, {prompt} taken by the prompt")
         default = getattr(captioner.model.generation_config, "max_new_tokens", None)
         if self.max_length is None and default is not None and self.min_new_tokens > default:
-            raise ConfigError(f"--min-new-tokens must be between 0 and {default} (this model's caption length; raise "
-                              f"--max-length to allow more), got {self.min_new_tokens}.")
-
-    def generate_kwargs(self) -> dict:
-        """The matching keyword arguments of transformers' `generate`."""
-        kwargs = {"num_beams": self.num_beams, "num_return_sequences": self.num_captions}
-        if self.max_length is not None:
-            kwargs["max_new_tokens"] = self.max_length
-        if self.min_new_tokens:
-            kwargs["min_new_tokens"] = self.min_new_tokens
-        if self.repetition_penalty != 1:
-            kwargs["repetition_penalty"] = float(self.repetition_penalty)
-        if self.no_repeat_ngram_size:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        if self.num_beams > 1:
-            kwargs["length_penalty"] = float(self.length_penalty)
-        if self.sampling:
-            kwargs.update(do_sample=True, temperature=float(self.temperature), top_k=self.top_k, top_p=float(self.top_p))
-        else:
-            kwargs.update(do_sample=False)
-        return kwargs
+            raise too_many("--min-new-tokens", self.min_new_tokens, 0, default,
+                           "this model's caption length; raise --max-length to allow more")
 
 
 @dataclass
