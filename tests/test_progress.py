@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from capalign import ui
 from capalign.data.store import load_prepared
 from capalign.models.io import load_captioner
 from capalign.pairs.dataset import PairBatchMaker, PairSet, make_pairs
@@ -15,6 +16,7 @@ from capalign.train.feature_cache import cached_features
 
 
 def test_sampling_reference_and_feature_cache_bars_count_to_the_end(pretrained_run, in_workspace, tmp_path, capsys):
+    ui.install()  # the CLI's reporter draws the library's bars
     captioner, tokenizer, processor = load_captioner(pretrained_run)
     split = load_prepared("data/shapes")["train"]
     images = list(split["image"])
