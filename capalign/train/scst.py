@@ -71,7 +71,7 @@ def clipscore_reward(context: RewardContext) -> RewardFn:
     model = context.pretrained
     if model.head is None:
         raise ConfigError("--reward clipscore needs a run with a contrastive head; this pretrained run has none "
-                        "(use --reward cider).")
+                          "(use --reward cider).")
     scorer = RunScorer(model, context.tokenizer, context.processor)
 
     def reward(rows, positions, captions, pixels):
