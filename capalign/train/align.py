@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from capalign import reporting
-from capalign.config import RunConfig, TrainConfig
+from capalign.config import AlignConfig, RunConfig, TrainConfig
 from capalign.data.store import load_prepared
 from capalign.distributed import process_state
 from capalign.errors import ConfigError
@@ -188,7 +188,7 @@ def _progress(run_dir: Path, resume: bool, total: int, main: bool) -> rounds.Rou
     return progress
 
 
-def _restore_rounds(run_dir: Path, start: stage2.Start, progress: rounds.RoundProgress, a) -> tuple:
+def _restore_rounds(run_dir: Path, start: stage2.Start, progress: rounds.RoundProgress, a: AlignConfig) -> tuple:
     """The policy and reference the next round starts with: the loaded ones, or after resuming, the
     policy the last finished round ended with (and, with `reference: previous`, its frozen copy)."""
     policy, reference = start.policy, start.pretrained
