@@ -48,7 +48,8 @@ def main() -> None:
     from capalign.pairs.dataset import PairBatchMaker, PairSet
     from capalign.pairs.generated import corrupted_pairs
     from capalign.runs import CONFIG_NAME
-    from capalign.train.align import attach_reference_logps, disable_dropout, dpo_loss_fn, policy_logps
+    from capalign.train.align import attach_reference_logps, dpo_loss_fn, policy_logps
+    from capalign.train.policy import disable_dropout
 
     device = resolve_device(args.device)
     scratch = tempfile.TemporaryDirectory(prefix="capalign-bench-align-")  # removed when the bench ends

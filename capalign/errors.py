@@ -23,7 +23,3 @@ class MissingError(CapalignError, FileNotFoundError):
 class OutputError(CapalignError, FileExistsError):
     """An output place cannot be written without losing what it holds (or is not writable at all)."""
 
-
-class UserError(CapalignError):
-    """Transitional: the old catch-all, being replaced module by module by the classes above; removed
-    when no module raises it."""

@@ -1,5 +1,6 @@
 """Stage 2: reference log-probs are computed once, and a very large beta keeps the policy at its reference."""
 
+import copy
 from pathlib import Path
 
 import torch
@@ -7,6 +8,7 @@ import torch
 from capalign.config import build_config
 from capalign.models.io import load_captioner
 from capalign.train import align as align_module
+from capalign.train import stage2
 from capalign.pairs.dataset import PairBatchMaker, PairSet, make_pairs
 from capalign.train.align import policy_logps
 
@@ -17,29 +19,49 @@ def _align(pretrained_run: Path, out: Path, **align_options) -> Path:
 
 
 def test_reference_logps_are_computed_once_however_long_training_runs(pretrained_run, in_workspace, monkeypatch):
-    calls = {"reference": 0, "loaded": 0}
-    real_load = align_module.load_captioner
+    calls = {"reference": 0, "copies": 0}
+    real_copy = stage2.frozen_copy
 
-    def counting_load(run_dir, *args):
-        captioner, tokenizer, processor = real_load(run_dir, *args)
-        calls["loaded"] += 1
-        if calls["loaded"] == 2:  # align loads the policy first, then the reference
-            encode = captioner.encode_images
+    def counting_copy(module):
+        reference = real_copy(module)
+        calls["copies"] += 1
+        if calls["copies"] == 1:  # align loads the run once and freezes a copy of it: the reference
+            encode = reference.encode_images
 
             def counted(pixel_values):
                 calls["reference"] += 1
                 return encode(pixel_values)
 
-            captioner.encode_images = counted
-        return captioner, tokenizer, processor
+            reference.encode_images = counted
+        return reference
 
-    monkeypatch.setattr(align_module, "load_captioner", counting_load)
+    monkeypatch.setattr(stage2, "frozen_copy", counting_copy)
     counts = []
     for steps in (2, 6):
-        calls.update(reference=0, loaded=0)
+        calls.update(reference=0, copies=0)
         _align(pretrained_run, Path(f"runs/once-{steps}"), max_steps=steps)
         counts.append(calls["reference"])
     assert counts[0] == counts[1] > 0
+
+
+def test_the_run_is_loaded_once_and_the_reference_is_an_independent_frozen_copy(pretrained_run, in_workspace, monkeypatch):
+    loads = []
+    real_load = stage2.load_captioner
+    monkeypatch.setattr(stage2, "load_captioner", lambda *args: loads.append(args) or real_load(*args))
+    config = build_config(None, pretrained_run.parent.parent / "tiny.yaml", {"align": {"lora_rank": 0}})
+    before = copy.deepcopy(config)
+    start = stage2.load_start(pretrained_run, stage2.resolve_config(pretrained_run, config, None))
+    assert len(loads) == 1
+    assert config == before  # the caller's settings are left as they were
+    policy, reference = dict(start.policy.named_parameters()), dict(start.pretrained.named_parameters())
+    assert policy.keys() == reference.keys()
+    assert not {p.data_ptr() for p in policy.values()} & {p.data_ptr() for p in reference.values()}
+    assert not any(p.requires_grad for p in reference.values()) and any(p.requires_grad for p in policy.values())
+    assert all(torch.equal(policy[name], reference[name]) for name in policy)
+    with torch.no_grad():
+        next(iter(policy.values())).add_(1.0)
+    name = next(iter(policy))
+    assert not torch.equal(policy[name], reference[name])  # training the policy leaves the reference where it was
 
 
 def _drift(run: Path, reference: Path, workspace: Path) -> float:

@@ -4,6 +4,7 @@ option help written once (in the config's field metadata)."""
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import typer
@@ -107,28 +108,19 @@ def test_architectures_are_chosen_only_by_the_registry():
     assert not found, "architecture switches outside the registry:\n" + "\n".join(found)
 
 
-# Modules not yet converted to the library's rules below (issue 23: being converted in parallel);
-# emptied, with capalign/ui.py (the transitional alias of capalign.cli.ui) deleted, when they are.
-PENDING_LIBRARY_RULES = {
-    "capalign.ui", "capalign.train.align", "capalign.train.pretrain", "capalign.train.scst",
-}
-
-
 def _library_breaches(name: str, path: Path, modules: dict[str, Path]) -> list[str]:
-    """What a module does that only capalign.cli may: import capalign.ui / capalign.cli or rich, print,
-    write to sys.stdout / sys.stderr; and, anywhere, use the transitional UserError."""
+    """What a module does that only capalign.cli may: import capalign.cli or rich, print, write to
+    sys.stdout / sys.stderr."""
     in_cli = name in ("capalign.cli", "capalign.__main__") or name.startswith("capalign.cli.")
     where = f"{path.relative_to(PACKAGE.parent)}"
     found = []
     for node, targets in _imports(name, path, modules):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-        if not in_cli and any(t == "capalign.ui" or t == "capalign.cli" or t.startswith("capalign.cli.") for t in targets):
+        if not in_cli and any(t == "capalign.cli" or t.startswith("capalign.cli.") for t in targets):
             found.append(f"{where}:{node.lineno}: imports the command line's console ({', '.join(targets)})")
         if not in_cli and any(n == "rich" or n.startswith("rich.") for n in names):
             found.append(f"{where}:{node.lineno}: imports rich")
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Name) and node.id == "UserError" and name != "capalign.errors":
-            found.append(f"{where}:{node.lineno}: uses UserError (raise ConfigError, InputError, MissingError or OutputError)")
         if in_cli or not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -141,11 +133,11 @@ def _library_breaches(name: str, path: Path, modules: dict[str, Path]) -> list[s
 
 
 def test_the_library_raises_and_logs_only_the_command_line_speaks():
-    """Outside capalign.cli no module owns the console (no capalign.ui / capalign.cli import, no rich,
-    no print); nothing raises the transitional UserError (capalign/errors.py's classes instead)."""
+    """Outside capalign.cli no module owns the console (no capalign.cli import, no rich, no print);
+    errors are capalign.errors' classes, which the command line alone turns into exit 2."""
     modules = _modules()
-    found = [breach for name, path in sorted(modules.items()) if name not in PENDING_LIBRARY_RULES
-             for breach in _library_breaches(name, path, modules)]
+    found = [breach for name, path in sorted(modules.items()) for breach in _library_breaches(name, path, modules)]
     assert not found, "library modules speaking like the CLI:\n" + "\n".join(found)
-    finished = sorted(n for n in PENDING_LIBRARY_RULES if n in modules and not _library_breaches(n, modules[n], modules))
-    assert not finished, f"already converted, drop from PENDING_LIBRARY_RULES: {', '.join(finished)}"
+    errors = importlib.import_module("capalign.errors")
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and c.__module__ == "capalign.errors"]
+    assert all(issubclass(c, errors.CapalignError) for c in classes)

@@ -12,7 +12,7 @@ from datasets import Dataset
 from PIL import Image
 
 from capalign.config import build_config, parse_reward
-from capalign.errors import CapalignError
+from capalign.errors import ConfigError
 from capalign.train import scst
 from capalign.train.align import align
 from capalign.train.engine import Engine
@@ -61,9 +61,9 @@ def test_bad_scst_options_exit_2_with_one_line(in_workspace, capsys, args, messa
 
 def test_rewards_that_cannot_be_computed_are_refused_saying_why():
     natural = Dataset.from_dict({"captions": [["a dog on a sofa"]]})
-    with pytest.raises(CapalignError, match="needs each image's ground-truth objects"):
+    with pytest.raises(ConfigError, match="needs each image's ground-truth objects"):
         scst.hallucination_reward(scst.RewardContext(natural, None, None, None))
-    with pytest.raises(CapalignError, match="needs a run with a contrastive head"):
+    with pytest.raises(ConfigError, match="needs a run with a contrastive head"):
         scst.clipscore_reward(scst.RewardContext(natural, SimpleNamespace(head=None), None, None))
 
 

@@ -13,33 +13,26 @@ frozen, is the pair ranker's scorer and the DPO reference in every round (`align
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from capalign import ui
-from capalign.config import RunConfig, load_config, save_config
+from capalign import reporting
+from capalign.config import AlignConfig, RunConfig
 from capalign.data.store import load_prepared
-from capalign.devices import resolve_device
 from capalign.distributed import process_state
-from capalign.errors import UserError
+from capalign.errors import ConfigError
 from capalign.inference.generate import DecodeOptions
-from capalign.losses import info_nce, preference_loss, sequence_logps, token_cross_entropy
-from capalign.models.io import foreign_model_config, load_captioner, save_captioner
+from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
-from capalign.model_card import write_model_card
-from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
-from capalign.train import rounds
+from capalign.reporting import log
+from capalign.runs import finish_run, new_run_dir
+from capalign.train import rounds, stage2
 from capalign.train.engine import Engine, average_losses
-from capalign.train.policy import add_lora, disable_dropout, merge_lora
-from capalign.train.reports import alignment_report
 from capalign.train.scst import align_scst
-from capalign.train.stages import check_resume, clear_stage, record_stage
-
-REPORT_IMAGES = 1000
+from capalign.train.stages import check_resume, clear_stage
 
 
 def policy_logps(module, batch, average: bool):
@@ -74,12 +67,12 @@ def attach_reference_logps(reference, pair_set: PairSet, collate, batch_size: in
     reference.eval()
     device = next(reference.parameters()).device
     values: list[tuple[float, float]] = []
-    with ui.progress_bar("reference log-probs", len(pair_set)) as (progress, task):
+    with reporting.progress("reference log-probs", len(pair_set)) as advance:
         for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
             batch = {k: v.to(device) for k, v in batch.items()}
             chosen, rejected, _, _ = policy_logps(reference, batch, average)
             values.extend(zip(chosen.tolist(), rejected.tolist()))
-            progress.update(task, completed=len(values))
+            advance(completed=len(values))
     pair_set.reference = values
 
 
@@ -105,8 +98,8 @@ def dpo_loss_fn(beta: float, loss_type: str, label_smoothing: float, sft_weight:
             "logps/rejected": rejected.detach().mean(),
         }
         if contrastive_weight and pooled is not None and "chosen_text_input_ids" in batch:
-            text = module.text_features(batch["chosen_text_input_ids"], batch["chosen_text_attention_mask"])
-            logs["contrastive_loss"] = info_nce(module.head.embed_image(pooled), module.head.embed_text(text), module.head.logit_scale)
+            logs["contrastive_loss"] = stage2.contrastive_term(module, pooled, batch["chosen_text_input_ids"],
+                                                               batch["chosen_text_attention_mask"])
             loss = loss + contrastive_weight * logs["contrastive_loss"]
         return loss, logs
 
@@ -128,7 +121,8 @@ def held_out_metrics(pair_set: PairSet, collate, loss_fn, batch_size: int):
 def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path | None = None, resume: bool = False,
           overwrite: bool = False) -> Path:
     """Align a pretrained run with preference pairs (or, with `align.method` scst, by self-critical
-    sequence training: capalign.train.scst); writes a new run folder and returns it.
+    sequence training: capalign.train.scst); writes a new run folder and returns it. `config` is
+    left as it is: the run's settings are a resolved copy.
 
     With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy; its frozen
     reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy.
@@ -136,91 +130,47 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     ended with), rebuilds the next round's pairs (seeded) and continues it from its newest checkpoint."""
     if resume:
         check_resume(out, "align")
-    if (Path(model_dir) / CONFIG_NAME).is_file():
-        pretrained_config = load_config(Path(model_dir) / CONFIG_NAME)
-        config.model, config.data = pretrained_config.model, data or pretrained_config.data
-    else:  # a transformers captioner capalign did not train: no recorded data or model settings
-        config.model = foreign_model_config(model_dir, config.model)
-        if data is None:
-            raise UserError(f"align --model {model_dir}: it is not a capalign run, so no dataset is recorded with it; "
-                            "pass --data DIR_OR_NAME.")
-        config.data = data
-    a = config.align
+    config = stage2.resolve_config(model_dir, config, data)
     dataset = load_prepared(config.data)
-    device = resolve_device(config.train.device)  # pair building, reference log-probs and report run here too
-    policy, tokenizer, processor = load_captioner(model_dir, device)
-    pretrained = load_captioner(model_dir, device)[0].eval().requires_grad_(False)  # reference, scorer, report baseline
-    # LoRA wraps the decoder whose text-only pass feeds the head: the head is kept frozen then.
-    contrastive_weight = a.contrastive_weight if policy.head is not None and not a.lora_rank else 0.0
-    if policy.head is not None and not contrastive_weight:
-        policy.head.requires_grad_(False)
-    if a.freeze_vision is not None:
-        policy.freeze(vision=a.freeze_vision)
-    if a.lora_rank:
-        add_lora(policy, a.lora_rank)
-    if a.disable_dropout:
-        disable_dropout(policy)
-    if a.method == "scst":
-        return align_scst(model_dir, config, dataset, policy, pretrained, tokenizer, processor, contrastive_weight,
-                          out, resume, overwrite)
-    scorer = pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
+    start = stage2.load_start(model_dir, config)
+    if config.align.method == "scst":
+        return align_scst(model_dir, config, dataset, start, out, resume, overwrite)
+    return align_dpo(model_dir, config, dataset, start, out, resume, overwrite)
+
+
+def align_dpo(model_dir: Path, config: RunConfig, dataset, start: stage2.Start, out: Path | None, resume: bool,
+              overwrite: bool) -> Path:
+    """Train `start.policy` (prepared by capalign.train.stage2) with DPO, round by round; writes the run folder."""
+    a = config.align
+    scorer = start.pretrained if a.pair_scorer == "pretrained" else None  # None: the policy's own head
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     main = process_state().is_main_process
     progress = _progress(run_dir, resume, a.rounds, main)
-    save_config(config, run_dir / CONFIG_NAME)
-    if main:
-        record_stage(run_dir, "align")
-    text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
-    collate = PairBatchMaker(tokenizer, processor, config.model.max_caption_tokens, text_inputs)
-    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight, contrastive_weight)
-    steps = progress.steps
-    reference = pretrained
-    if progress.policy is not None:
-        rounds.restore_policy(run_dir, policy, progress)
-        ui.console.print(f"Resuming after round {progress.finished}/{a.rounds} (step {steps}).")
-        if a.reference == "previous":
-            reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    first_held_out = None  # round 1's held-out pairs, scored against the pretrained reference
+    stage2.record_start(run_dir, config)
+    collate = PairBatchMaker(start.tokenizer, start.processor, config.model.max_caption_tokens, stage2.text_inputs(start))
+    loss_fn = dpo_loss_fn(a.beta, a.loss, a.label_smoothing, a.sft_weight, start.contrastive_weight)
+    policy, reference = _restore_rounds(run_dir, start, progress, a)
+    steps, first_held_out = progress.steps, None  # round 1's held-out pairs, scored against the pretrained reference
     for round_index in range(progress.finished, a.rounds):
         seed = config.train.seed + 1000 * round_index
-        train_pairs, held_out = round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config, collate,
-                                            round_index, seed)
+        train_pairs, held_out = round_pairs(policy, reference, scorer, start.tokenizer, start.processor, dataset, config,
+                                            collate, round_index, seed)
         engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps,
                               resume and round_index == progress.finished)
-        if round_index == 0:
-            first_held_out = held_out
+        first_held_out = held_out if round_index == 0 else first_held_out
         steps += engine.state.step
         policy = engine.unwrapped()
         last = round_index + 1 == a.rounds
         if not last and a.reference == "previous":
-            reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        saved = rounds.save_policy(run_dir, policy, round_index + 1) if main and not last else None
-        engine.finish()  # drops the round's checkpoints: only then is the round recorded as finished
-        if saved is not None:
-            rounds.record(run_dir, rounds.RoundProgress(round_index + 1, steps, saved))
+            reference = stage2.frozen_copy(policy)
+        _end_round(run_dir, engine, policy, round_index + 1, steps, record=main and not last)
     if not main:
         return run_dir
-    merge_lora(policy)
-    save_captioner(run_dir, policy, tokenizer, processor)
-    scorer_used = ("none (the run has no contrastive head)" if pretrained.head is None else
-                   f"pretrained run {model_dir} (frozen)" if scorer is not None else "the policy's own head, each round")
-    mark_finished(run_dir, "align", reference=str(model_dir), data=str(config.data), steps=steps, rounds=a.rounds,
-                  seed=config.train.seed, reference_each_round=a.reference, pair_scorer=scorer_used,
-                  contrastive_weight=contrastive_weight, frozen=dict(policy.frozen))
-    rounds.clear(run_dir)
-    clear_stage(run_dir)
-    report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
-    held_out_scores = None
+    _save(run_dir, model_dir, config, start, policy, steps, scorer)
     if progress.finished:  # resumed after round 1: its held-out pairs again (seeded, from the pretrained model)
-        first_held_out = round_pairs(pretrained, pretrained, scorer, tokenizer, processor, dataset, config, collate, 0,
-                                     config.train.seed)[1]
-    if first_held_out is not None:
-        with torch.no_grad():
-            held_out_scores = held_out_metrics(first_held_out, collate, loss_fn, a.batch_size)(policy.eval())
-    if report_split is not None:
-        alignment_report(policy, pretrained, tokenizer, processor, report_split.select(range(min(REPORT_IMAGES, len(report_split)))),
-                         run_dir, held_out_scores)
-    write_model_card(run_dir)
+        first_held_out = round_pairs(start.pretrained, start.pretrained, scorer, start.tokenizer, start.processor, dataset,
+                                     config, collate, 0, config.train.seed)[1]
+    stage2.report(run_dir, policy, start, dataset, _held_out_scores(policy, first_held_out, collate, loss_fn, a.batch_size))
     return finish_run(run_dir)  # an --overwrite replaces the old run now
 
 
@@ -232,8 +182,55 @@ def _progress(run_dir: Path, resume: bool, total: int, main: bool) -> rounds.Rou
         return rounds.RoundProgress()
     progress = rounds.load_progress(run_dir)
     if progress.finished >= total:
-        raise UserError(f"{run_dir} finished {progress.finished} rounds already; --rounds is {total}.")
+        raise ConfigError(f"{run_dir} finished {progress.finished} rounds already; --rounds is {total}.")
     return progress
+
+
+def _restore_rounds(run_dir: Path, start: stage2.Start, progress: rounds.RoundProgress, a: AlignConfig) -> tuple:
+    """The policy and reference the next round starts with: the loaded ones, or after resuming, the
+    policy the last finished round ended with (and, with `reference: previous`, its frozen copy)."""
+    policy, reference = start.policy, start.pretrained
+    if progress.policy is not None:
+        rounds.restore_policy(run_dir, policy, progress)
+        log.info(f"Resuming after round {progress.finished}/{a.rounds} (step {progress.steps}).")
+        if a.reference == "previous":
+            reference = stage2.frozen_copy(policy)
+    return policy, reference
+
+
+def _end_round(run_dir: Path, engine: Engine, policy, finished: int, steps: int, record: bool) -> None:
+    """Close a round: its policy saved (with `record`: every round but the last, on the main process),
+    then its checkpoints dropped, and only then the round recorded as finished."""
+    saved = rounds.save_policy(run_dir, policy, finished) if record else None
+    engine.finish()
+    if saved is not None:
+        rounds.record(run_dir, rounds.RoundProgress(finished, steps, saved))
+
+
+def _save(run_dir: Path, model_dir: Path, config: RunConfig, start: stage2.Start, policy, steps: int, scorer) -> None:
+    """The aligned model and run.json; the round records and the stage note are dropped then."""
+    a = config.align
+    stage2.save_aligned(run_dir, policy, start, reference=str(model_dir), data=str(config.data), steps=steps,
+                        rounds=a.rounds, seed=config.train.seed, reference_each_round=a.reference,
+                        pair_scorer=_scorer_used(start, scorer, model_dir), contrastive_weight=start.contrastive_weight,
+                        frozen=dict(policy.frozen))
+    rounds.clear(run_dir)
+    clear_stage(run_dir)
+
+
+def _scorer_used(start: stage2.Start, scorer, model_dir: Path) -> str:
+    """What ranked the pairs, for run.json."""
+    if start.pretrained.head is None:
+        return "none (the run has no contrastive head)"
+    return f"pretrained run {model_dir} (frozen)" if scorer is not None else "the policy's own head, each round"
+
+
+def _held_out_scores(policy, held_out: PairSet | None, collate, loss_fn, batch_size: int) -> dict | None:
+    """The aligned policy's loss and rewards on round 1's held-out pairs (None without any)."""
+    if held_out is None:
+        return None
+    with torch.no_grad():
+        return held_out_metrics(held_out, collate, loss_fn, batch_size)(policy.eval())
 
 
 def round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config: RunConfig, collate,
@@ -241,13 +238,13 @@ def round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config
     """A round's training and held-out pairs from the current policy (ranked with `scorer`'s head, or
     the policy's when None), with the reference's log-probabilities attached (the only time it runs)."""
     a = config.align
-    ui.console.print(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs")
+    log.info(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs")
     sampling = DecodeOptions(temperature=a.candidate_temperature, top_k=a.candidate_top_k, top_p=a.candidate_top_p)
     train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer, sampling)
     for pair_set in filter(None, (train_pairs, held_out)):
         attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     sources = Counter(p.source for p in train_pairs.pairs)
-    ui.console.print(f"Round {round_index + 1}: {len(train_pairs)} training pairs ("
+    log.info(f"Round {round_index + 1}: {len(train_pairs)} training pairs ("
                      + ", ".join(f"{n} {k}" for k, n in sorted(sources.items())) + ").")
     return train_pairs, held_out
 
@@ -256,15 +253,15 @@ def _train_round(policy, train_pairs: PairSet, held_out: PairSet | None, collate
                  run_dir: Path, round_index: int, seed: int, steps_before: int, resume: bool) -> Engine:
     """Train the policy on one round's pairs; logged steps continue from earlier rounds."""
     a = config.align
-    settings = config.align_engine(seed=seed)  # stage 1's engine settings, stage 2's schedule
     engine = Engine(
-        policy, loss_fn, train_pairs, collate, settings, run_dir,
+        policy, loss_fn, train_pairs, collate, config.align_engine(seed=seed), run_dir,
         validate=held_out_metrics(held_out, collate, loss_fn, a.batch_size) if held_out else None,
         description=f"align {round_index + 1}/{a.rounds}" if a.rounds > 1 else "align",
         step_offset=steps_before, log_extra={"round": round_index + 1} if a.rounds > 1 else None,
         remedy="lower --lr or --beta",
     )
     if resume and engine.resume():
-        ui.console.print(f"Resumed from step {engine.state.step + steps_before}.")
+        log.info(f"Resumed from step {engine.state.step + steps_before}.")
     engine.fit()
     return engine
+

@@ -23,25 +23,21 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from capalign import ui
-from capalign.config import RunConfig, parse_reward, save_config
+from capalign.config import RunConfig, parse_reward
 from capalign.data.collate import pixel_values
 from capalign.data.shapes import find_hallucinations
 from capalign.distributed import process_state
-from capalign.errors import UserError
+from capalign.errors import ConfigError, InputError
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.inference.scorer import RunScorer
-from capalign.losses import info_nce
 from capalign.metrics.cider_reward import CiderD
-from capalign.model_card import write_model_card
-from capalign.models.io import save_captioner
-from capalign.runs import CONFIG_NAME, finish_run, mark_finished, new_run_dir
+from capalign.reporting import log
+from capalign.runs import finish_run, new_run_dir
+from capalign.train import stage2
 from capalign.train.engine import Engine
-from capalign.train.policy import merge_lora
-from capalign.train.reports import alignment_report
-from capalign.train.stages import clear_stage, record_stage
+from capalign.train.stage2 import Start
+from capalign.train.stages import clear_stage
 
-REPORT_IMAGES = 1000
 CLIP_W = 2.5  # CLIPScore's weight (Hessel et al. 2021): w * max(cos, 0)
 
 # A reward term: (dataset rows, batch positions of the images, captions, pixel values) -> one reward per caption.
@@ -73,8 +69,8 @@ def clipscore_reward(context: RewardContext) -> RewardFn:
     move its own judge)."""
     model = context.pretrained
     if model.head is None:
-        raise UserError("--reward clipscore needs a run with a contrastive head; this pretrained run has none "
-                        "(use --reward cider).")
+        raise ConfigError("--reward clipscore needs a run with a contrastive head; this pretrained run has none "
+                          "(use --reward cider).")
     scorer = RunScorer(model, context.tokenizer, context.processor)
 
     def reward(rows, positions, captions, pixels):
@@ -90,8 +86,8 @@ def clipscore_reward(context: RewardContext) -> RewardFn:
 def hallucination_reward(context: RewardContext) -> RewardFn:
     """The number of hallucinated mentions in each caption (exact: shapes' ground-truth objects)."""
     if "objects" not in context.split.column_names:
-        raise UserError("--reward hallucination needs each image's ground-truth objects (the shapes data has them); "
-                        "this dataset has no objects column.")
+        raise ConfigError("--reward hallucination needs each image's ground-truth objects (the shapes data has them); "
+                          "this dataset has no objects column.")
     objects = list(context.split["objects"])
 
     def reward(rows, positions, captions, pixels):
@@ -217,8 +213,8 @@ def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int,
             **(parts if len(parts) > 1 else {}),
         }
         if contrastive_weight and "text_input_ids" in batch:
-            text = module.text_features(batch["text_input_ids"], batch["text_attention_mask"])
-            logs["contrastive_loss"] = info_nce(module.head.embed_image(pooled), module.head.embed_text(text), module.head.logit_scale)
+            logs["contrastive_loss"] = stage2.contrastive_term(module, pooled, batch["text_input_ids"],
+                                                               batch["text_attention_mask"])
             loss = loss + contrastive_weight * logs["contrastive_loss"]
         return loss, logs
 
@@ -241,48 +237,53 @@ def greedy_validation(split, tokenizer, processor, images: int):
     return run
 
 
-def align_scst(model_dir: Path, config: RunConfig, dataset, policy, pretrained, tokenizer, processor,
-               contrastive_weight: float, out: Path | None, resume: bool, overwrite: bool) -> Path:
-    """Train `policy` (loaded and prepared by capalign.train.align) with SCST; writes the run folder."""
+def align_scst(model_dir: Path, config: RunConfig, dataset, start: Start, out: Path | None, resume: bool,
+               overwrite: bool) -> Path:
+    """Train `start.policy` (loaded and prepared by capalign.train.stage2) with SCST; writes the run folder."""
     a = config.align
-    if "train" not in dataset or not len(dataset["train"]):
-        raise UserError(f"{config.data} has no training images for --method scst.")
-    split = dataset["train"]
-    reward = WeightedReward(a.reward, RewardContext(split, pretrained, tokenizer, processor))
+    split = _training_split(config, dataset)
+    reward = WeightedReward(a.reward, RewardContext(split, start.pretrained, start.tokenizer, start.processor))
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     main = process_state().is_main_process
-    save_config(config, run_dir / CONFIG_NAME)
-    if main:
-        record_stage(run_dir, "align")
-    text_inputs = (lambda texts: policy.tokenize_texts(tokenizer, texts)) if contrastive_weight else None  # noqa: E731
-    collate = ImageBatchMaker(split, processor, text_inputs)
-    loss_fn = scst_loss_fn(reward, pretrained, tokenizer, a.num_samples, a.baseline, a.beta, contrastive_weight)
-    validation = dataset["validation"] if "validation" in dataset and len(dataset["validation"]) else None
-    settings = config.align_engine()  # stage 1's engine settings, stage 2's schedule
-    ui.console.print(f"SCST on {len(split)} training images, {a.num_samples} samples each, reward {a.reward}, "
-                     f"baseline {a.baseline}, beta {a.beta}.")
-    engine = Engine(
-        policy, loss_fn, TrainingImages(split), collate, settings, run_dir,
-        validate=greedy_validation(validation, tokenizer, processor, config.train.val_images) if validation is not None else None,
-        description="scst", remedy="lower --lr or raise --beta", shown={"reward/mean": "reward"},
-    )
+    stage2.record_start(run_dir, config)
+    log.info(f"SCST on {len(split)} training images, {a.num_samples} samples each, reward {a.reward}, "
+             f"baseline {a.baseline}, beta {a.beta}.")
+    engine = _engine(config, dataset, split, start, reward, run_dir)
     if resume and engine.resume():
-        ui.console.print(f"Resumed from step {engine.state.step}.")
+        log.info(f"Resumed from step {engine.state.step}.")
     engine.fit()
     policy = engine.unwrapped()
     engine.finish()
     if not main:
         return run_dir
-    merge_lora(policy)
-    save_captioner(run_dir, policy, tokenizer, processor)
-    mark_finished(run_dir, "align", method="scst", reference=str(model_dir), data=str(config.data),
-                  steps=engine.state.step, rounds=1, seed=config.train.seed, reward=a.reward, baseline=a.baseline,
-                  num_samples=a.num_samples, beta=a.beta, contrastive_weight=contrastive_weight,
-                  frozen=dict(policy.frozen))
+    stage2.save_aligned(run_dir, policy, start, method="scst", reference=str(model_dir), data=str(config.data),
+                        steps=engine.state.step, rounds=1, seed=config.train.seed, reward=a.reward, baseline=a.baseline,
+                        num_samples=a.num_samples, beta=a.beta, contrastive_weight=start.contrastive_weight,
+                        frozen=dict(policy.frozen))
     clear_stage(run_dir)
-    report_split = next((dataset[name] for name in ("test", "validation") if name in dataset and len(dataset[name])), None)
-    if report_split is not None:
-        alignment_report(policy, pretrained, tokenizer, processor,
-                         report_split.select(range(min(REPORT_IMAGES, len(report_split)))), run_dir)
-    write_model_card(run_dir)
+    stage2.report(run_dir, policy, start, dataset)
     return finish_run(run_dir)
+
+
+def _training_split(config: RunConfig, dataset):
+    """The images SCST samples captions for."""
+    if "train" not in dataset or not len(dataset["train"]):
+        raise InputError(f"{config.data} has no training images for --method scst.")
+    return dataset["train"]
+
+
+def _engine(config: RunConfig, dataset, split, start: Start, reward: WeightedReward, run_dir: Path) -> Engine:
+    """The engine over the training images: SCST's loss against the frozen pretrained model, greedy
+    validation on the validation split (when there is one)."""
+    a = config.align
+    collate = ImageBatchMaker(split, start.processor, stage2.text_inputs(start))
+    loss_fn = scst_loss_fn(reward, start.pretrained, start.tokenizer, a.num_samples, a.baseline, a.beta,
+                           start.contrastive_weight)
+    validation = dataset["validation"] if "validation" in dataset and len(dataset["validation"]) else None
+    return Engine(
+        start.policy, loss_fn, TrainingImages(split), collate, config.align_engine(), run_dir,
+        validate=greedy_validation(validation, start.tokenizer, start.processor, config.train.val_images)
+        if validation is not None else None,
+        description="scst", remedy="lower --lr or raise --beta", shown={"reward/mean": "reward"},
+    )
+
