@@ -92,6 +92,19 @@ def test_fp16_on_the_cpu_is_refused_before_anything_is_written(in_workspace, cap
     assert not (in_workspace / "runs/fp16").exists()
 
 
+def test_the_library_stages_refuse_fp16_on_the_cpu_too(pretrained_run, tmp_path):
+    """The Python API (capalign.train.pretrain / align) checks the precision itself, not only the CLI."""
+    from capalign.train.align import align
+    from capalign.train.pretrain import pretrain
+
+    settings = build_config("tiny", overrides={"train": {"mixed_precision": "fp16", "device": "cpu"}})
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        pretrain(settings, out=tmp_path / "pre")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        align(pretrained_run, settings, out=tmp_path / "aligned")
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_flag_overrides_the_file_and_a_bad_flag_is_named_as_the_flag(in_workspace, capsys):
     (in_workspace / "lr.yaml").write_text("train:\n  lr: 0.5\n  grad_clip: 2\n")
     assert build_config(None, in_workspace / "lr.yaml", {"train": {"lr": 0.25}}).train.lr == 0.25

@@ -38,13 +38,11 @@ def align(
         raise ConfigError("--resume needs --out pointing at the interrupted run folder.")
     overrides, names = flags.overrides(FLAGS, given), flags.names(FLAGS)
     build_config(config_file=config, overrides=overrides, flags=names)  # a bad option is reported before a missing model
-    from capalign.devices import check_precision  # deferred: imports torch
     from capalign.train.align import align as run_align  # deferred: imports torch and transformers
 
     model_dir = resolve_model(model, kind="pretrain")
     run_config = build_config(config_file=config, overrides=overrides, flags=names,
                               base=options.resolved_config(model_dir, out if resume else None))
-    check_precision(run_config.train.mixed_precision, run_config.train.device)  # before the run folder is made
     with write_errors(out or RUNS_ROOT):  # disk full, read-only, no permission: one line
         run_dir = run_align(model_dir, run_config, data=data, out=out, resume=resume, overwrite=overwrite)
     ui.console.print(f"[green]Aligned model written to {run_dir}")

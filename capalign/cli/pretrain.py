@@ -34,10 +34,8 @@ def pretrain(
     preset = overrides.get("model", {}).pop("preset", None)  # a preset is a starting point, not one value
     base = options.resolved_config(None, out) if resume and preset is None else None  # resume: the run's own settings
     settings = build_config(preset, config, overrides, base=base, flags=flags.names(FLAGS))
-    from capalign.devices import check_precision  # deferred: imports torch
     from capalign.train.pretrain import pretrain as run_pretrain  # deferred: imports torch and transformers
 
-    check_precision(settings.train.mixed_precision, settings.train.device)  # before the run folder is made
     start = resolve_model(init_from) if init_from is not None else None
     with write_errors(out or RUNS_ROOT):  # disk full, read-only, no permission: one line
         run_dir = run_pretrain(settings, out, resume=resume, dry_run=dry_run, overwrite=overwrite, init_from=start)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from capalign import reporting
 from capalign.config import AlignConfig, RunConfig
 from capalign.data.store import load_prepared
+from capalign.devices import check_precision
 from capalign.distributed import process_state
 from capalign.errors import ConfigError
 from capalign.inference.generate import DecodeOptions
@@ -131,6 +132,7 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     if resume:
         check_resume(out, "align")
     config = stage2.resolve_config(model_dir, config, data)
+    check_precision(config.train.mixed_precision, config.train.device)  # never record a precision not trained in
     dataset = load_prepared(config.data)
     start = stage2.load_start(model_dir, config)
     if config.align.method == "scst":

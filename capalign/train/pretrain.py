@@ -13,6 +13,7 @@ from capalign.config import RunConfig, TrainConfig, load_config, save_config, to
 from capalign.data.collate import CaptionCollator, CaptionPairs
 from capalign.data.store import get_split, load_prepared
 from capalign.data.streaming import TrainingStream, is_stream, open_stream
+from capalign.devices import check_precision
 from capalign.distributed import process_state
 from capalign.errors import ConfigError
 from capalign.losses import stage1_loss
@@ -101,6 +102,7 @@ def pretrain(config: RunConfig, out: Path | None = None, resume: bool = False, d
     left as it is: the run's settings are a resolved copy."""
     if resume:
         check_resume(out, "pretrain")
+    check_precision(config.train.mixed_precision, config.train.device)  # never record a precision not trained in
     set_seed(config.train.seed)  # model initialisation is part of what --seed fixes
     config, data, tokenizer, processor, captioner = build_run(config, init_from)
     collate, plain_collate = _collators(config, captioner, tokenizer, processor)
