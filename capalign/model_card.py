@@ -70,6 +70,14 @@ def _metric_id(metric: str) -> str:
     return _HF_METRIC.get(metric, metric.lower().replace(" ", "_"))
 
 
+def _stage(kind: str, scst: bool, align: dict) -> str:
+    if kind != "align":
+        return "stage 1: captioning + contrastive pretraining"
+    if scst:
+        return f"stage 2: self-critical sequence training (SCST, reward {align.get('reward')}) of a pretrained run"
+    return "stage 2: preference alignment (DPO) of a pretrained run"
+
+
 def render_model_card(run_dir: Path) -> str:
     """The card's text (front matter + body) from what the run folder holds."""
     run_dir = Path(run_dir)
@@ -86,8 +94,9 @@ def render_model_card(run_dir: Path) -> str:
     captions = architecture is None or architecture.captions
 
     tags = ["capalign", "image-captioning", "image-to-text", _ARCH_TAG.get(arch, arch)]
+    scst = kind == "align" and align.get("method") == "scst"
     if kind == "align":
-        tags += ["dpo", "preference-alignment"]
+        tags += ["scst", "reinforcement-learning"] if scst else ["dpo", "preference-alignment"]
     meta = ModelCardData(
         library_name="transformers" if plain else "capalign", pipeline_tag="image-to-text", tags=tags,
         datasets=[data] if "/" in data and not Path(data).exists() else None,  # a Hub dataset id (local folders: the body)
@@ -98,7 +107,7 @@ def render_model_card(run_dir: Path) -> str:
     lines = ["---", meta.to_yaml(), "---", "",
              f"# {run_dir.name}", "",
              f"An image captioner trained with capalign {__version__} "
-             f"({'stage 2: preference alignment (DPO) of a pretrained run' if kind == 'align' else 'stage 1: captioning + contrastive pretraining'}).",
+             f"({_stage(kind, scst, align)}).",
              "", "## Model", "",
              f"- Preset: `{model.get('preset', '?')}`; architecture: **{arch}**",
              f"- Vision encoder: {_name(model.get('vision'), 'a small ViT built from the preset config')}"
@@ -112,7 +121,14 @@ def render_model_card(run_dir: Path) -> str:
     if (run_dir / "contrastive_head.safetensors").is_file():
         lines.append("- Contrastive head (`contrastive_head.safetensors`): image–text cosine similarity")
     lines += ["", "## Data and training", "", f"- Data: `{data}`"]
-    if kind == "align":
+    if scst:
+        lines += [f"- Aligned from `{info.get('reference', '?')}` by SCST: reward `{align.get('reward')}`"
+                  f"{' judged by ' + repr(align['reward_clip']) if align.get('reward_clip') else ''}, baseline "
+                  f"{align.get('baseline')}, {align.get('num_samples')} samples per image, KL beta {align.get('beta')}, "
+                  f"lr {align.get('lr')}, batch {align.get('batch_size')}, LoRA rank {align.get('lora_rank')}, "
+                  f"dropout {'off' if align.get('disable_dropout') else 'on'}",
+                  f"- Steps: {info.get('steps', '?')}"]
+    elif kind == "align":
         lines += [f"- Aligned from `{info.get('reference', '?')}` with loss `{align.get('loss')}`, beta {align.get('beta')}, "
                   f"SFT weight {align.get('sft_weight')}, pairs `{align.get('pairs')}`, {align.get('rounds')} round(s), "
                   f"lr {align.get('lr')}, batch {align.get('batch_size')}, LoRA rank {align.get('lora_rank')}, "

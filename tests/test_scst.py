@@ -12,7 +12,7 @@ from datasets import Dataset
 from PIL import Image
 
 from capalign.config import build_config, parse_reward
-from capalign.errors import ConfigError
+from capalign.errors import ConfigError, MissingError
 from capalign.train import scst
 from capalign.train.align import align
 from capalign.train.engine import Engine
@@ -67,6 +67,39 @@ def test_rewards_that_cannot_be_computed_are_refused_saying_why():
         scst.clipscore_reward(scst.RewardContext(natural, SimpleNamespace(head=None), None, None))
 
 
+def test_clipscore_reward_by_a_clip_model_is_clip_s_embedding_each_image_once(tmp_path, monkeypatch):
+    from transformers import AutoProcessor, CLIPModel
+
+    from capalign.metrics.clipscore import load_clip
+    from tiny_backbones import build_tiny_backbones
+
+    clip = build_tiny_backbones(tmp_path)["clip"]
+    images = [Image.new("RGB", (40, 40), colour) for colour in ((200, 10, 10), (10, 10, 200))]
+    split = Dataset.from_dict({"image": images, "captions": [["a red circle"], ["a blue square"]]})
+    reward = scst.clipscore_reward(scst.RewardContext(split, None, None, None, str(clip)))
+    scorer, embedded = load_clip(str(clip)), []
+    original = scorer.embed_images
+    monkeypatch.setattr(scorer, "embed_images", lambda batch: embedded.append(len(batch)) or original(batch))
+    rows, captions = [0, 0, 1], ["a red circle", "a cat", "a blue square"]
+    got = reward(rows, None, captions, None)
+    reward(rows, None, captions, None)  # the same images again: nothing embedded twice
+    model, processor = CLIPModel.from_pretrained(clip).eval(), AutoProcessor.from_pretrained(clip)
+    with torch.no_grad():
+        image = model.get_image_features(**processor(images=[images[r] for r in rows], return_tensors="pt"))
+        text = model.get_text_features(**processor(text=[f"A photo depicts {c}" for c in captions], padding=True,
+                                                   return_tensors="pt"))
+    image, text = (getattr(x, "pooler_output", x) for x in (image, text))
+    cos = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    assert torch.allclose(got, 2.5 * cos.clamp(min=0), atol=1e-5)
+    assert embedded == [2]
+
+
+def test_a_clip_model_that_is_not_here_is_one_line(tmp_path):
+    split = Dataset.from_dict({"captions": [["a dog"]]})
+    with pytest.raises(MissingError, match="CLIP model 'nobody/no-such-clip' is not on this machine"):
+        scst.clipscore_reward(scst.RewardContext(split, None, None, None, "nobody/no-such-clip"))
+
+
 def test_hallucination_reward_counts_hallucinated_mentions():
     objects = [[{"shape": "square", "colour": "red", "size": "small", "position": "left"}]]
     split = Dataset.from_dict({"captions": [["a small red square"]], "objects": objects})
@@ -91,6 +124,9 @@ def test_scst_run_logs_its_metrics_and_is_a_finished_model(pretrained_run, in_wo
     info = json.loads((run / "run.json").read_text())
     assert (info["kind"], info["method"], info["baseline"], info["steps"]) == ("align", "scst", "greedy", 3)
     assert not (run / "checkpoints").exists() and (run / "curves.png").is_file()
+    card = (run / "README.md").read_text()
+    assert "self-critical sequence training (SCST, reward cider:1,hallucination:-1)" in card
+    assert "baseline greedy" in card and "- scst" in card and "DPO" not in card
     Image.new("RGB", (64, 64), "white").save(in_workspace / "blank.png")
     code, out, err = run_cli(["caption", "blank.png", "--model", str(run)], capsys)
     assert code == 0 and "Traceback" not in err

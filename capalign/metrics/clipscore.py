@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, CLIPModel
 
+from capalign.errors import MissingError
 from capalign.metrics.types import EvaluationResult, MetricOptions
 from capalign.models import guard
 from capalign.models.guard import NO_REMOTE_CODE
@@ -41,7 +42,7 @@ class HFClipScorer:
                 self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=True, **NO_REMOTE_CODE)
                 self.processor = AutoProcessor.from_pretrained(name_or_path, local_files_only=True, **NO_REMOTE_CODE)
             except OSError:
-                raise FileNotFoundError(
+                raise MissingError(
                     f"CLIP model '{name_or_path}' is not on this machine; run `capalign fetch --model {name_or_path}` "
                     "on a connected machine, or pass --clip-model PATH"
                 ) from None
@@ -78,7 +79,7 @@ class HFClipScorer:
 
 @functools.lru_cache(maxsize=2)
 def load_clip(name_or_path: str, device: str | None = None, batch_size: int = 64) -> HFClipScorer:
-    """A cached HFClipScorer (FileNotFoundError with a one-line message when the model is missing)."""
+    """A cached HFClipScorer (MissingError, a FileNotFoundError, with a one-line message when the model is missing)."""
     return HFClipScorer(name_or_path, device, batch_size)
 
 

@@ -31,6 +31,7 @@ from capalign.errors import ConfigError, InputError
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.inference.scorer import RunScorer
 from capalign.metrics.cider_reward import CiderD
+from capalign.metrics.clipscore import PROMPT as CLIP_PROMPT, W as CLIP_W, load_clip
 from capalign.reporting import log
 from capalign.runs import finish_run, new_run_dir
 from capalign.train import stage2
@@ -38,7 +39,6 @@ from capalign.train.engine import Engine
 from capalign.train.stage2 import Start
 from capalign.train.stages import clear_stage
 
-CLIP_W = 2.5  # CLIPScore's weight (Hessel et al. 2021): w * max(cos, 0)
 
 # A reward term: (dataset rows, batch positions of the images, captions, pixel values) -> one reward per caption.
 RewardFn = Callable[[list[int], torch.Tensor, list[str], torch.Tensor], torch.Tensor]
@@ -52,6 +52,7 @@ class RewardContext:
     pretrained: torch.nn.Module
     tokenizer: object
     processor: object
+    clip: str | None = None  # align.reward_clip: a CLIP model judges clipscore instead of the run's head
 
 
 def cider_reward(context: RewardContext) -> RewardFn:
@@ -65,8 +66,10 @@ def cider_reward(context: RewardContext) -> RewardFn:
 
 
 def clipscore_reward(context: RewardContext) -> RewardFn:
-    """CLIP-S = 2.5 max(cos, 0) with the pretrained run's contrastive head (frozen: the policy cannot
-    move its own judge)."""
+    """CLIP-S = 2.5 max(cos, 0) with the CLIP model `context.clip` names, or else the pretrained run's
+    contrastive head (frozen: the policy cannot move its own judge)."""
+    if context.clip is not None:
+        return clip_model_reward(context.split, context.clip)
     model = context.pretrained
     if model.head is None:
         raise ConfigError("--reward clipscore needs a run with a contrastive head; this pretrained run has none "
@@ -79,6 +82,23 @@ def clipscore_reward(context: RewardContext) -> RewardFn:
             texts = scorer.embed_texts(captions)
         cosines = (images[positions.to(images.device)] * texts).sum(-1)
         return (CLIP_W * cosines.clamp(min=0)).cpu()
+
+    return reward
+
+
+def clip_model_reward(split, name_or_path: str) -> RewardFn:
+    """CLIP-S as capalign.metrics.clipscore scores it (prompt "A photo depicts", w 2.5) with a CLIP
+    model; each training image is embedded once, when it is first drawn."""
+    scorer = load_clip(name_or_path)
+    embedded: dict[int, torch.Tensor] = {}
+
+    def reward(rows, positions, captions, pixels):
+        fresh = [r for r in dict.fromkeys(rows) if r not in embedded]
+        if fresh:
+            embedded.update(zip(fresh, scorer.embed_images([split[r]["image"] for r in fresh])))
+        images = torch.stack([embedded[r] for r in rows])  # `rows`: each caption's image
+        texts = scorer.embed_texts([f"{CLIP_PROMPT} {c}" for c in captions])
+        return CLIP_W * (images * texts).sum(-1).clamp(min=0)
 
     return reward
 
@@ -242,7 +262,8 @@ def align_scst(model_dir: Path, config: RunConfig, dataset, start: Start, out: P
     """Train `start.policy` (loaded and prepared by capalign.train.stage2) with SCST; writes the run folder."""
     a = config.align
     split = _training_split(config, dataset)
-    reward = WeightedReward(a.reward, RewardContext(split, start.pretrained, start.tokenizer, start.processor))
+    reward = WeightedReward(a.reward, RewardContext(split, start.pretrained, start.tokenizer, start.processor,
+                                                          a.reward_clip))
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     main = process_state().is_main_process
     stage2.record_start(run_dir, config)
