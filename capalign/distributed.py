@@ -15,10 +15,15 @@ of terms then need care:
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
 from torch.distributed.nn.functional import all_gather
+
+from capalign.errors import OutputError
 
 
 def process_state():
@@ -59,3 +64,29 @@ def agree(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def check_shared(marker: Path, folder: Path) -> None:
+    """Every process of a launch sees the file `marker` (in `folder`) with the bytes the main process
+    wrote there; otherwise every process raises the same OutputError. On several machines a folder on
+    one machine's local disk, or a relative path resolved against different working directories,
+    names different folders on different machines: caught here, before any training."""
+    state = process_state()
+    if state.num_processes == 1:
+        return
+
+    def read():
+        try:
+            return Path(marker).read_bytes()
+        except OSError:
+            return None
+
+    expected = agree(read())
+    views = [None] * state.num_processes
+    dist.all_gather_object(views, (expected is not None and read() == expected, socket.gethostname()))
+    blind = [(rank, host) for rank, (seen, host) in enumerate(views) if not seen]
+    if blind:
+        rank, host = blind[0]
+        raise OutputError(f"{folder}: process {rank} (on host {host}) does not see the run folder the main process "
+                          f"(on host {views[0][1]}) writes; pass --out as an absolute path on storage every machine "
+                          "mounts at the same place (e.g. --out /shared/runs/NAME).")
