@@ -84,7 +84,7 @@ def test_two_nodes_write_one_run_on_shared_storage_and_resume_after_a_node_failu
     RNG states; the same command with --resume on both nodes finishes one loadable run."""
     data = str(workspace / "data" / "shapes")  # stands for a prepared dataset on shared storage
     run = shared / "runs" / "two-nodes"
-    common = ["pretrain", "--config", str(shared / "nodes.yaml"), "--data", data, "--max-steps", "60"]
+    common = ["pretrain", "--config", str(shared / "nodes.yaml"), "--data", data, "--max-steps", "30"]
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     launches = _start_two_nodes([*common, "--out", str(run)], nodes)
     sealed = None
@@ -105,7 +105,7 @@ def test_two_nodes_write_one_run_on_shared_storage_and_resume_after_a_node_failu
         assert code == 0, _ours(err)
     assert [p.name for p in (shared / "runs").iterdir()] == ["two-nodes"]
     assert not any((node / "runs").exists() for node in nodes)  # nothing on the machines' local disks
-    assert json.loads((run / "run.json").read_text())["steps"] == 60
+    assert json.loads((run / "run.json").read_text())["steps"] == 30
     # The global batch of 8 was split 4 + 4: the same losses as one process taking all 8.
     code, _, err = run_cli([*common, "--out", str(tmp_path / "one")], capsys)
     assert code == 0, err
