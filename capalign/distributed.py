@@ -15,10 +15,15 @@ of terms then need care:
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
 from torch.distributed.nn.functional import all_gather
+
+from capalign.errors import CapalignError, OutputError
 
 
 def process_state():
@@ -59,3 +64,51 @@ def agree(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def claim_together(claim, marker_of, folder):
+    """`claim()` (which may raise a CapalignError) on the main process first, then on the others,
+    which see what the main process made; then a check that every process sees the file
+    `marker_of(result)` with the bytes the main process wrote there. Returns this process's result;
+    on any process's error, every process raises the first one (so none waits for the others).
+
+    On several machines a folder on one machine's local disk, or a relative path resolved against
+    different working directories, names different folders: caught here, before any training."""
+    state = process_state()
+    main = state.is_main_process
+
+    def attempt():
+        try:
+            return claim(), None
+        except CapalignError as error:
+            return None, error
+
+    result, error = attempt() if main else (None, None)
+    error = agree(error)
+    if error is not None:
+        raise error
+    if not main:
+        result, error = attempt()
+    marker = marker_of(result) if error is None else None
+    expected = agree(_read(marker) if main else None)
+    views = [None] * state.num_processes
+    seen = marker is not None and expected is not None and _read(marker) == expected
+    dist.all_gather_object(views, (error, seen, socket.gethostname()))
+    errors = [error for error, _, _ in views if error is not None]
+    if errors:
+        raise errors[0]
+    blind = [(rank, host) for rank, (_, seen, host) in enumerate(views) if not seen]
+    if blind:
+        rank, host = blind[0]
+        raise OutputError(f"{folder}: process {rank} (on host {host}) does not see the run folder the main process "
+                          f"(on host {views[0][2]}) writes; pass --out as an absolute path on storage every machine "
+                          "mounts at the same place (e.g. --out /shared/runs/NAME).")
+    return result
+
+
+def _read(path: Path | None) -> bytes | None:
+    """The file's bytes, or None when it cannot be read."""
+    try:
+        return Path(path).read_bytes() if path is not None else None
+    except OSError:
+        return None

@@ -33,21 +33,37 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
     written into a staging folder of the same name (returned) and replaces the old one only in
     `finish_run`, so an interrupted overwrite leaves the old run intact. A folder another live
     process trains into is refused."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun / accelerate launch
     if out is None:
         out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         suffix = 1
         while out.exists():
             suffix += 1
             out = RUNS_ROOT / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a launch: every process writes where the main one decided
+        if launched:  # every process writes where the main one decided, as an absolute path: the
+            # other machines' working directories need not be the main one's
             from capalign.distributed import agree  # deferred: imports torch and accelerate, for launches only
 
-            out = Path(agree(str(out)))
+            out = Path(agree(str(out.absolute())))
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch the main process holds it
+    if launched:  # the main process claims first, then the others; each must see the folder it locked
+        from capalign.distributed import claim_together  # deferred: imports torch and accelerate, for launches only
+
+        run_dir, claimed = claim_together(lambda: _claim_run_dir(out, resume, overwrite, main),
+                                          lambda claimed: claimed[1].path / LOCK, out)
+    else:
+        run_dir, claimed = _claim_run_dir(out, resume, overwrite, main)
+    if claimed.holds_result and main:
+        log.info(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
+    return as_given(run_dir, out)
+
+
+def _claim_run_dir(out: Path, resume: bool, overwrite: bool, main: bool):
+    """new_run_dir's claim of `out` by this process: (the folder to write to, the claim)."""
     if resume and not Path(out).is_dir():
         raise MissingError(f"--resume: {out} does not exist; point --out at the interrupted run folder, or drop --resume to start a new run.")
     what = "resume it with --resume only if it was interrupted; " if resume else ""
     claim = claim_output_dir(out, "run", overwrite=overwrite, option="--out", hint=what)
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch the main process holds it
     with write_errors(claim.path, option="--out"):
         claim.path.mkdir(parents=True, exist_ok=True)
         if main:
@@ -56,9 +72,7 @@ def new_run_dir(kind: str, out: Path | None, *, resume: bool = False, overwrite:
         HELD_RUNS.add(run_dir)
         if main and overwrite and not resume:  # the replaced run's checkpoints must not be resumed into the new one
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    if claim.holds_result and main:
-        log.info(f"Writing the new run to {as_given(run_dir, out)}; it replaces {out} once it has finished.")
-    return as_given(run_dir, out)
+    return run_dir, claim
 
 
 def finish_run(run_dir: Path) -> Path:

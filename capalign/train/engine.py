@@ -392,6 +392,9 @@ class Engine:
             if main:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(partial, ignore_errors=True)
+            # A leftover of a write killed mid-way is gone before any process writes into the new one
+            # (else the main process's clean-up removes what the others already wrote, or they fail).
+            self.accelerator.wait_for_everyone()
             try:
                 self.accelerator.save_state(str(partial))
                 if main:
