@@ -371,3 +371,25 @@ def test_image_size_out_of_range(tmp_path, capsys, source, size):
     assert f"--image-size {size} is out of range" in err and "16 to 4096" in err
     assert ("0 (keep the size)" in err) == (source != "shapes")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_damaged_inside_the_prepared_data_stops_training_in_one_line(tmp_path, in_workspace, capsys):
+    """The up-front check decodes only a split's first and last rows; a damaged image further in is
+    found when its batch is made, and ends the run in one line instead of PIL's traceback."""
+    import datasets
+
+    from capalign.data.store import save_atomically
+
+    source = prepare_shapes(tmp_path / "shapes", limit=40)
+    train = source["train"].cast_column("image", datasets.Image(decode=False))
+    middle = len(train) // 2
+    train = train.map(lambda row, i: {"image": {"bytes": b"not an image" if i == middle else row["image"]["bytes"],
+                                                "path": None}}, with_indices=True)
+    damaged = datasets.DatasetDict({**source, "train": train.cast_column("image", datasets.Image())})
+    save_atomically(damaged, tmp_path / "damaged")
+    capsys.readouterr()  # the datasets library's own progress output while the test built the data
+    code, _, err = run_cli(["pretrain", "--data", str(tmp_path / "damaged"), "--max-steps", "3", "--batch-size", "64",
+                            "--out", "runs/damaged-image"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"row {middle} in {tmp_path / 'damaged'}" in lines[0] and "cannot be decoded" in lines[0]

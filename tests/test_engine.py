@@ -11,6 +11,8 @@ from capalign.config import TrainConfig
 from capalign.train.engine import Engine
 from capalign.train.pretrain import pretrain
 
+from stopping import interrupt_at_step
+
 
 def test_nonfinite_batches_are_skipped_and_counted(tmp_path):
     torch.manual_seed(0)
@@ -46,19 +48,12 @@ def test_interrupted_run_resumes_to_the_same_final_loss(in_workspace, monkeypatc
     config = build_config(None, Path("tiny.yaml"), {"train": {"max_steps": 8, "checkpoint_every": 4, "eval_every": 100}})
     pretrain(config, Path("runs/straight"))
 
-    original = Engine._train_batch
-
-    def interrupt_after_four(self, batch, window):
-        if self.state.step == 4:
-            raise KeyboardInterrupt
-        return original(self, batch, window)
-
-    monkeypatch.setattr(Engine, "_train_batch", interrupt_after_four)
+    resume_normally = interrupt_at_step(monkeypatch, 4)
     with pytest.raises(SystemExit) as stopped:
         pretrain(config, Path("runs/interrupted"))
     assert stopped.value.code == 130
     assert (in_workspace / "runs/interrupted/checkpoints/latest.json").is_file()
-    monkeypatch.setattr(Engine, "_train_batch", original)
+    resume_normally()
     pretrain(config, Path("runs/interrupted"), resume=True)
 
     straight, resumed = _losses(in_workspace / "runs/straight"), _losses(in_workspace / "runs/interrupted")

@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from capalign.config import TrainConfig, build_config
-from capalign.errors import CapalignError, ConfigError
+from capalign.errors import ConfigError
 from capalign.train import checkpoints
 from capalign.train.engine import MAX_CONSECUTIVE_NONFINITE, Engine
 from capalign.train.pretrain import pretrain
 from capalign.train.stages import STAGE
+
+from stopping import interrupt_at_step
 from test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,17 +200,10 @@ def test_a_real_sigint_to_caption_is_130_and_one_line(pretrained_run, in_workspa
 def _interrupted_pretrain(out: Path, monkeypatch) -> None:
     config = build_config(None, Path("tiny.yaml"), {"train": {"max_steps": 8, "checkpoint_every": 2, "eval_every": 100,
                                                               "log_every": 1}})
-    original = Engine._train_batch
-
-    def interrupt_at_four(self, batch, window):
-        if self.state.step == 4:
-            raise KeyboardInterrupt
-        return original(self, batch, window)
-
-    monkeypatch.setattr(Engine, "_train_batch", interrupt_at_four)
+    resume_normally = interrupt_at_step(monkeypatch, 4)
     with pytest.raises(SystemExit):
         pretrain(config, out)
-    monkeypatch.setattr(Engine, "_train_batch", original)
+    resume_normally()
 
 
 @pytest.mark.parametrize("older_version", [False, True])

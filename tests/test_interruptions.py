@@ -18,6 +18,8 @@ from capalign.config import build_config
 from capalign.train import checkpoints
 from capalign.train.engine import Engine
 from capalign.train.pretrain import pretrain
+
+from stopping import interrupt_at_step
 from test_cli import run_cli
 from test_engine import _losses
 
@@ -54,17 +56,10 @@ def test_sigterm_checkpoints_and_resume_reaches_the_same_final_loss(workspace):
 def _interrupted_run(out: Path, monkeypatch, keep: int = 3) -> Path:
     config = build_config(None, Path("tiny.yaml"), {"train": {"max_steps": 12, "checkpoint_every": 2, "eval_every": 100,
                                                               "keep_checkpoints": keep}})
-    original = Engine._train_batch
-
-    def interrupt_at_six(self, batch, window):
-        if self.state.step == 6:
-            raise KeyboardInterrupt
-        return original(self, batch, window)
-
-    monkeypatch.setattr(Engine, "_train_batch", interrupt_at_six)
+    resume_normally = interrupt_at_step(monkeypatch, 6)
     with pytest.raises(SystemExit):
         pretrain(config, out)
-    monkeypatch.setattr(Engine, "_train_batch", original)
+    resume_normally()
     return config
 
 

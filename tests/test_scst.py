@@ -15,8 +15,8 @@ from capalign.config import build_config, parse_reward
 from capalign.errors import ConfigError, MissingError
 from capalign.train import scst
 from capalign.train.align import align
-from capalign.train.engine import Engine
 
+from stopping import interrupt_at_step
 from test_cli import run_cli
 
 SCST_KEYS = {"loss", "reward/mean", "reward/std", "advantage/mean", "advantage/abs", "kl", "length"}
@@ -148,19 +148,12 @@ def test_interrupted_scst_resumes_as_if_never_stopped(pretrained_run, in_workspa
     from safetensors.torch import load_file
 
     straight = _scst(pretrained_run, Path("runs/scst-straight"))
-    original = Engine._train_batch
-
-    def stop_at_two(self, batch, window):
-        if self.state.step == 2:
-            raise KeyboardInterrupt
-        return original(self, batch, window)
-
-    monkeypatch.setattr(Engine, "_train_batch", stop_at_two)
+    resume_normally = interrupt_at_step(monkeypatch, 2)
     out = in_workspace / "runs/scst-stopped"
     with pytest.raises(SystemExit) as stopped:
         _scst(pretrained_run, out)
     assert stopped.value.code == 130 and not (out / "run.json").exists()
-    monkeypatch.setattr(Engine, "_train_batch", original)
+    resume_normally()
     _scst(pretrained_run, out, resume=True)
     ours, theirs = _records(out), _records(straight)
     assert [r["step"] for r in ours] == [r["step"] for r in theirs]

@@ -14,6 +14,8 @@ from PIL import Image
 
 from capalign.data.stream_sources import ShardSource, open_shards
 from capalign.data.streaming import TrainingStream
+
+from stopping import interrupt_at_step
 from test_cli import run_cli
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "black"]
@@ -141,24 +143,15 @@ def _take(stream, n: int) -> list:
 
 
 def test_interrupted_streamed_run_resumes_as_if_uninterrupted(in_workspace, capsys, monkeypatch):
-    from capalign.train.engine import Engine
-
     write_shards(in_workspace / "rshards", shards=3, per_shard=6)
     args = ["pretrain", "--data", "rshards/{000..002}.tar", *TINY, "--max-steps", "8"]
     code, _, err = run_cli([*args, "--out", "runs/stream-straight"], capsys)
     assert code == 0, err
 
-    original = Engine._train_batch
-
-    def interrupt_after_four(self, batch, window):
-        if self.state.step == 4:
-            raise KeyboardInterrupt
-        return original(self, batch, window)
-
-    monkeypatch.setattr(Engine, "_train_batch", interrupt_after_four)
+    resume_normally = interrupt_at_step(monkeypatch, 4)
     code, _, err = run_cli([*args, "--out", "runs/stream-resumed"], capsys)
     assert code == 130
-    monkeypatch.setattr(Engine, "_train_batch", original)
+    resume_normally()
     code, _, err = run_cli([*args, "--out", "runs/stream-resumed", "--resume"], capsys)
     assert code == 0, err
     straight, resumed = _losses(in_workspace / "runs/stream-straight"), _losses(in_workspace / "runs/stream-resumed")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset
+
+from capalign.errors import InputError
 
 
 class CaptionPairs(Dataset):
@@ -19,8 +23,20 @@ class CaptionPairs(Dataset):
 
     def __getitem__(self, i: int):
         row, k = self.index[i]
-        item = self.split[row]
+        try:
+            item = self.split[row]
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's decode errors (UnidentifiedImageError is an OSError)
+            raise undecodable(self.split, row, exc) from None
         return item["image"], item["captions"][k]
+
+
+def undecodable(split, row: int, exc: BaseException) -> InputError:
+    """One line for an image the prepared data holds but cannot be decoded (damaged after `fetch`
+    checked it: the up-front check decodes only the first and last rows)."""
+    files = [f["filename"] for f in getattr(split, "cache_files", [])]
+    where = f" in {Path(files[0]).parent}" if files else ""
+    return InputError(f"row {row}{where} holds an image that cannot be decoded ({type(exc).__name__}); the prepared "
+                      "dataset is damaged: re-run `capalign fetch SOURCE --out DIR` for it.")
 
 
 def tokenize_captions(tokenizer, captions: list[str], max_tokens: int) -> dict[str, torch.Tensor]:

@@ -221,7 +221,8 @@ class Engine:
             self.loader.set_epoch(self.state.epoch)
             batches = iter(self._rest_of_epoch())
             self._restore_rng()
-            yield from batches
+            with worker_errors():  # a damaged image found in a loader worker stays one line
+                yield from batches
             self.state.epoch += 1
             self.state.batches_done_in_epoch = 0
 
