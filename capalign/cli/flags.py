@@ -15,6 +15,11 @@ import typer
 from capalign.schema import describe, flag_name, kind
 
 
+# --help groups each section's flags in a panel of its own (pretrain alone has over 60).
+PANELS = {"model": "Model (model.*)", "train": "Training (train.*)", "align": "Stage 2 (align.*)",
+          "decoding": "Decoding"}
+
+
 @dataclass(frozen=True)
 class Flag:
     """One generated option: the setting it sets (`section`, `field`), its parameter name and flags."""
@@ -32,7 +37,7 @@ class Flag:
     def parameter(self, defaults: bool, help: str) -> inspect.Parameter:
         base, optional = kind(self.field)
         default = self.field.default if defaults else None
-        option = typer.Option(default, *self.flags, help=help, show_default=defaults)
+        option = typer.Option(default, *self.flags, help=help, show_default=defaults, rich_help_panel=PANELS.get(self.section))
         annotation = Optional[base] if (optional or not defaults) else base
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
