@@ -16,7 +16,8 @@ For each seed, exactly what a user types (through `capalign`'s own entry point):
 
 SCST is `SCST_SETTINGS` below (the settings the README measured). `--systems dpo` (the default) is
 the DPO comparison alone, checked against issue 13's bars; `--systems all` adds the three SCST
-systems, checked against issue 24's: CIDEr >= 110% of pretrained and above DPO's, R@1 >= 95% of
+systems, checked against issue 24's: CIDEr >= 110% of pretrained and above DPO's (with the
+hallucination penalty: above pretrained), R@1 >= 95% of
 pretrained both ways, Hallucination not above pretrained (at most half of it with the penalty),
 mean caption length not above the longest reference. `--quick` rehearses the whole pipeline in a
 few minutes (60 shapes images, a few steps per stage; its figures mean nothing).
@@ -114,7 +115,10 @@ def bars(f: dict, longest: int) -> dict[str, bool]:
         if name not in f:
             continue
         after = f[name]
-        out[f"{name}: CIDEr >= 110% of pretrained"] = after["CIDEr"] >= 1.1 * before["CIDEr"]
+        if name == "scst-halluc":  # issue 24: the penalty halves hallucination "while CIDEr still rises"
+            out[f"{name}: CIDEr above pretrained"] = after["CIDEr"] > before["CIDEr"]
+        else:
+            out[f"{name}: CIDEr >= 110% of pretrained"] = after["CIDEr"] >= 1.1 * before["CIDEr"]
         if "dpo" in f and name != "dpo-scst":
             out[f"{name}: CIDEr above DPO's"] = after["CIDEr"] > f["dpo"]["CIDEr"]
         out[f"{name}: I2T-R@1 >= 95% of pretrained"] = after["I2T-R@1"] >= 0.95 * before["I2T-R@1"]
