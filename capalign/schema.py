@@ -1,7 +1,9 @@
 """The settings schema: a config field's help, choices and bounds live in its metadata (`setting`),
 its type in its annotation, and one validator (`check`, run by every settings dataclass's
 `__post_init__`) refuses a value outside them with one sentence naming the field, the value and
-what is allowed. The command-line flags (capalign.cli.flags) are generated from the same fields."""
+what is allowed. The command-line flags (capalign.cli.flags) are generated from the same fields.
+Written here rather than taken from pydantic: the dataclasses already carry every bound in their
+metadata, and a second declaration style would cost import time against the 0.5 s `--help`."""
 
 from __future__ import annotations
 
