@@ -359,8 +359,13 @@ def _read_yaml(config_file: Path) -> dict:
     path = Path(config_file)
     if not path.is_file():
         raise MissingError(f"Config file {path} does not exist.")
+    return _parse_yaml(read_text(path, "config file"), path)
+
+
+def _parse_yaml(text: str, path: Path) -> dict:
+    """A config file's text as a mapping of settings; anything else is one ConfigError naming `path`."""
     try:
-        loaded = yaml.load(read_text(path, "config file"), Loader=_ConfigLoader) or {}
+        loaded = yaml.load(text, Loader=_ConfigLoader) or {}
     except _AliasRefused as exc:
         raise ConfigError(f"Config file {path}: {exc}; config files take no anchors or aliases (&name, *name): "
                           "write each value out.") from None
@@ -415,5 +420,5 @@ def load_config(path: Path) -> RunConfig:
             raise ConfigError(f"{path} is damaged or was edited (it differs from the checksum written with it); "
                               "put settings in a --config file instead, or start afresh without that run folder.")
     values = to_dict(RunConfig())
-    _merge(values, _read_yaml(path), RunConfig, "")  # a damaged file: one line, as a --config file
+    _merge(values, _parse_yaml(text, Path(path)), RunConfig, "")  # a damaged file: one line, as a --config file
     return _construct(values)
