@@ -6,6 +6,7 @@ names different places on different machines is refused before any training."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -20,6 +21,8 @@ from test_cli import run_cli
 from test_distributed import ENV, TORCHRUN, needs_torchrun
 from test_streaming import write_shards
 
+TESTS = Path(__file__).resolve().parent
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -27,16 +30,17 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_two_nodes(args: list[str], nodes: list[Path]) -> list:
-    """Start `capalign ARGS` as node 0 and node 1 of one launch, node r in the folder nodes[r].
-    Output goes to files: a full pipe would stall a node mid-launch."""
+def _start_two_nodes(args: list[str], nodes: list[Path], module: str = "capalign") -> list:
+    """Start `python -m MODULE ARGS` (capalign, or a stand-in from tests/) as node 0 and node 1 of one
+    launch, node r in the folder nodes[r]. Output goes to files: a full pipe would stall a node mid-launch."""
     port, launches = _free_port(), []
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(TESTS), ENV.get("PYTHONPATH", "")])}
     for rank, node in enumerate(nodes):
         node.mkdir(parents=True, exist_ok=True)
         out, err = (node / "launch.out").open("w"), (node / "launch.err").open("w")
         command = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
-                   "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "capalign", *args]
-        launches.append((subprocess.Popen(command, cwd=node, env=ENV, stdout=out, stderr=err), out, err))
+                   "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", module, *args]
+        launches.append((subprocess.Popen(command, cwd=node, env=env, stdout=out, stderr=err), out, err))
     return launches
 
 
@@ -55,6 +59,19 @@ def _wait(launches: list, nodes: list[Path]) -> list[tuple[int, str, str]]:
 def _two_nodes(args: list[str], nodes: list[Path]) -> list[tuple[int, str, str]]:
     """Run `capalign ARGS` as a two-node launch to the end."""
     return _wait(_start_two_nodes(args, nodes), nodes)
+
+
+def _kill_with_children(pid: int) -> None:
+    """kill -9 the process and everything it started; one that has already exited is skipped."""
+    try:
+        processes = [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _ours(stderr: str) -> str:
@@ -80,23 +97,23 @@ def shared(tmp_path) -> Path:
 
 @needs_torchrun
 def test_two_nodes_write_one_run_on_shared_storage_and_resume_after_a_node_failure(workspace, shared, tmp_path, capsys):
-    """Both nodes are killed (kill -9) once the first checkpoint is sealed; it holds both processes'
-    RNG states; the same command with --resume on both nodes finishes one loadable run."""
+    """Both nodes hang once the first checkpoint is sealed and are then killed (kill -9); the checkpoint
+    holds both processes' RNG states; the same command with --resume on both nodes finishes one
+    loadable run."""
     data = str(workspace / "data" / "shapes")  # stands for a prepared dataset on shared storage
     run = shared / "runs" / "two-nodes"
     common = ["pretrain", "--config", str(shared / "nodes.yaml"), "--data", data, "--max-steps", "30"]
     nodes = [tmp_path / "node0", tmp_path / "node1"]
-    launches = _start_two_nodes([*common, "--out", str(run)], nodes)
-    sealed = None
-    while sealed is None and all(launch.poll() is None for launch, _, _ in launches):
+    launches = _start_two_nodes([*common, "--out", str(run)], nodes, module="hang_after_checkpoint")
+    sealed, deadline = None, time.monotonic() + 240
+    while sealed is None and time.monotonic() < deadline and all(launch.poll() is None for launch, _, _ in launches):
         sealed = next((c for c in run.glob("checkpoints/*") if (c / "random_states_1.pkl").is_file()
                        and not c.name.endswith(".partial")), None)
         time.sleep(0.02)  # polls for the checkpoint; nothing is timed
-    for launch, _, _ in launches:  # both machines fail at once, mid-run: the workers (in sessions of
-        for process in [*psutil.Process(launch.pid).children(recursive=True), launch]:  # their own) and torchrun
-            process.kill()
+    for launch, _, _ in launches:  # both machines fail at once: the workers (in sessions of their own) and torchrun
+        _kill_with_children(launch.pid)
     results = _wait(launches, nodes)
-    assert sealed is not None, [_ours(err) for _, _, err in results]  # the run was stopped, not finished
+    assert sealed is not None, [_ours(err) for _, _, err in results]
     assert all(code != 0 for code, _, _ in results)
     assert sorted(p.name for p in sealed.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
 
