@@ -18,7 +18,7 @@ from PIL import Image
 
 from capalign.data.importers import HUB_NAMES, import_source
 from capalign.hub import fetch_model
-from capalign.data.importers import download
+from capalign.data.importers import download, pipeline
 from capalign.data.importers import fetch_report as R
 from capalign.data.importers.sources import convert_named
 from capalign.data.importers.fetch_report import SkipLog
@@ -200,18 +200,43 @@ def test_url_list_parallel_download_skips_and_resume(tmp_path, server):
               f"flaky\t{server.url}/flaky.jpg", f"html\t{server.url}/page.jpg", f" \t{server.url}/ok/99.jpg"]
     tsv = tmp_path / "Train_GCC-training.tsv"
     tsv.write_text("\n".join(lines) + "\n")
-    rep = import_source(str(tsv), tmp_path / "cc" / "out")
+    rep = import_source(str(tsv), tmp_path / "cc" / "out", keep_downloads=True)
     assert rep.format == "url-list"
     assert sum(rep.rows.values()) == 21  # 20 ok + the flaky one after a retry
     assert rep.skipped == {R.DEAD_LINK: 2, R.NOT_IMAGE: 1, R.EMPTY_CAPTION: 1, R.NO_CAPTIONS: 1}
     assert server.hits["/flaky.jpg"] == 2 and server.hits["/ok/99.jpg"] == 0
     check_schema(load(tmp_path / "cc" / "out"))
     before = Counter(server.hits)
-    again = import_source(str(tsv), tmp_path / "cc" / "out")  # resume: only the timed-out URL is asked again
+    again = import_source(str(tsv), tmp_path / "cc" / "out", keep_downloads=True)  # only the timed-out URL is asked again
     assert server.hits - before == Counter({"/slow.jpg": 2})  # first try + 1 retry
     assert again.rows == rep.rows and again.skipped == rep.skipped
     failed = (tmp_path / "cc" / "out.downloads" / "failed.jsonl").read_text()
     assert "/gone.jpg" in failed and "/slow.jpg" not in failed
+
+
+def test_downloads_are_removed_once_installed_and_kept_when_interrupted(tmp_path, server, monkeypatch):
+    tsv = tmp_path / "list.tsv"
+    tsv.write_text("".join(f"caption {i}\t{server.url}/ok/{i}.jpg\n" for i in range(12)) + f"dead\t{server.url}/gone.jpg\n")
+    downloads = tmp_path / "out.downloads"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # stopped just before the finished dataset is swapped in
+        m.setattr(pipeline, "install", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            import_source(str(tsv), tmp_path / "out")
+    assert len(list(downloads.glob("*.img"))) == 12 and "/gone.jpg" in (downloads / "failed.jsonl").read_text()
+    before = Counter(server.hits)
+    rep = import_source(str(tsv), tmp_path / "out", processes=2)  # the re-run resumes: nothing asked again
+    assert server.hits == before and sum(rep.rows.values()) == 12 and rep.skipped == {R.DEAD_LINK: 1}
+    assert not downloads.exists() and not list(tmp_path.glob(".out.*"))
+    assert any("removed once complete" in n for n in report_json(tmp_path / "out")["notes"])
+    # --keep-downloads keeps them, and the same rows come from one process as from two
+    kept = import_source(str(tsv), tmp_path / "kept", keep_downloads=True)
+    assert len(list((tmp_path / "kept.downloads").glob("*.img"))) == 12 and kept.rows == rep.rows
+    one, two = (load(tmp_path / name) for name in ("kept", "out"))
+    assert all(one[s]["image_id"] == two[s]["image_id"] for s in one)
 
 
 def test_url_list_limit_counts_good_images(tmp_path, server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,13 @@ from capalign.outputs import claim_output_dir
 SHAPES_IMAGE_SIZE = 64
 IMPORT_IMAGE_SIZE = 256
 IMAGE_SIZE_RANGE = (16, 4096)  # smaller shows nothing; larger than any captioner's input by far
+DEFAULT_PROCESSES = 4  # at most; fewer on a machine with fewer CPUs
+
+
+def default_processes() -> int:
+    """min(4, the CPUs this process may run on)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(DEFAULT_PROCESSES, cpus or 1)
 
 
 def _check_image_size(size: int | None, shapes: bool) -> None:
@@ -39,6 +47,8 @@ def fetch(
     vision: str = typer.Option(CLIP_B32, help="ClipCap checkpoint: the CLIP it was trained with."),
     decoder: str = typer.Option("gpt2", help="ClipCap checkpoint: the GPT-2 it was trained with."),
     normalize_prefix: Optional[bool] = typer.Option(None, "--normalize-prefix/--no-normalize-prefix", help="ClipCap checkpoint: L2-normalise the CLIP embedding (default: as ClipCap's inference code, on for the transformer mapper, off for MLP)."),
+    processes: Optional[int] = typer.Option(None, min=1, help=f"Processes that decode and resize an import's images (default: min({DEFAULT_PROCESSES}, CPUs); 1 = this one; the same dataset either way)."),
+    keep_downloads: bool = typer.Option(False, help="Keep the downloaded images (OUT.downloads/ beside --out) after a URL source is fetched; by default they are deleted once the dataset is complete."),
 ) -> None:
     """Prepare a dataset into capalign's on-disk format (or cache a model with --model)."""
     _check_image_size(image_size, source == "shapes")
@@ -74,5 +84,7 @@ def fetch(
     claim_output_dir(target, "dataset", overwrite=True)  # refused before any download or import work
     report = import_source(source, target, images=images, limit=limit, seed=seed,
                            image_size=IMPORT_IMAGE_SIZE if image_size is None else image_size,
-                           image_column=image_column, caption_column=caption_column)
+                           image_column=image_column, caption_column=caption_column,
+                           processes=default_processes() if processes is None else processes,
+                           keep_downloads=keep_downloads)
     ui.console.print(report.summary())

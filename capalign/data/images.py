@@ -120,8 +120,9 @@ def decode_image(source: bytes | Path, size: int) -> Image.Image:
                 img = Image.open(fp)
             except Image.DecompressionBombError as e:
                 raise BadImage(R.BOMB, str(e)) from None
-            except UnidentifiedImageError as e:
-                raise BadImage(R.NOT_IMAGE, str(e)) from None
+            except UnidentifiedImageError as e:  # for bytes Pillow names a BytesIO's address, new every run
+                detail = f"cannot identify image file ({len(source)} bytes)" if isinstance(fp, io.BytesIO) else str(e)
+                raise BadImage(R.NOT_IMAGE, detail) from None
             except (OSError, SyntaxError, ValueError) as e:
                 raise BadImage(R.TRUNCATED, str(e)) from None
             limit = Image.MAX_IMAGE_PIXELS

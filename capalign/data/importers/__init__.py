@@ -21,7 +21,8 @@ HUB_NAMES = ("flickr8k", "flickr30k", "coco", "cc3m", "cifar100-pairs", "ultrafe
 
 def import_source(source: str, out: Path, *, images: Path | None = None, limit: int | None = None,
                   seed: int = 0, image_size: int = 256, image_column: str | None = None,
-                  caption_column: str | None = None) -> FetchReport:
+                  caption_column: str | None = None, processes: int = 1,
+                  keep_downloads: bool = False) -> FetchReport:
     """Turn SOURCE into a prepared dataset at `out` and return its FetchReport.
 
     SOURCE is a local path (COCO captions json, Karpathy json, Flickr8k captions.txt /
@@ -35,18 +36,26 @@ def import_source(source: str, out: Path, *, images: Path | None = None, limit: 
     `limit` caps kept images per split when the source has splits, and in total (shared 90/5/5)
     when it has none; bad records never count toward it. Images are decoded once, made upright
     (EXIF) and RGB, shrunk so the shorter side is `image_size` (never enlarged; 0 keeps the size)
-    and stored as JPEG. Raises CapalignError subclasses for user mistakes (missing path, malformed annotation
-    file, unknown source, hub unreachable and nothing cached).
+    and stored as JPEG, by `processes` worker processes (1: in this process; the same rows and report
+    either way). URL downloads are cached in `<out>.downloads/` beside `out` while fetching (a re-run
+    resumes) and removed once the dataset is installed, unless `keep_downloads`. Raises
+    CapalignError subclasses for user mistakes (missing path, malformed annotation file, unknown
+    source, hub unreachable and nothing cached).
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1 (got {limit}).")
+    if processes < 1:
+        raise ConfigError(f"--processes must be at least 1 (got {processes}).")
     out = Path(out).expanduser()
     log = SkipLog()
     settings = {"source": str(source), "images": str(images) if images else None, "limit": limit,
                 "seed": seed, "image_size": image_size, "image_column": image_column,
                 "caption_column": caption_column}
-    common = dict(out=out, log=log, seed=seed, limit=limit, image_size=image_size,
-                  settings=settings, image_column=image_column, caption_column=caption_column)
+    from .pipeline import FetchOptions  # deferred: imports datasets, which a bad source never needs
+
+    options = FetchOptions(processes=processes, keep_downloads=keep_downloads)
+    common = dict(out=out, log=log, seed=seed, limit=limit, image_size=image_size, settings=settings,
+                  image_column=image_column, caption_column=caption_column, options=options)
     path = Path(str(source)).expanduser()
     if path.exists():
         from .local import import_local  # deferred: imports datasets
@@ -62,7 +71,7 @@ def import_source(source: str, out: Path, *, images: Path | None = None, limit: 
             raise ConfigError(f"--image-column / --caption-column choose the columns of a Hugging Face dataset id or a "
                               f"local folder; {key} has its own, so leave them out.")
         return sources.import_hub_name(key, out=out, log=log, seed=seed, limit=limit, image_size=image_size,
-                                       settings=settings)
+                                       settings=settings, options=options)
     if is_webdataset(str(source)) and expand_shards(str(source)):
         from .local import import_local  # deferred: imports datasets
 

@@ -3,7 +3,8 @@
 requests + urllib3's Retry give retries with back-off and per-request timeouts; a thread pool with a
 bounded window keeps results in source order and memory flat. Finished files are cached by URL hash
 and definite dead links (HTTP 4xx) are remembered in `failed.jsonl`, so re-running the same fetch
-resumes; timeouts and connection errors are tried again on the next run.
+resumes; timeouts and connection errors are tried again on the next run. Once the prepared dataset
+is installed the cache is removed (`remove`), unless `fetch --keep-downloads`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,8 @@ from typing import Iterable, Iterator
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from capalign import reporting
 
 from . import fetch_report as R
 from .records import Candidate
@@ -62,6 +66,15 @@ class Downloader:
         self._lock = threading.Lock()
         self._local = threading.local()
         self.requests_made = 0
+
+    def remove(self) -> None:
+        """Delete the cache folder (the downloads and failed.jsonl); one that cannot be deleted is a
+        warning, not an error: the dataset is complete by then."""
+        try:
+            shutil.rmtree(self.dir)
+        except OSError as exc:
+            reporting.log.warning(f"warning: could not delete the downloads in {self.dir} ({exc}); "
+                                  "delete that folder by hand.")
 
     def path_for(self, url: str) -> Path:
         return self.dir / (hashlib.sha1(url.encode("utf-8")).hexdigest() + ".img")

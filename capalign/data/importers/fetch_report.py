@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from capalign.usertext import printable
 
@@ -34,21 +36,43 @@ BAD_NAME = "bad_file_name"
 UNREADABLE = "unreadable_file"
 
 
+Held = list[tuple[str, str, str]]  # skips set aside by SkipLog.held, counted later by SkipLog.replay
+
+
 class SkipLog:
     """Counts skipped records by reason and keeps every one of them for the report."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.records: list[dict[str, str]] = []
+        self._held: Held | None = None
 
     def skip(self, reason: str, record: str, detail: str = "") -> None:
         """Record that `record` (a path, id or line reference) was skipped for `reason`; text that
         cannot be written as UTF-8 (lone surrogates) is kept escaped."""
+        if self._held is not None:
+            self._held.append((reason, record, detail))
+            return
         self.counts[reason] += 1
         entry = {"reason": reason, "record": printable(record)}
         if detail:
             entry["detail"] = printable(detail)
         self.records.append(entry)
+
+    @contextmanager
+    def held(self) -> Iterator[Held]:
+        """Skips recorded inside the block go into the list it gives instead of the log, so a reader
+        that works ahead (fetch's image workers) can count them at their record's turn (`replay`)."""
+        self._held = held = []
+        try:
+            yield held
+        finally:
+            self._held = None
+
+    def replay(self, held: Held) -> None:
+        """Count skips set aside by `held`, in the order they were recorded."""
+        for reason, record, detail in held:
+            self.skip(reason, record, detail)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from capalign.errors import ConfigError, InputError
 
 from . import cc3m, coco, flickr, folder, karpathy, webdataset
 from .download import Downloader
-from .pipeline import plan_splits, run_candidates
+from .pipeline import FetchOptions, plan_splits, run_candidates
 from .records import load_json
 from .fetch_report import FetchReport, SkipLog
 from .splits import split_caps
@@ -25,16 +25,17 @@ def _images_dir(images: Path | None, path: Path, what: str) -> Path:
 
 def import_local(source: str, path: Path, *, images: Path | None, out: Path, log: SkipLog, seed: int,
                  limit: int | None, image_size: int, settings: dict, image_column: str | None,
-                 caption_column: str | None) -> FetchReport:
+                 caption_column: str | None, options: FetchOptions = FetchOptions()) -> FetchReport:
     """Import a local file, folder or shard pattern (see import_source for the formats)."""
-    run = dict(source=source, out=out, log=log, image_size=image_size, settings=settings)
+    run = dict(source=source, out=out, log=log, image_size=image_size, settings=settings, options=options)
     if path.is_dir():
         if folder.is_image_folder(path):
             cands = folder.folder_candidates(path, caption_column, log)
             return run_candidates(fmt="imagefolder", plan=plan_splits(cands, seed, limit), **run)
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-                    return import_saved(path, out=out, log=log, seed=seed, limit=limit, image_size=image_size,
-                                settings=settings, image_column=image_column, caption_column=caption_column)
+            return import_saved(path, out=out, log=log, seed=seed, limit=limit, image_size=image_size,
+                                settings=settings, image_column=image_column, caption_column=caption_column,
+                                options=options)
         if webdataset.is_webdataset(str(path)):
             cands = webdataset.webdataset_candidates(str(path), log)
             return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
@@ -47,7 +48,7 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
     if path.name in ("metadata.jsonl", "metadata.csv"):
         return import_local(source, path.parent, images=images, out=out, log=log, seed=seed, limit=limit,
                             image_size=image_size, settings=settings, image_column=image_column,
-                            caption_column=caption_column)
+                            caption_column=caption_column, options=options)
     if suffix == ".json":
         doc = load_json(path)
         if coco.is_coco(doc):
@@ -74,9 +75,8 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
             pass  # validate the whole file first, so a malformed line fails before any download
         caps = split_caps(limit)
         plan = {s: (cc3m.url_list_candidates(path, s, seed, log), caps[s]) for s in caps}
-        dl = Downloader(out.parent / f"{out.name}.downloads")
-        return run_candidates(fmt="url-list", plan=plan, downloader=dl,
-                              notes=[f"downloads cached in {dl.dir} (re-run to resume)"], **run)
+        return run_candidates(fmt="url-list", plan=plan, downloader=Downloader(out.parent / f"{out.name}.downloads"),
+                              **run)
     raise InputError(
         f"cannot tell the format of {path}: expected a COCO or Karpathy .json, Flickr captions.txt / "
         "*.token.txt, a .tar shard, a caption<TAB>url .tsv, or a folder with metadata.jsonl/.csv."

@@ -1,7 +1,8 @@
 """From candidates to the prepared dataset: split plan, one image decode per row, save_to_disk.
 
 Rows are produced by generators and written by `Dataset.from_generator` (Arrow, in batches), so
-memory does not grow with the number of images.
+memory does not grow with the number of images. Images are normalised in this process or in worker
+processes (`FetchOptions.processes`, see image_workers), with the same rows either way.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -19,10 +21,11 @@ from capalign.errors import CapalignError
 from capalign.outputs import claim_output_dir, install, write_errors
 
 from .download import Downloader
-from capalign.data.images import BadImage, normalize_image, resolve_inside
+from capalign.data.images import BadImage, resolve_inside
 from .records import Candidate
 from . import fetch_report as R
 from .fetch_report import FetchReport, SkipLog, write_report
+from .image_workers import ImagePool, image_pool, normalized_here
 from .splits import SPLITS, carve, seeded_split, split_caps
 
 FEATURES = Features({"image_id": Value("string"), "image": Image(), "captions": List(Value("string"))})
@@ -30,6 +33,15 @@ REPORT_NAME = "fetch_report.json"
 SHARD_BYTES = 16 * 2**20  # target shard size on disk
 MAX_MEMBER_BYTES = 256 * 2**20  # a tar member larger than this is not read into memory
 Plan = dict[str, tuple[Iterable[Candidate], int | None]]
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How an import runs, not what it writes (so not in the report's settings): `processes` that
+    normalise images (1: this one), and whether URL downloads are kept once the dataset is installed."""
+
+    processes: int = 1
+    keep_downloads: bool = False
 
 
 def plan_splits(cands: list[Candidate], seed: int, limit: int | None) -> Plan:
@@ -81,25 +93,27 @@ def _payloads(cands: Iterable[Candidate], log: SkipLog, downloader: Downloader |
 
 
 def iter_rows(cands: Iterable[Candidate], cap: int | None, image_size: int, log: SkipLog,
-              counts: dict[str, int], downloader: Downloader | None = None) -> Iterator[dict]:
-    """Yield prepared rows (decoded once, normalised) until `cap` good rows; bad ones are logged."""
+              counts: dict[str, int], downloader: Downloader | None = None,
+              pool: ImagePool | None = None) -> Iterator[dict]:
+    """Yield prepared rows (decoded once, normalised: here, or by `pool`'s workers) until `cap` good
+    rows; bad ones are logged."""
     payloads = _payloads(cands, log, downloader)
+    images = pool.normalized(payloads, image_size, log) if pool else normalized_here(payloads, image_size)
     try:
         while cap is None or counts["rows"] < cap:
             try:
-                c, payload = next(payloads)
+                c, image = next(images)
             except StopIteration:
                 return
-            try:
-                image = normalize_image(payload, image_size)
-            except BadImage as e:
-                log.skip(e.reason, c.ref, e.detail)
+            if isinstance(image, tuple):  # a bad image: (reason, detail)
+                log.skip(image[0], c.ref, image[1])
                 continue
             counts["rows"] += 1
             counts["captions"] += len(c.captions)
             yield {"image_id": c.image_id, "image": {"bytes": image, "path": None},
                    "captions": c.captions, **c.extra}
     finally:
+        images.close()
         payloads.close()
 
 
@@ -157,11 +171,21 @@ def _write(source, fmt, out: Path, target: Path, gens, log, settings, features, 
 
 
 def run_candidates(*, source: str, fmt: str, out: Path, plan: Plan, log: SkipLog, image_size: int,
-                   settings: dict, downloader: Downloader | None = None,
+                   settings: dict, downloader: Downloader | None = None, options: FetchOptions = FetchOptions(),
                    features: Features = FEATURES, notes: list[str] | None = None) -> FetchReport:
-    """Write a prepared dataset from a split plan of candidates (see plan_splits)."""
-    gens = {s: (lambda counts, cands=cands, cap=cap:
-                iter_rows(cands, cap, image_size, log, counts, downloader))
-            for s, (cands, cap) in plan.items()}
-    return write_prepared(source=source, fmt=fmt, out=out, gens=gens, log=log, settings=settings,
-                          features=features, notes=notes)
+    """Write a prepared dataset from a split plan of candidates (see plan_splits). The downloader's
+    files are removed once the dataset is installed, unless options.keep_downloads; a fetch that
+    fails or is interrupted keeps them, so a re-run resumes."""
+    notes = list(notes or [])
+    if downloader is not None:
+        notes.append(f"downloads kept in {downloader.dir}" if options.keep_downloads else
+                     f"downloads cached in {downloader.dir} while fetching (a re-run resumes), removed once complete")
+    with image_pool(options.processes) as pool:
+        gens = {s: (lambda counts, cands=cands, cap=cap:
+                    iter_rows(cands, cap, image_size, log, counts, downloader, pool))
+                for s, (cands, cap) in plan.items()}
+        report = write_prepared(source=source, fmt=fmt, out=out, gens=gens, log=log, settings=settings,
+                                features=features, notes=notes)
+    if downloader is not None and not options.keep_downloads:
+        downloader.remove()
+    return report
