@@ -8,7 +8,8 @@ For each size N the bench draws N photos (640x480 JPEGs: a random gradient with 
 rectangles, one caption each, in `photos-N/train/` with a metadata.jsonl), then runs each command
 in its own process, through capalign's own entry point (this checkout, or --checkout DIR):
 
-  fetch-photos  `fetch photos-N --image-size 256` (the photos stored at 341x256)
+  fetch-photos  `fetch photos-N --image-size 256 --processes P` (the photos stored at 341x256; P:
+                --fetch-processes, default fetch's own, min(4, CPUs))
   fetch-shapes  `fetch shapes --limit N --image-size 256`
   caption       `caption photos-N/train --output captions.jsonl` with the tiny model
   evaluate      `evaluate --data <fetched photos> --split train` (default metrics, `--clip-model self`
@@ -19,7 +20,11 @@ in its own process, through capalign's own entry point (this checkout, or --chec
 
 The tiny model (the tests' TINY_MODEL) is pretrained once for 40 steps on a 40-image shapes set.
 Peak memory is the command's own peak resident set (getrusage RUSAGE_SELF); the largest child
-process (METEOR's and SPICE's Java, PTB tokenisation) is printed beside it, not counted in the table.
+process (METEOR's and SPICE's Java, PTB tokenisation; its own VmHWM, polled, since RUSAGE_CHILDREN
+would count the parent's memory at the fork) is printed beside it, not counted in the table, except
+for fetch-photos, whose image workers are children: its cells show the main process + the largest
+worker (the command's total is at most main + P x worker).
+With only fetch commands the tiny model is not built.
 After the table, each command's growth from the smallest to the largest size: peak memory ratio and
 seconds-per-image ratio (1.0 = flat memory / linear time).
 """
@@ -40,6 +45,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("fetch-photos", "fetch-shapes", "caption", "evaluate", "align")
+FETCHES = ("fetch-photos", "fetch-shapes")  # need no model
+WORKERS = ("fetch-photos",)  # whose children are its own worker processes, counted beside it
 TINY_MODEL = {"vision_hidden": 32, "vision_layers": 1, "decoder_hidden": 32, "decoder_layers": 1, "heads": 2,
               "patch_size": 16, "projection_dim": 16, "max_caption_tokens": 20}
 PRETRAIN_STEPS = 40  # enough for non-empty, varied captions (2 steps caption everything with "")
@@ -47,21 +54,38 @@ WORDS = "a an the red green blue small large dog cat car tree house person on in
 
 
 CHECKOUT = [ROOT]  # whose capalign the commands run (--checkout)
+# A child's ru_maxrss counts its parent's memory at the fork (Linux keeps the pre-exec peak), so a
+# worker spawned by a 200 MiB process reports 200 MiB: each child's own peak is its VmHWM, polled.
 CHILD = """
-import json, resource, sys
+import json, resource, sys, threading, time
+hwm = {}
+def watch():
+    import psutil
+    me = psutil.Process()
+    while True:
+        for child in me.children(recursive=True):
+            try:
+                with open(f"/proc/{child.pid}/status") as status:
+                    kib = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+                hwm[child.pid] = max(hwm.get(child.pid, 0), kib * 1024)
+            except (OSError, StopIteration):
+                pass  # ended meanwhile
+        time.sleep(0.05)
+threading.Thread(target=watch, daemon=True).start()
 try:
     from capalign.cli.main import main
     main(sys.argv[2:])
 finally:
     peak = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+            "children": max(hwm.values(), default=0)}
     open(sys.argv[1], "w").write(json.dumps(peak))
 """
 
 
 def capalign(args: list[str], cwd: Path) -> tuple[float, int, int, int]:
     """Run `capalign ARGS` in a fresh process: (seconds, its own peak RSS bytes, the peak RSS of its
-    largest child process (METEOR's and SPICE's Java), exit status)."""
+    largest child process (fetch's image workers, METEOR's and SPICE's Java: VmHWM polled every
+    50 ms), exit status)."""
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT[0]), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     peak_file = cwd / ".peak.json"
     peak_file.unlink(missing_ok=True)
@@ -119,10 +143,12 @@ def tiny_run(workdir: Path) -> Path:
     return run
 
 
-def command_args(command: str, n: int, run: Path, metrics: str | None) -> list[str]:
+def command_args(command: str, n: int, run: Path | None, metrics: str | None,
+                 fetch_processes: int | None = None) -> list[str]:
     photos, fetched = f"photos-{n}", f"data/photos-{n}"
     if command == "fetch-photos":
-        return ["fetch", photos, "--image-size", "256", "--out", fetched]
+        processes = ["--processes", str(fetch_processes)] if fetch_processes else []
+        return ["fetch", photos, "--image-size", "256", "--out", fetched, *processes]
     if command == "fetch-shapes":
         return ["fetch", "shapes", "--limit", str(n), "--image-size", "256", "--out", f"data/shapes-{n}"]
     if command == "caption":
@@ -135,6 +161,17 @@ def command_args(command: str, n: int, run: Path, metrics: str | None) -> list[s
             "--out", f"runs/align-{n}", "--overwrite"]
 
 
+def _counted(command: str, m: dict) -> int:
+    """The bytes a table cell counts: the main process, plus the largest worker for fetch-photos."""
+    return m["peak_bytes"] + (m["child_peak_bytes"] if command in WORKERS else 0)
+
+
+def _memory(command: str, m: dict) -> str:
+    if command in WORKERS:
+        return f"main {m['peak_bytes'] / 2**30:.2f} + largest worker {m['child_peak_bytes'] / 2**30:.2f} GiB"
+    return f"{m['peak_bytes'] / 2**30:.2f} GiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
@@ -143,11 +180,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep photos, datasets and runs here")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     parser.add_argument("--checkout", type=Path, default=ROOT, help="measure this checkout's capalign (default: this one)")
+    parser.add_argument("--fetch-processes", type=int, default=None,
+                        help="fetch-photos' --processes (default: fetch's own; a checkout without the option: leave out)")
     args = parser.parse_args()
     CHECKOUT[0] = args.checkout.resolve()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    run = tiny_run(workdir)
+    run = tiny_run(workdir) if set(args.commands) - set(FETCHES) else None
     results: dict[str, dict[int, dict]] = {c: {} for c in args.commands}
     for n in sorted(args.sizes):
         draw_photos(workdir / f"photos-{n}", n)
@@ -155,20 +194,22 @@ def main() -> None:
             if command not in args.commands and not (command == "fetch-photos" and
                                                      {"evaluate", "align"} & set(args.commands)):
                 continue
-            seconds, peak, child, status = capalign(command_args(command, n, run, args.metrics), workdir)
+            seconds, peak, child, status = capalign(
+                command_args(command, n, run, args.metrics, args.fetch_processes), workdir)
             if command in results:
                 results[command][n] = {"seconds": seconds, "peak_bytes": peak, "child_peak_bytes": child,
                                        "status": status}
-                print(f"{command:13s} {n:>7,} images  {seconds:8.1f} s  {peak / 2**20:8.0f} MiB"
-                      f"  (largest child {child / 2**20:.0f} MiB){'' if status == 0 else f'  (exit {status})'}",
+                beside = "largest worker" if command in WORKERS else "largest child"
+                print(f"{command:13s} {n:>7,} images  {seconds:8.1f} s  main {peak / 2**20:6.0f} MiB"
+                      f"  ({beside} {child / 2**20:.0f} MiB){'' if status == 0 else f'  (exit {status})'}",
                       flush=True)
     print(f"\n| command | {' | '.join(f'{n:,} images' for n in sorted(args.sizes))} | memory ×  | time/image × |")
     print(f"|---|{'---|' * len(args.sizes)}---|---|")
     for command, by_size in results.items():
         sizes = sorted(by_size)
-        cells = [f"{by_size[n]['seconds']:.0f} s, {by_size[n]['peak_bytes'] / 2**30:.2f} GiB" for n in sizes]
+        cells = [f"{by_size[n]['seconds']:.0f} s, {_memory(command, by_size[n])}" for n in sizes]
         lo, hi = by_size[sizes[0]], by_size[sizes[-1]]
-        memory = hi["peak_bytes"] / max(lo["peak_bytes"], 1)
+        memory = _counted(command, hi) / max(_counted(command, lo), 1)
         per_image = (hi["seconds"] / sizes[-1]) / max(lo["seconds"] / sizes[0], 1e-9)
         print(f"| {command} | {' | '.join(cells)} | {memory:.2f} | {per_image:.2f} |")
     if args.json:

@@ -111,11 +111,18 @@ def test_reading_ahead_counts_nothing_past_the_limit():
             _iter(items, None, pool)
 
 
-def test_a_dead_worker_is_one_error(tmp_path):
-    payloads = ((Candidate(str(i), ["c"], f"item {i}"), noise_jpeg_bytes(seed=i)) for i in range(200))
+def test_the_workers_get_a_window_not_the_input_and_a_dead_worker_is_one_error():
+    read = []
+
+    def payloads():
+        for i in range(10_000):
+            read.append(i)
+            yield Candidate(str(i), ["c"], f"item {i}"), noise_jpeg_bytes(seed=i % 7)
+
     with ImagePool(2) as pool:
-        images = pool.normalized(payloads, 16, SkipLog())
+        images = pool.normalized(payloads(), 16, SkipLog())
         next(images)
+        assert len(read) == pool.window == 16
         for process in list(pool._pool._processes.values()):  # as the kernel's OOM killer would
             os.kill(process.pid, signal.SIGKILL)
         with pytest.raises(InputError, match="worker process ended abruptly"):

@@ -1,8 +1,9 @@
 """Image normalisation (decode, resize, re-encode: an import's CPU cost) in worker processes, for
 `capalign fetch --processes N`, with the rows, their order and the skip report of one process.
 
-Workers are spawned (never forked from a process holding threads and open files) and import only
-Pillow, numpy and capalign's light modules (no torch, no datasets). Payloads go out a bounded window
+Workers are spawned (never forked from a process holding threads and open files) and import Pillow,
+numpy, capalign's light modules and, as spawn does, the main script (for the `capalign` command: its
+CLI, typer and rich): no torch, no datasets. Payloads go out a bounded window
 at a time, and results come back in source order. The reading ahead is invisible in the report:
 skips recorded while an item was read are held with it and counted at its turn, and an error raised
 while reading ahead is raised at its turn, so a `--limit` reached earlier ends the import as it would
