@@ -42,7 +42,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 METRICS = "cider,bleu,meteor,hallucination,retrieval,diversity"
 SHOWN = ["CIDEr", "Hallucination", "I2T-R@1", "T2I-R@1", "Distinct-2", "Length"]
-SCST_SETTINGS = ["--batch-size", "16", "--num-samples", "5", "--max-steps", "400", "--lr", "5e-4", "--beta", "0.1",
+SCST_SETTINGS = ["--batch-size", "16", "--num-samples", "5", "--max-steps", "800", "--lr", "5e-4", "--beta", "0.1",
                  "--contrastive-weight", "2"]  # seed-0 tuning: README "Which alignment method?"
 QUICK = {"pretrain": ["--max-steps", "4"], "dpo": ["--max-steps", "2", "--rounds", "1"],
          "scst": ["--max-steps", "2", "--batch-size", "8"]}
