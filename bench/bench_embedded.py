@@ -2,6 +2,7 @@
 
     python bench/bench_embedded.py [--seeds 0 1 2] [--workdir runs/bench-embedded] [--output FILE.json]
                                    [--systems dpo | all | NAME ...] [--quick]
+    python bench/bench_embedded.py --combine seed-0.json seed-1.json ...   (the report alone, from --output files)
 
 For each seed, exactly what a user types (through `capalign`'s own entry point):
 
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--systems", nargs="+", default=["dpo"], help="dpo (default), all, or names from: " + ", ".join(SYSTEMS))
     parser.add_argument("--quick", action="store_true", help="rehearse on 60 images with a few steps per stage")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="report on earlier runs' --output files (e.g. one per seed, run side by side) instead of running")
     args = parser.parse_args()
     systems = list(SYSTEMS) if args.systems == ["all"] else args.systems
     unknown = [s for s in systems if s not in SYSTEMS]
@@ -153,16 +156,30 @@ def main() -> None:
 
     if args.quick:
         folder = args.workdir / "shapes-quick"
-        if not folder.is_dir():
+        if not folder.is_dir() and not args.combine:
             capalign("fetch", "shapes", "--limit", "60", "--out", str(folder))
         data = ["--data", str(folder)]
     else:
-        capalign("fetch", "shapes")
+        if not args.combine:
+            capalign("fetch", "shapes")
         data = []
-    results = [run_seed(seed, args.workdir, systems, data, args.quick) for seed in args.seeds]
-    longest = longest_reference(data)
+    if args.combine:
+        saved = [json.loads(path.read_text()) for path in args.combine]
+        results = [f for doc in saved for f in doc["seeds"]]
+        systems = [name for name in SYSTEMS if all(name in f for f in results)]
+    else:
+        results = [run_seed(seed, args.workdir, systems, data, args.quick) for seed in args.seeds]
+    failed = report(results, systems, longest_reference(data))
+    if args.output is not None:
+        args.output.write_text(json.dumps({"seeds": results, "failed": failed}, indent=1))
+    sys.exit(1 if failed else 0)
+
+
+def report(results: list[dict], systems: list[str], longest: int) -> list[str]:
+    """Print each seed's figures, their mean ± sd and the bars; returns the bars that failed."""
     names = ["pretrained", *systems]
-    print(f"\nshapes test split, tiny preset; {len(results)} seeds: {args.seeds}; SCST: {' '.join(SCST_SETTINGS)}")
+    print(f"\nshapes test split, tiny preset; {len(results)} seeds: {[f['seed'] for f in results]}; "
+          f"SCST: {' '.join(SCST_SETTINGS)}")
     for f in results:
         print(f"\nseed {f['seed']}: " + " | ".join(["system", *SHOWN, "stage-2 s"]))
         for name in names:
@@ -174,15 +191,9 @@ def main() -> None:
             print(f"  {name} {m}: {summary([f[name][m] for f in results])}")
     if "dpo" in systems:
         print(f"  dpo held-out pair accuracy: {summary([f['held_out_pair_accuracy'] for f in results])}")
-    failed = []
-    for f in results:
-        for bar, ok in bars(f, longest).items():
-            if not ok:
-                failed.append(f"seed {f['seed']}: {bar}")
+    failed = [f"seed {f['seed']}: {bar}" for f in results for bar, ok in bars(f, longest).items() if not ok]
     print("\nbars: " + ("all hold on every seed" if not failed else "FAILED — " + "; ".join(failed)))
-    if args.output is not None:
-        args.output.write_text(json.dumps({"seeds": results, "failed": failed}, indent=1))
-    sys.exit(1 if failed else 0)
+    return failed
 
 
 if __name__ == "__main__":
