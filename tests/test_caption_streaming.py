@@ -19,7 +19,7 @@ from capalign.data.images import ImageFiles, Unreadable, collect_images
 from test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "HF_HUB_OFFLINE": "1"}
 COUNT = 24  # more than a screenful, and enough batches of 2 that a run is caught in the middle
 SLOW = ["--batch-size", "2", "--min-new-tokens", "3"]  # every caption 3+ tokens: each batch takes a while
 
@@ -50,7 +50,7 @@ def uninterrupted(many, pretrained_run, tmp_path_factory) -> Path:
 
 
 def _interrupt_after_two_lines(args: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
-    process = subprocess.Popen([sys.executable, "-m", "capalign", *args], env=ENV, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "paced", *args], env=ENV, text=True,  # stalls after 2 batches
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while process.poll() is None and time.time() < deadline:

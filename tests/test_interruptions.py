@@ -26,9 +26,10 @@ from test_engine import _losses
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _capalign(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "capalign", *args], cwd=cwd, env=env, text=True,
+def _capalign(args: list[str], cwd: Path, module: str = "capalign", **kwargs) -> subprocess.Popen:
+    """`python -m MODULE ARGS`: capalign, or tests/paced.py's stalling stand-in for it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -36,7 +37,7 @@ def test_sigterm_checkpoints_and_resume_reaches_the_same_final_loss(workspace):
     common = ["--config", "tiny.yaml", "--max-steps", "40", "--seed", "0"]
     straight = _capalign(["pretrain", *common, "--out", "runs/sig-straight"], workspace)
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
-    stopped = _capalign(["pretrain", *common, "--out", "runs/sig-stopped"], workspace)
+    stopped = _capalign(["pretrain", *common, "--out", "runs/sig-stopped"], workspace, module="paced")
     metrics = workspace / "runs/sig-stopped/metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.is_file() and metrics.read_text().strip()) and time.time() < deadline:

@@ -97,14 +97,14 @@ def shared(tmp_path) -> Path:
 
 @needs_torchrun
 def test_two_nodes_write_one_run_on_shared_storage_and_resume_after_a_node_failure(workspace, shared, tmp_path, capsys):
-    """Both nodes hang once the first checkpoint is sealed and are then killed (kill -9); the checkpoint
+    """Both nodes stall once the first checkpoint is sealed (tests/paced.py) and are then killed (kill -9); the checkpoint
     holds both processes' RNG states; the same command with --resume on both nodes finishes one
     loadable run."""
     data = str(workspace / "data" / "shapes")  # stands for a prepared dataset on shared storage
     run = shared / "runs" / "two-nodes"
     common = ["pretrain", "--config", str(shared / "nodes.yaml"), "--data", data, "--max-steps", "30"]
     nodes = [tmp_path / "node0", tmp_path / "node1"]
-    launches = _start_two_nodes([*common, "--out", str(run)], nodes, module="hang_after_checkpoint")
+    launches = _start_two_nodes([*common, "--out", str(run)], nodes, module="paced")
     sealed, deadline = None, time.monotonic() + 240
     while sealed is None and time.monotonic() < deadline and all(launch.poll() is None for launch, _, _ in launches):
         sealed = next((c for c in run.glob("checkpoints/*") if (c / "random_states_1.pkl").is_file()
