@@ -246,7 +246,7 @@ SECTIONS = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": 
 # (bench/bench_embedded.py's SCST_SETTINGS; README "Which alignment method?"). DPO's are the preset's
 # align section, else AlignConfig's. They fill only what the user did not set (build_config).
 METHOD_DEFAULTS: dict[str, dict] = {"scst": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0}}
-_BY_METHOD = tuple(dict.fromkeys(key for defaults in METHOD_DEFAULTS.values() for key in defaults))
+_BY_METHOD = frozenset(key for defaults in METHOD_DEFAULTS.values() for key in defaults)
 
 
 def method_default(method, key: str, preset: str):
@@ -339,7 +339,7 @@ def build_config(preset: str | None = None, config_file: Path | None = None, ove
     _merge(values, loaded, RunConfig, "")
     _merge(values, overrides or {}, RunConfig, "")
     given |= set(loaded.get("align") or {}) | set((overrides or {}).get("align") or {})
-    for key in set(_BY_METHOD) - given:
+    for key in _BY_METHOD - given:
         values["align"][key] = method_default(values["align"]["method"], key, preset)
     try:
         config = _construct(values)
