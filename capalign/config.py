@@ -242,6 +242,21 @@ class RunConfig:
 
 SECTIONS = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": AlignConfig}
 
+# Stage-2 settings whose default depends on align.method: SCST's own, measured on the embedded default
+# (bench/bench_embedded.py's SCST_SETTINGS; README "Which alignment method?"). DPO's are the preset's
+# align section, else AlignConfig's. They fill only what the user did not set (build_config).
+METHOD_DEFAULTS: dict[str, dict] = {"scst": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0}}
+_BY_METHOD = frozenset(key for defaults in METHOD_DEFAULTS.values() for key in defaults)
+
+
+def method_default(method, key: str, preset: str):
+    """The default of the align setting `key` under `method` with `preset`: the method's own, else the
+    preset's align section's, else AlignConfig's."""
+    own = METHOD_DEFAULTS.get(method, {}) if isinstance(method, str) else {}
+    if key in own:
+        return own[key]
+    return PRESETS.get(preset, {}).get("align", {}).get(key, AlignConfig.__dataclass_fields__[key].default)
+
 
 def help_for(key: str) -> str:
     """The help text of a config field, by dotted key (`train.lr`)."""
@@ -307,15 +322,25 @@ def build_config(preset: str | None = None, config_file: Path | None = None, ove
     """Preset (or `base`: a run folder's resolved config, for the stages after that run), then YAML
     file, then command-line overrides (`{"train": {"lr": 0.1}}`), then validation. `flags` maps
     dotted keys to the command's flag names: a refused value the user gave as a flag is named by
-    its flag (`--lr`), one from the file by its key (`train.lr`)."""
+    its flag (`--lr`), one from the file by its key (`train.lr`).
+
+    The align settings whose default depends on the method (METHOD_DEFAULTS) take the chosen
+    method's default unless set: by the file, by an override, or in `base`, where a value counts
+    as set when it differs from the default of `base`'s own method (so a resumed run keeps every
+    value it resolved, and a pretrained run passes on only what its own settings changed)."""
     loaded = _read_yaml(config_file) if config_file is not None else {}
     if base is not None:
-        values = to_dict(base)
+        values, preset = to_dict(base), base.model.preset
+        given = {key for key in _BY_METHOD if values["align"][key] != method_default(base.align.method, key, preset)}
     else:
         model = loaded.get("model")
-        values = _preset_values(preset or (model.get("preset") if isinstance(model, dict) else None))
+        preset = preset or (model.get("preset") if isinstance(model, dict) else None) or "tiny"
+        values, given = _preset_values(preset), set()
     _merge(values, loaded, RunConfig, "")
     _merge(values, overrides or {}, RunConfig, "")
+    given |= set(loaded.get("align") or {}) | set((overrides or {}).get("align") or {})
+    for key in _BY_METHOD - given:
+        values["align"][key] = method_default(values["align"]["method"], key, preset)
     try:
         config = _construct(values)
         validate(config)
@@ -378,10 +403,9 @@ def _parse_yaml(text: str, path: Path) -> dict:
     return loaded
 
 
-def _preset_values(preset: str | None) -> dict:
-    """The defaults with the preset's settings laid over them, as a mapping."""
-    name = preset or "tiny"
-    if name not in PRESETS:
+def _preset_values(name) -> dict:
+    """The defaults with the preset `name`'s settings laid over them, as a mapping."""
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"Unknown preset '{name}'; choose one of: {', '.join(PRESETS)}.")
     values = to_dict(RunConfig())
     values["model"]["preset"] = name

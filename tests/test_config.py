@@ -29,8 +29,11 @@ def test_a_run_config_written_by_0_1_0_still_loads():
     """capalign-0.1.0.yaml is a resolved config as 0.1.0 saved it (no seal): clip-gpt2, scst, beta 0.2, lr 3e-4."""
     config = load_config(FIXTURES / "capalign-0.1.0.yaml")
     assert (config.model.preset, config.align.method, config.align.beta, config.train.lr) == ("clip-gpt2", "scst", 0.2, 3e-4)
-    assert to_dict(config) == to_dict(build_config("clip-gpt2", overrides={"align": {"beta": 0.2, "method": "scst"},
-                                                                           "train": {"lr": 3e-4}}))
+    # 0.1.0 resolved scst with the preset's (DPO) schedule, which a resumed or later stage keeps
+    dpo_schedule = {"lr": 1e-5, "batch_size": 8, "max_steps": None, "contrastive_weight": 0.5}
+    assert to_dict(config) == to_dict(build_config("clip-gpt2", overrides={
+        "align": {"beta": 0.2, "method": "scst", **dpo_schedule}, "train": {"lr": 3e-4}}))
+    assert to_dict(build_config(base=config)) == to_dict(config)
 
 
 def test_a_saved_config_cut_at_a_line_end_is_refused_not_filled_with_defaults(tmp_path):

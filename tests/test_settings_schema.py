@@ -43,6 +43,8 @@ BAD_VALUES = [
     ("align:\n  method: dpo\n  beta: 0\n", "align.beta must be positive (0 turns the KL pull off with align.method scst"),
     ("align:\n  num_samples: 1\n", "align.num_samples must be at least 2 with align.baseline mean"),
     ("align:\n  reward: bleu\n", "unknown term 'bleu'"),
+    ("align:\n  method: [scst]\n", "align.method must be one of dpo, scst (got a list)"),
+    ("model:\n  preset: [tiny]\n", "Unknown preset"),
 ]
 
 

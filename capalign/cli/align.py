@@ -3,6 +3,7 @@ self-critical sequence training (`--method scst`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -10,16 +11,35 @@ import typer
 
 from capalign.cli import ui
 from capalign.cli import flags, options
-from capalign.config import AlignConfig, TrainConfig, build_config
+from capalign.config import METHOD_DEFAULTS, AlignConfig, TrainConfig, build_config
 from capalign.errors import ConfigError
 from capalign.runs import RUNS_ROOT, resolve_model, write_errors
+from capalign.schema import describe
 
 # Every setting stage 2 uses has its flag: the align section, and the engine settings of the train
 # section it trains with (by default as the pretrained run had them).
 FLAGS = [flags.flags_of(AlignConfig, "align"), flags.flags_of(TrainConfig, "train", only=lambda f: f.metadata["engine"])]
 
 
-@flags.with_flags(*FLAGS, help_suffix={"train": " Default: as the pretrained run."})
+def _shown(value) -> str:
+    """A default as help writes it: 5e-4 rather than 0.0005, 2 rather than 2.0."""
+    if not isinstance(value, float):
+        return str(value)
+    mantissa, exponent = f"{value:e}".split("e")
+    return min(f"{value:g}", f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}", key=len)
+
+
+def _method_help(f: dataclasses.Field) -> str:
+    """A setting's help with the default each method has of its own (config.METHOD_DEFAULTS)."""
+    return describe(f) + "".join(f" Default with --method {method}: {_shown(defaults[f.name])}."
+                                 for method, defaults in METHOD_DEFAULTS.items() if f.name in defaults)
+
+
+METHOD_HELPS = {f.name: _method_help(f) for f in dataclasses.fields(AlignConfig)
+                if any(f.name in defaults for defaults in METHOD_DEFAULTS.values())}
+
+
+@flags.with_flags(*FLAGS, help_suffix={"train": " Default: as the pretrained run."}, helps=METHOD_HELPS)
 def align(
     model: Optional[str] = typer.Option(None, help="Pretrained run folder (default: the latest pretrain run)."),
     data: Optional[str] = typer.Option(None, help="Dataset (default: the one the model was trained on)."),
@@ -33,7 +53,8 @@ def align(
     sequence training with --method scst (sampled captions scored by --reward against --baseline).
 
     Starts from the pretrained run's resolved configuration (its preset's alignment settings, mixed
-    precision, gradient accumulation, seed); --config and the options override it."""
+    precision, gradient accumulation, seed); --config and the options override it. With --method
+    scst, --lr, --batch-size, --max-steps and --contrastive-weight default to SCST's own unless set."""
     if resume and out is None:
         raise ConfigError("--resume needs --out pointing at the interrupted run folder.")
     overrides, names = flags.overrides(FLAGS, given), flags.names(FLAGS)
