@@ -245,14 +245,19 @@ SECTIONS = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": 
 # Stage-2 settings whose default depends on align.method: SCST's own, measured on the embedded default
 # (bench/bench_embedded.py's SCST_SETTINGS; README "Which alignment method?"). DPO's are the preset's
 # align section, else AlignConfig's. They fill only what the user did not set (build_config).
-METHOD_DEFAULTS: dict[str, dict] = {"scst": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0}}
-_BY_METHOD = frozenset(key for defaults in METHOD_DEFAULTS.values() for key in defaults)
+# method -> preset -> the align settings that method trains with by default on that preset. SCST's
+# were measured on the embedded default (README "Which alignment method?"); the presets with real
+# backbones keep their align section (lr 1e-5, batch 8) until SCST is measured on them.
+METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
+    "scst": {"tiny": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0}},
+}
+_BY_METHOD = frozenset(key for presets in METHOD_DEFAULTS.values() for defaults in presets.values() for key in defaults)
 
 
 def method_default(method, key: str, preset: str):
-    """The default of the align setting `key` under `method` with `preset`: the method's own, else the
-    preset's align section's, else AlignConfig's."""
-    own = METHOD_DEFAULTS.get(method, {}) if isinstance(method, str) else {}
+    """The default of the align setting `key` under `method` with `preset`: the method's own for that
+    preset, else the preset's align section's, else AlignConfig's."""
+    own = METHOD_DEFAULTS.get(method, {}).get(preset, {}) if isinstance(method, str) else {}
     if key in own:
         return own[key]
     return PRESETS.get(preset, {}).get("align", {}).get(key, AlignConfig.__dataclass_fields__[key].default)

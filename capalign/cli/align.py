@@ -31,12 +31,13 @@ def _shown(value) -> str:
 
 def _method_help(f: dataclasses.Field) -> str:
     """A setting's help with the default each method has of its own (config.METHOD_DEFAULTS)."""
-    return describe(f) + "".join(f" Default with --method {method}: {_shown(defaults[f.name])}."
-                                 for method, defaults in METHOD_DEFAULTS.items() if f.name in defaults)
+    return describe(f) + "".join(f" Default with --method {method} ({preset} preset): {_shown(defaults[f.name])}."
+                                 for method, presets in METHOD_DEFAULTS.items()
+                                 for preset, defaults in presets.items() if f.name in defaults)
 
 
 METHOD_HELPS = {f.name: _method_help(f) for f in dataclasses.fields(AlignConfig)
-                if any(f.name in defaults for defaults in METHOD_DEFAULTS.values())}
+                if any(f.name in d for presets in METHOD_DEFAULTS.values() for d in presets.values())}
 
 
 @flags.with_flags(*FLAGS, help_suffix={"train": " Default: as the pretrained run."}, helps=METHOD_HELPS)
