@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil  # an accelerate dependency
@@ -20,9 +21,11 @@ from PIL import Image
 
 from capalign.data.importers import import_source, pipeline
 from capalign.data.importers import fetch_report as R
+from capalign.data.importers.cc3m import hashed_split
 from capalign.data.importers.fetch_report import SkipLog
 from capalign.data.importers.image_workers import ImagePool
 from capalign.data.importers.records import Candidate
+from capalign.data.importers.splits import SPLITS, split_caps
 from capalign.errors import InputError
 from test_cli import run_cli
 from test_importers_common import (load, low_pixel_limit, make_bad_files, make_escapes,  # noqa: F401
@@ -82,7 +85,9 @@ def test_webdataset_import_with_workers_is_byte_identical(tmp_path, limit):
     _shard(tmp_path / "wds" / "shard-000000.tar", 0, 30, bad=True)
     _shard(tmp_path / "wds" / "shard-000001.tar", 30, 20, bad=True)
     report = _same_as_one_process(str(tmp_path / "wds"), tmp_path, processes=3, limit=limit)
-    assert sum(report["rows"].values()) == (50 if limit is None else 10)
+    hashed = Counter(hashed_split(f"{i:06d}", 0) for i in range(50))  # the 50 good samples' splits
+    assert report["rows"] == ({s: hashed[s] for s in SPLITS} if limit is None else
+                              {s: min(hashed[s], n) for s, n in split_caps(limit).items()})
 
 
 def _cands(items):

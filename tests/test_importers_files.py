@@ -5,12 +5,18 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from capalign.data.importers import import_source
 from capalign.data.importers import fetch_report as R
+from capalign.data.importers.cc3m import hashed_split
+from capalign.data.importers.fetch_report import SkipLog
+from capalign.data.importers.splits import SPLITS, split_caps
+from capalign.data.importers.webdataset import webdataset_plan
 from capalign.errors import InputError
 from test_importers_common import (all_rows, check_schema, load, low_pixel_limit,  # noqa: F401
                                    make_bad_files, make_escapes, noise_jpeg_bytes, report_json, rgb)
@@ -160,14 +166,74 @@ def test_webdataset_shards_with_split_names(tmp_path):
     assert single.rows == {"train": 0, "validation": 2, "test": 0}
 
 
-def test_webdataset_unsplit_shards_and_bad_shard(tmp_path):
+def _ids(out: Path) -> dict[str, list[str]]:
+    return {name: list(split["image_id"]) for name, split in load(out).items()}
+
+
+def test_webdataset_unsplit_shards_split_by_key_hash_and_bad_shard(tmp_path):
     _shard(tmp_path / "shards" / "shard-000000.tar", 0, 30)
-    rep = import_source(str(tmp_path / "shards" / "shard-*.tar"), tmp_path / "out", limit=10)
-    assert rep.rows == {"train": 8, "validation": 1, "test": 1}
+    _shard(tmp_path / "shards" / "shard-000001.tar", 30, 30)
+    keys = [f"{i:06d}" for i in range(60)]
+    rep = import_source(str(tmp_path / "shards" / "shard-*.tar"), tmp_path / "out", seed=3)
+    assert _ids(tmp_path / "out") == {s: [k for k in keys if hashed_split(k, 3) == s] for s in SPLITS}
+    # --limit 10: 8 / 1 / 1 at most, the first keys of each split in shard order
+    rep = import_source(str(tmp_path / "shards" / "shard-*.tar"), tmp_path / "out10", seed=3, limit=10)
+    assert _ids(tmp_path / "out10") == {s: [k for k in keys if hashed_split(k, 3) == s][:n]
+                                        for s, n in split_caps(10).items()}
+    assert rep.rows["train"] == 8
     bad = tmp_path / "broken.tar"
     bad.write_bytes(b"this is not a tar archive at all" * 40)
     with pytest.raises(InputError, match="broken.tar"):
         import_source(str(bad), tmp_path / "out2")
+
+
+def test_webdataset_train_shards_alone_give_held_out_splits_by_key_hash(tmp_path):
+    _shard(tmp_path / "wds" / "train-000000.tar", 0, 40)
+    _shard(tmp_path / "wds" / "train-000001.tar", 40, 40)
+    _shard(tmp_path / "wds" / "test-000000.tar", 500, 3)  # test is there: only validation is carved
+    import_source(str(tmp_path / "wds"), tmp_path / "out", seed=1)
+    train = [f"{i:06d}" for i in range(80)]
+    assert _ids(tmp_path / "out") == {
+        "train": [k for k in train if hashed_split(k, 1) != "validation"],
+        "validation": [k for k in train if hashed_split(k, 1) == "validation"],
+        "test": ["000500", "000501", "000502"]}
+
+
+def _text_shards(root: Path, n: int, per: int = 100) -> str:
+    """n samples (an image member that is never decoded here, two captions), `per` to a shard."""
+    root.mkdir(parents=True)
+    for k in range(0, n, per):
+        with tarfile.open(root / f"shard-{k // per:05d}.tar", "w") as tf:
+            for i in range(k, min(n, k + per)):
+                _add(tf, f"{i:09d}.jpg", b"not decoded by the plan")
+                _add(tf, f"{i:09d}.txt", f"a photo of thing {i} in a field beside a small red house\n"
+                                         f"another caption of sample {i}".encode())
+    return str(root)
+
+
+def _plan_peak(spec: str) -> tuple[int, dict[str, int]]:
+    """tracemalloc's peak while every split of the plan is read through (as the writer does), and
+    the candidates per split."""
+    tracemalloc.start()
+    try:
+        plan = webdataset_plan(spec, 0, None, SkipLog())
+        counts = {s: sum(1 for _ in cands) for s, (cands, _) in plan.items()}
+        return tracemalloc.get_traced_memory()[1], counts
+    finally:
+        tracemalloc.stop()
+
+
+def test_webdataset_plan_streams_the_shards_and_splits_about_90_5_5(tmp_path):
+    assert isinstance(webdataset_plan(_text_shards(tmp_path / "one", 5), 0, None, SkipLog())["train"][0],
+                      Iterator)
+    small, _ = _plan_peak(_text_shards(tmp_path / "small", 300))
+    large, counts = _plan_peak(_text_shards(tmp_path / "large", 2400))
+    # every Candidate held at once costs about 740 bytes each here; streaming keeps one shard's
+    # samples and the set of image ids seen (about 120 bytes a sample)
+    assert (large - small) / 2100 < 300, (small, large)
+    assert sum(counts.values()) == 2400
+    assert 0.87 < counts["train"] / 2400 < 0.93
+    assert all(0.035 < counts[s] / 2400 < 0.065 for s in ("validation", "test")), counts
 
 
 def test_truncated_shard_keeps_earlier_samples(tmp_path):

@@ -53,3 +53,33 @@ def test_make_pairs_from_the_lazy_column_equals_the_decoded_list(workspace, pret
     expected = best_and_worst_pairs(split, ranked, MIN_RANK_GAP) + corrupted_pairs(split, 3)
     pairs = make_pairs(split, captioner, tokenizer, processor, "auto", seed=3, samples=2)
     assert pairs and pairs == expected
+
+
+def test_similarity_per_text_batch_and_ranking_in_chunks_equal_the_whole_split_at_once(workspace, pretrained_run):
+    """head_similarity scores each text batch as it is embedded (no [candidates, D] embeddings held),
+    and ranked_chunks ranks a chunk at a time: the same numbers, to the bit, as the whole at once."""
+    import torch
+
+    from capalign.data.store import load_prepared
+    from capalign.inference.scorer import RunScorer, head_similarity
+    from capalign.models.io import load_captioner
+    from capalign.pairs.ranker import rank_candidates, ranked_chunks
+
+    split = load_prepared(workspace / "data" / "shapes")["train"].select(range(30))
+    captioner, tokenizer, processor = load_captioner(pretrained_run)
+    rng = random.Random(1)
+    candidates = [list(dict.fromkeys(sentence(rng) for _ in range(rng.randint(1, 6)))) for _ in range(len(split))]
+    similarity = head_similarity(captioner, tokenizer, processor, split["image"], candidates)
+    scorer = RunScorer(captioner, tokenizer, processor)
+    owners = torch.tensor([i for i, cands in enumerate(candidates) for _ in cands])
+    whole = (scorer.embed_images(split["image"])[owners] * scorer.embed_texts([c for cs in candidates for c in cs])).sum(-1)
+    assert len(whole) > scorer.batch_size and len(whole) % scorer.batch_size  # two text batches, the last one short
+    start = 0
+    for i, cands in enumerate(candidates):
+        assert similarity[i] == whole[start : start + len(cands)].tolist()
+        start += len(cands)
+    one = rank_candidates(candidates, split["captions"], split["objects"], similarity)
+    chunked = [(first, ranked) for first, ranked in ranked_chunks(candidates, split["captions"], split["objects"],
+                                                                  similarity, chunk=7)]
+    assert [first for first, _ in chunked] == [0, 7, 14, 21, 28]
+    assert [row for _, ranked in chunked for row in ranked] == one

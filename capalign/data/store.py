@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
@@ -94,3 +95,25 @@ def get_split(dataset: datasets.DatasetDict, split: str) -> datasets.Dataset:
     if split not in dataset:
         raise MissingError(f"The dataset has no split '{split}'; it has: {', '.join(dataset)}.")
     return dataset[split]
+
+
+class SplitImages(Mapping):
+    """A split's images by image id, decoded when asked for (`many` decodes a batch), never all at
+    once: CLIPScore and retrieval embed them a batch at a time, so memory holds a batch, not the split."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset.select_columns(["image"])
+        self.rows = {str(i): row for row, i in enumerate(dataset.select_columns(["image_id"])["image_id"])}
+
+    def __getitem__(self, image_id: str):
+        return self.dataset[self.rows[image_id]]["image"]
+
+    def many(self, image_ids: list[str]) -> list:
+        """The images of these ids, in order, decoded together."""
+        return self.dataset[[self.rows[i] for i in image_ids]]["image"]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -21,7 +21,7 @@ from .importers.fetch_report import SkipLog
 from .importers.hf_source import CAPTION_COLUMNS, _texts
 from .importers.records import Candidate, clean_captions
 from .importers.splits import canonical_split
-from .importers.webdataset import _index, _split_of, expand_shards, is_webdataset
+from .importers.webdataset import _split_of, expand_shards, index_shard, is_webdataset
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png")
 # what a damaged data file raises inside datasets / pyarrow while it is being streamed
@@ -41,7 +41,7 @@ class ShardSource:
         """Shard `i`'s samples in tar order; an unreadable or cut shard yields what it can and is logged."""
         shard = self.shards[i]
         try:
-            cands = _index(shard, None, log)  # one shard's captions and image offsets
+            cands = index_shard(shard, log)  # one shard's captions and image offsets
             handle = open(shard, "rb")
         except (InputError, OSError) as e:
             log.skip(R.UNREADABLE, str(shard), str(e))

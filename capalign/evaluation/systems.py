@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capalign.data.store import get_split, load_prepared
+from capalign.data.store import SplitImages, get_split, load_prepared
 from capalign.devices import resolve_device
 from capalign.errors import ConfigError, InputError, MissingError
 from capalign.inference.generate import caption_split
@@ -21,28 +21,6 @@ from capalign.runs import is_run_dir, looks_like_hub_id, resolve_model
 
 IMAGE_METRICS = {"CLIPScore", "RefCLIPScore", "I2T-R@1", "I2T-R@5", "I2T-R@10", "T2I-R@1", "T2I-R@5", "T2I-R@10"}
 OBJECT_METRICS = {"Hallucination"}  # need each image's ground-truth objects (a prepared shapes split)
-
-
-class SplitImages(Mapping):
-    """A split's images by image id, decoded when asked for (`many` decodes a batch), never all at
-    once: CLIPScore and retrieval embed them a batch at a time, so memory holds a batch, not the split."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset.select_columns(["image"])
-        self.rows = {str(i): row for row, i in enumerate(dataset.select_columns(["image_id"])["image_id"])}
-
-    def __getitem__(self, image_id: str):
-        return self.dataset[self.rows[image_id]]["image"]
-
-    def many(self, image_ids: list[str]) -> list:
-        """The images of these ids, in order, decoded together."""
-        return self.dataset[[self.rows[i] for i in image_ids]]["image"]
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
 
 @dataclass

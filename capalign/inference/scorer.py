@@ -4,7 +4,9 @@ self` and the pair ranker's image–caption similarity."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from capalign.data.collate import pixel_values
@@ -30,15 +32,17 @@ class RunScorer:
             chunks.append(self.captioner.head.embed_image(pooled))
         return torch.cat(chunks).float()
 
-    @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        chunks = []
+        return torch.cat(list(self.embed_text_batches(texts)))
+
+    @torch.no_grad()
+    def embed_text_batches(self, texts: list[str]) -> Iterator[torch.Tensor]:
+        """`embed_texts`, one batch of `batch_size` texts at a time (the same batches, so the same numbers)."""
         for start in range(0, len(texts), self.batch_size):
             batch = self.captioner.tokenize_texts(self.tokenizer, texts[start : start + self.batch_size])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             pooled = self.captioner.text_features(batch["input_ids"], batch["attention_mask"])
-            chunks.append(self.captioner.head.embed_text(pooled))
-        return torch.cat(chunks).float()
+            yield self.captioner.head.embed_text(pooled).float()
 
 
 def load_scorer(run_dir: Path, device: torch.device | str | None = None,
@@ -50,18 +54,34 @@ def load_scorer(run_dir: Path, device: torch.device | str | None = None,
     return RunScorer(captioner, tokenizer, processor)
 
 
-def head_similarity(captioner, tokenizer, processor, images, candidates: list[list[str]]) -> list[list[float]] | None:
-    """Cosine between each image and each of its candidates under the run's contrastive head."""
+class PerCandidate:
+    """One score per candidate caption of each image, held flat (float32) with each image's offset:
+    `scores[i]` is image i's list of candidate scores."""
+
+    def __init__(self, values: torch.Tensor, counts: list[int]):
+        self.values = values
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, i: int) -> list[float]:
+        return self.values[self.starts[i] : self.starts[i + 1]].tolist()
+
+
+def head_similarity(captioner, tokenizer, processor, images, candidates: list[list[str]]) -> PerCandidate | None:
+    """Cosine between each image and each of its candidates under the run's contrastive head. The
+    image embeddings are kept; each batch of candidate texts is embedded, scored and dropped, so
+    memory holds one number per candidate, not its embedding."""
     if captioner.head is None:
         return None
     scorer = RunScorer(captioner, tokenizer, processor)
     image_emb = scorer.embed_images(images)
     flat = [c for cands in candidates for c in cands]
-    text_emb = scorer.embed_texts(flat)
-    owners = torch.tensor([i for i, cands in enumerate(candidates) for _ in cands])
-    cosines = (image_emb[owners] * text_emb).sum(-1).tolist()
-    out, start = [], 0
-    for cands in candidates:
-        out.append(cosines[start : start + len(cands)])
-        start += len(cands)
-    return out
+    owners = torch.tensor([i for i, cands in enumerate(candidates) for _ in cands], dtype=torch.long)
+    cosines, start = torch.empty(len(flat)), 0
+    for text_emb in scorer.embed_text_batches(flat):
+        end = start + len(text_emb)
+        cosines[start:end] = (image_emb[owners[start:end]] * text_emb).sum(-1)
+        start = end
+    return PerCandidate(cosines, [len(cands) for cands in candidates])

@@ -99,7 +99,7 @@ def clip_scores(
 def embed_image_ids(scorer, images, ids: list[str], batch_size: int) -> torch.Tensor:
     """The scorer's embeddings of `images[i]` for each id, decoding one scorer batch at a time, so
     that memory holds a batch of images, not the split (`images` may offer `many(ids)`, a batch
-    decode, as capalign.evaluation.systems.SplitImages does)."""
+    decode, as capalign.data.store.SplitImages does)."""
     step = getattr(scorer, "batch_size", None) or batch_size  # the scorer's own batches: the same numbers
     take = getattr(images, "many", None) or (lambda chunk: [images[i] for i in chunk])
     return torch.cat([scorer.embed_images(take(ids[start : start + step])).float().cpu()

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -16,7 +17,7 @@ from capalign.data.store import get_split
 from capalign.errors import ConfigError, InputError
 from capalign.inference.scorer import head_similarity
 from capalign.pairs.generated import best_and_worst_pairs, corrupted_pairs, sample_candidates
-from capalign.pairs.ranker import rank_candidates
+from capalign.pairs.ranker import ranked_chunks
 from capalign.pairs.sources import load_pair_source
 from capalign.pairs.types import PreferencePair
 from capalign.reporting import log
@@ -60,7 +61,7 @@ class PairSet(Dataset):
 
     def __init__(self, split, pairs: list[PreferencePair]):
         self.split, self.pairs = split, pairs
-        self.reference: list[tuple[float, float]] | None = None
+        self.reference: np.ndarray | None = None  # [pairs, 2] float64: each pair's chosen and rejected log-prob
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -74,7 +75,7 @@ class PairSet(Dataset):
         pair = self.pairs[i]
         item = {"image": self.image(pair), "chosen": pair.chosen, "rejected": pair.rejected}
         if self.reference is not None:
-            item["ref_chosen"], item["ref_rejected"] = self.reference[i]
+            item["ref_chosen"], item["ref_rejected"] = map(float, self.reference[i])
         return item
 
 
@@ -98,10 +99,14 @@ def make_pairs(split, captioner, tokenizer, processor, source: str, seed: int, s
             raise InputError(f"--pairs {source} holds no usable pair ({loaded.summary()}).")
         return [PreferencePair(None, p["chosen"], p["rejected"], "file", image=p["image"]) for p in loaded.pairs]
     images = split["image"]  # a lazy column: each batch decodes its own slice, never the whole split
+    # every image's candidates are sampled first (pass by pass, the seeded draws) and held: CIDEr's
+    # document frequencies count each image's candidates; then they are ranked and paired a chunk at a time
     candidates = sample_candidates(captioner, tokenizer, processor, images, samples, seed, sampling)
     similarity = head_similarity(scorer if scorer is not None else captioner, tokenizer, processor, images, candidates)
-    ranked = rank_candidates(candidates, split["captions"], split["objects"] if has_objects else None, similarity)
-    pairs = best_and_worst_pairs(split, ranked, MIN_RANK_GAP)
+    pairs = []
+    for start, ranked in ranked_chunks(candidates, split["captions"], split["objects"] if has_objects else None,
+                                       similarity):
+        pairs += best_and_worst_pairs(split, ranked, MIN_RANK_GAP, start)
     if has_objects:
         pairs += corrupted_pairs(split, seed)
     return pairs

@@ -40,15 +40,15 @@ def corrupt_caption(caption: str, objects: list[dict], rng: random.Random) -> st
     return None
 
 
-def best_and_worst_pairs(split, ranked, min_gap: float) -> list[PreferencePair]:
+def best_and_worst_pairs(split, ranked, min_gap: float, start: int = 0) -> list[PreferencePair]:
     """chosen = the ranker's best candidate, rejected = its worst; pairs closer than `min_gap` are
     dropped as ties. On shapes, when even the best candidate is wrong about the image or leaves an
     object out, the reference phrased most like the worst one is chosen instead, so a chosen caption
-    is always faithful and complete."""
+    is always faithful and complete. `ranked` holds the split's rows from `start` on."""
     pairs = []
     objects = split["objects"] if "objects" in split.column_names else None
     references = split["captions"]  # the column alone: indexing a row would decode its image too
-    for row, candidates in enumerate(ranked):
+    for row, candidates in enumerate(ranked, start):
         best = max(candidates, key=lambda c: c.score)
         worst = min(candidates, key=lambda c: c.score)
         if best.score - worst.score < min_gap or best.caption == worst.caption:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass
+@dataclass(slots=True)  # no per-pair __dict__: a split's pairs are many
 class PreferencePair:
     """One preference: for image `row` of a split (or the file `image`; neither for a text-only
     pair), `chosen` is preferred over `rejected`."""

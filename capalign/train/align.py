@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -64,16 +65,19 @@ def _pad_to(labels: torch.Tensor, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def attach_reference_logps(reference, pair_set: PairSet, collate, batch_size: int, average: bool) -> None:
-    """Run the frozen reference once over all pairs (a progress bar counts them) and store its log-probs with them."""
+    """Run the frozen reference once over all pairs (a progress bar counts them) and store its
+    log-probs with them (one [pairs, 2] array)."""
     reference.eval()
     device = next(reference.parameters()).device
-    values: list[tuple[float, float]] = []
+    values = np.empty((len(pair_set), 2))
+    done = 0
     with reporting.progress("reference log-probs", len(pair_set)) as advance:
         for batch in DataLoader(pair_set, batch_size=batch_size, collate_fn=collate):
             batch = {k: v.to(device) for k, v in batch.items()}
             chosen, rejected, _, _ = policy_logps(reference, batch, average)
-            values.extend(zip(chosen.tolist(), rejected.tolist()))
-            advance(completed=len(values))
+            values[done : done + len(chosen)] = torch.stack([chosen, rejected], 1).double().cpu().numpy()
+            done += len(chosen)
+            advance(completed=done)
     pair_set.reference = values
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from capalign import reporting
+from capalign.data.store import SplitImages
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.inference.scorer import RunScorer
 from capalign.metrics import MetricOptions, evaluate_captions
@@ -33,7 +34,7 @@ def _summary(captions: dict[str, str], split, model, tokenizer, processor) -> di
     if model.head is not None:
         metrics += RETRIEVAL_REPORTED
         options.contrastive_scorer = RunScorer(model, tokenizer, processor)
-        images = dict(zip(ids, split["image"]))
+        images = SplitImages(split)  # decoded a batch at a time by the image metrics
     summary = dict(evaluate_captions(captions, references, metrics, images=images, objects=objects, options=options).summary)
     summary["Length"] = sum(len(c.split()) for c in captions.values()) / max(len(captions), 1)
     return summary
@@ -43,7 +44,7 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     """Greedy captions of both models on `split`, their metrics, the aligned model's win rate under
     the same ranker that ranked the training pairs, and (if given) its reward metrics on the first
     round's held-out pairs against the pretrained reference; written to alignment_report.json."""
-    images = list(split["image"])
+    images = split["image"]  # a lazy column: captioning decodes a batch at a time
     ids = list(split["image_id"])
     with reporting.progress("report: captioning", 2 * len(images)) as advance:
         aligned = dict(zip(ids, caption_images(policy, tokenizer, processor, images, DecodeOptions())))
@@ -65,7 +66,7 @@ def alignment_report(policy, reference, tokenizer, processor, split, run_dir: Pa
     }
     atomic_write_text(Path(run_dir) / "alignment_report.json", json.dumps(report, indent=2))
     rows = [[name, report["reference"][name], report["aligned"][name]] for name in report["aligned"]]
-    if held_out is not None:
+    if held_out:  # {} when every held-out pair tied: nothing was scored
         rows.append(["held-out pair accuracy", "", held_out["eval_rewards/accuracies"]])
     rows.append(["ranker win / tie / loss", "", f"{report['win_rate']:.0%} / {report['tie_rate']:.0%} / {report['loss_rate']:.0%}"])
     reporting.table(f"aligned vs reference on {len(ids)} evaluation images", ["metric", "reference", "aligned"], rows)

@@ -32,7 +32,9 @@ def import_source(source: str, out: Path, *, images: Path | None = None, limit: 
 
     Splits: a source's own splits are kept (restval joins train; a missing validation/test split
     is a seeded 5% of train, or half of validation when only test is missing); a source without
-    splits gets a seeded 90/5/5 train/validation/test split (URL lists: by a seeded URL hash).
+    splits gets a seeded 90/5/5 train/validation/test split (URL lists and webdataset shards: by a
+    seeded hash of each URL or sample key, which is also how a webdataset set with split names but no
+    validation or test shards takes them from train).
     `limit` caps kept images per split when the source has splits, and in total (shared 90/5/5)
     when it has none; bad records never count toward it. Images are decoded once, made upright
     (EXIF) and RGB, shrunk so the shorter side is `image_size` (never enlarged; 0 keeps the size)

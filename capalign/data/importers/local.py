@@ -37,13 +37,12 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
                                 settings=settings, image_column=image_column, caption_column=caption_column,
                                 options=options)
         if webdataset.is_webdataset(str(path)):
-            cands = webdataset.webdataset_candidates(str(path), log)
-            return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
+            return run_candidates(fmt="webdataset", plan=webdataset.webdataset_plan(str(path), seed, limit, log),
+                                  **run)
         raise InputError(f"{path} has no metadata.jsonl / metadata.csv, no .tar shards and no saved dataset; "
                          "add a metadata file (file_name + caption columns) or pass an annotation file.")
     if not path.exists() and webdataset.is_webdataset(source):
-        cands = webdataset.webdataset_candidates(source, log)
-        return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
+        return run_candidates(fmt="webdataset", plan=webdataset.webdataset_plan(source, seed, limit, log), **run)
     suffix = path.suffix.lower()
     if path.name in ("metadata.jsonl", "metadata.csv"):
         return import_local(source, path.parent, images=images, out=out, log=log, seed=seed, limit=limit,
@@ -68,8 +67,7 @@ def import_local(source: str, path: Path, *, images: Path | None, out: Path, log
         cands = flickr.flickr_candidates(path, _images_dir(root, path, "Flickr caption file"), log)
         return run_candidates(fmt="flickr8k", plan=plan_splits(cands, seed, limit), **run)
     if suffix == ".tar":
-        cands = webdataset.webdataset_candidates(source, log)
-        return run_candidates(fmt="webdataset", plan=plan_splits(cands, seed, limit), **run)
+        return run_candidates(fmt="webdataset", plan=webdataset.webdataset_plan(source, seed, limit, log), **run)
     if cc3m.is_url_list(path):
         for _ in cc3m.url_list_candidates(path, None, seed, SkipLog()):
             pass  # validate the whole file first, so a malformed line fails before any download

@@ -61,18 +61,23 @@ def plan_splits(cands: list[Candidate], seed: int, limit: int | None) -> Plan:
     return {s: (groups[s], caps[s]) for s in SPLITS}
 
 
-def _locate(c: Candidate, shards: dict) -> bytes | Path:
+def _locate(c: Candidate, shard: list) -> bytes | Path:
+    """The candidate's image: a path, or its bytes (read by seek from a tar shard: `shard` holds the
+    one open shard, [path, file], replaced when a candidate from another shard comes)."""
     if c.path is not None:
         return resolve_inside(c.root, c.path)
     if c.data is not None:
         return c.data
     if c.tar is not None:
-        shard, offset, size = c.tar
+        path, offset, size = c.tar
         if size > MAX_MEMBER_BYTES:
             raise BadImage(R.TOO_LARGE, f"{size} bytes")
-        f = shards.get(shard) or shards.setdefault(shard, open(shard, "rb"))
-        f.seek(offset)
-        return f.read(size)
+        if shard[0] != path:
+            if shard[1] is not None:
+                shard[1].close()
+            shard[:] = [path, open(path, "rb")]
+        shard[1].seek(offset)
+        return shard[1].read(size)
     raise BadImage("no_image_locator", c.ref)
 
 
@@ -80,16 +85,16 @@ def _payloads(cands: Iterable[Candidate], log: SkipLog, downloader: Downloader |
     if downloader is not None:
         yield from downloader.fetch(cands, log)
         return
-    shards: dict = {}
+    shard: list = [None, None]
     try:
         for c in cands:
             try:
-                yield c, _locate(c, shards)
+                yield c, _locate(c, shard)
             except BadImage as e:
                 log.skip(e.reason, c.ref, e.detail)
     finally:
-        for f in shards.values():
-            f.close()
+        if shard[1] is not None:
+            shard[1].close()
 
 
 def iter_rows(cands: Iterable[Candidate], cap: int | None, image_size: int, log: SkipLog,

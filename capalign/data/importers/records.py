@@ -50,24 +50,28 @@ def clean_captions(raw: Iterable[Any], ref: str, log: SkipLog) -> list[str]:
     return out
 
 
+def usable(c: Candidate, seen: set[str], log: SkipLog) -> bool:
+    """Whether `c` is kept: its file name and id can be used (no NUL byte, no lone surrogate, a
+    string), it has captions and its image id is not in `seen` (which a kept id joins); a candidate
+    that is not is counted in `log`."""
+    if c.path is not None and (not is_text(c.path) or "\0" in c.path):
+        log.skip(R.BAD_NAME, c.ref, f"file name {c.path!r}")
+    elif id_text(c.image_id) is None:
+        log.skip(R.BAD_ID, c.ref, f"image_id {c.image_id!r}")
+    elif not c.captions:
+        log.skip(R.NO_CAPTIONS, c.ref)
+    elif c.image_id in seen:
+        log.skip(R.DUPLICATE, c.ref, f"image_id {c.image_id} already seen")
+    else:
+        seen.add(c.image_id)
+        return True
+    return False
+
+
 def keep_with_captions(cands: Iterable[Candidate], log: SkipLog) -> list[Candidate]:
-    """Drop (and count) candidates whose file name or id cannot be used (a NUL byte, a lone
-    surrogate, not a string), without captions, and with a repeated image id."""
+    """The usable candidates (see `usable`), in order; the others are counted in `log`."""
     seen: set[str] = set()
-    kept = []
-    for c in cands:
-        if c.path is not None and (not is_text(c.path) or "\0" in c.path):
-            log.skip(R.BAD_NAME, c.ref, f"file name {c.path!r}")
-        elif id_text(c.image_id) is None:
-            log.skip(R.BAD_ID, c.ref, f"image_id {c.image_id!r}")
-        elif not c.captions:
-            log.skip(R.NO_CAPTIONS, c.ref)
-        elif c.image_id in seen:
-            log.skip(R.DUPLICATE, c.ref, f"image_id {c.image_id} already seen")
-        else:
-            seen.add(c.image_id)
-            kept.append(c)
-    return kept
+    return [c for c in cands if usable(c, seen, log)]
 
 
 def load_json(path: Path) -> Any:

@@ -1,7 +1,10 @@
 """WebDataset tar shards: samples are tar members sharing a key (`000001.jpg` + `000001.txt` or
 `.json`). Read with the stdlib `tarfile` (the webdataset package would add a dependency and a
-decode path we do not need): one pass indexes each sample's image offset and its captions, then
-images are read by seek, so nothing but captions is held in memory. Shards are plain `.tar`."""
+decode path we do not need). Nothing grows with the shard set but the image ids seen (to drop
+repeats): each split is one pass over the shards, a shard at a time, that indexes a shard's samples
+(image offset, captions), yields them and forgets them; images are read by seek. A sample's split is
+its shard's (`train`/`val`/`test` in its path) or, in a shard set without such names, a seeded hash
+of its key (cc3m.hashed_split), so no pass needs the whole list. Shards are plain `.tar`."""
 
 from __future__ import annotations
 
@@ -10,13 +13,15 @@ import json
 import re
 import tarfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 from capalign.errors import InputError, MissingError
 
 from . import fetch_report as R
-from .records import Candidate, clean_captions, keep_with_captions
+from .cc3m import hashed_split
+from .records import Candidate, clean_captions, usable
 from .fetch_report import SkipLog
-from .splits import canonical_split
+from .splits import SPLITS, canonical_split, split_caps
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -67,12 +72,27 @@ def _captions(ext: str, data: bytes) -> list:
     return data.decode("utf-8-sig").splitlines() or [""]
 
 
-def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
+class _Unlogged(SkipLog):
+    """A log that counts nothing: what a pass reads of another split's samples is that split's to report."""
+
+    def skip(self, reason: str, record: str, detail: str = "") -> None:
+        pass
+
+
+def _open(shard: Path) -> tarfile.TarFile:
     try:
-        tf = tarfile.open(shard, mode="r:")
+        return tarfile.open(shard, mode="r:")
     except (tarfile.TarError, OSError) as e:
         raise InputError(f"{shard}: not a readable uncompressed tar shard ({e}); "
                          "decompress it or pass the right file.") from None
+
+
+def index_shard(shard: Path, log: SkipLog, wanted: Callable[[str], bool] | None = None,
+                log_of: Callable[[str], SkipLog] | None = None) -> list[Candidate]:
+    """One shard's samples (those whose key is `wanted`) with an image, in tar order, their captions
+    cleaned (maybe none left). A cut-off shard is counted in `log`, a sample's skips in `log_of(key)`
+    (default `log`)."""
+    tf = _open(shard)
     samples: dict[str, dict] = {}
     size = shard.stat().st_size
     cut = False
@@ -90,6 +110,8 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
                 if not dot:
                     continue
                 key = f"{d}/{stem}" if d else stem
+                if wanted is not None and not wanted(key):
+                    continue
                 s = samples.setdefault(key, {"image": None, "caps": [], "bad": None})
                 ext = ext.lower()
                 if ext in IMAGE_EXTS and s["image"] is None:
@@ -111,25 +133,67 @@ def _index(shard: Path, split: str | None, log: SkipLog) -> list[Candidate]:
                          f"no end-of-archive marker at byte {tf.offset}: later samples are lost")
     cands = []
     for key, s in samples.items():
-        ref = f"{shard.name}:{key}"
+        ref, slog = f"{shard.name}:{key}", log_of(key) if log_of else log
         if s["bad"]:
-            log.skip(R.BAD_SAMPLE, ref, s["bad"])
+            slog.skip(R.BAD_SAMPLE, ref, s["bad"])
         elif s["image"] is None:
-            log.skip(R.NO_IMAGE, ref)
+            slog.skip(R.NO_IMAGE, ref)
         else:
-            cands.append(Candidate(image_id=key, captions=clean_captions(s["caps"], ref, log), ref=ref,
-                                   tar=(shard, *s["image"]), split=split))
+            cands.append(Candidate(image_id=key, captions=clean_captions(s["caps"], ref, slog), ref=ref,
+                                   tar=(shard, *s["image"])))
     return cands
 
 
-def webdataset_candidates(spec: str, log: SkipLog) -> list[Candidate]:
-    """Candidates for every sample of every shard; splits come from train/val/test in shard
-    paths (other shards join train) or, if no shard is so named, are made by the seeded split."""
-    shards = expand_shards(spec)
-    if not shards:
-        raise MissingError(f"no .tar shards match {spec}; pass a shard, a folder of shards or a pattern.")
-    base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
-    splits = {s: _split_of(s, base) for s in shards}
-    named = any(splits.values())
-    cands = [c for s in shards for c in _index(s, (splits[s] or "train") if named else None, log)]
-    return keep_with_captions(cands, log)
+class ShardSet:
+    """The shards a spec names and the rule that gives each sample its split: its shard's split
+    word (a shard without one joins train), or, when no shard path has one, the seeded hash of its
+    key. A named set without validation or test shards takes them from train by the same hash."""
+
+    def __init__(self, spec: str, seed: int) -> None:
+        self.shards = expand_shards(spec)
+        if not self.shards:
+            raise MissingError(f"no .tar shards match {spec}; pass a shard, a folder of shards or a pattern.")
+        for shard in self.shards:  # an unreadable shard stops the fetch before anything is written
+            _open(shard).close()
+        base = Path(spec) if Path(spec).is_dir() else Path(spec).parent
+        words = {s: _split_of(s, base) for s in self.shards}
+        self.named = any(words.values())
+        self.home = {s: (words[s] or "train") if self.named else None for s in self.shards}
+        homes = set(self.home.values())
+        self.carved = {s for s in SPLITS[1:] if s not in homes} if "train" in homes else set()
+        self.seed = seed
+
+    def split(self, shard: Path, key: str) -> str:
+        home = self.home[shard]
+        if home is None or (home == "train" and self.carved):
+            hashed = hashed_split(key, self.seed)
+            return hashed if home is None or hashed in self.carved else "train"
+        return home
+
+    def _may_hold(self, shard: Path, split: str) -> bool:
+        home = self.home[shard]
+        return home in (None, split) or (home == "train" and split in self.carved)
+
+    def candidates(self, split: str, log: SkipLog) -> Iterator[Candidate]:
+        """The usable samples of `split`, in shard order, a shard indexed at a time. An image id is
+        kept the first time it is seen in the whole set, so in a named set every shard up to the
+        last that may hold `split` is read; each skip is counted by the pass of its sample's split
+        (a cut-off shard by its own split's, or train's)."""
+        held = [i for i, s in enumerate(self.shards) if self._may_hold(s, split)]
+        unlogged, seen = _Unlogged(), set()
+        for shard in self.shards[:held[-1] + 1] if held else []:
+            own = (self.home[shard] or "train") == split
+            wanted = None if self.named else (lambda key: self.split(shard, key) == split)
+            route = lambda key: log if self.split(shard, key) == split else unlogged  # noqa: E731
+            for c in index_shard(shard, log if own else unlogged, wanted, route):
+                c.split = self.split(shard, c.image_id)
+                if usable(c, seen, route(c.image_id)) and c.split == split:
+                    yield c
+
+
+def webdataset_plan(spec: str, seed: int, limit: int | None, log: SkipLog) -> dict:
+    """A split plan (pipeline.Plan) that streams the shards: `limit` caps each split of a named
+    set, and is shared 90/5/5 otherwise."""
+    shards = ShardSet(spec, seed)
+    caps = dict.fromkeys(SPLITS, limit) if shards.named else split_caps(limit)
+    return {s: (shards.candidates(s, log), caps[s]) for s in SPLITS}
