@@ -88,7 +88,11 @@ class ImagePool:
             except Exception as exc:  # raised at its turn, as one process would raise it
                 ahead.append((held, None, exc))
                 return False
-            ahead.append((held, cand, self._submit(payload, size)))
+            try:
+                future = self._submit(payload, size)
+            except BrokenProcessPool:  # a worker died and the pool noticed before this submit
+                raise _worker_died(cand) from None
+            ahead.append((held, cand, future))
             return True
 
     def normalized(self, payloads: Payloads, size: int, log: SkipLog) -> Iterator[tuple[Candidate, Normalized]]:
@@ -109,9 +113,13 @@ class ImagePool:
             try:
                 result = outcome.result()
             except BrokenProcessPool:
-                raise InputError(f"an image worker process ended abruptly (killed, or out of memory) while "
-                                 f"decoding {cand.ref}; re-run, with fewer --processes if memory is short.") from None
+                raise _worker_died(cand) from None
             yield cand, result
+
+
+def _worker_died(cand: Candidate) -> InputError:
+    return InputError(f"an image worker process ended abruptly (killed, or out of memory) while "
+                      f"decoding {cand.ref}; re-run, with fewer --processes if memory is short.")
 
 
 @contextmanager
