@@ -242,12 +242,10 @@ class RunConfig:
 
 SECTIONS = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": AlignConfig}
 
-# Stage-2 settings whose default depends on align.method: SCST's own, measured on the embedded default
-# (bench/bench_embedded.py's SCST_SETTINGS; README "Which alignment method?"). DPO's are the preset's
-# align section, else AlignConfig's. They fill only what the user did not set (build_config).
-# method -> preset -> the align settings that method trains with by default on that preset. SCST's
-# were measured on the embedded default (README "Which alignment method?"); the presets with real
-# backbones keep their align section (lr 1e-5, batch 8) until SCST is measured on them.
+# Stage-2 settings whose default depends on align.method: method -> preset -> the align settings that
+# method trains with by default on that preset, filling only what the user did not set (build_config).
+# SCST's were measured on the embedded default (bench/bench_embedded.py's SCST_SETTINGS; README "Which
+# alignment method?"); elsewhere, and for DPO, the preset's align section applies, else AlignConfig's.
 METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
     "scst": {"tiny": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0}},
 }

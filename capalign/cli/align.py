@@ -55,7 +55,8 @@ def align(
 
     Starts from the pretrained run's resolved configuration (its preset's alignment settings, mixed
     precision, gradient accumulation, seed); --config and the options override it. With --method
-    scst, --lr, --batch-size, --max-steps and --contrastive-weight default to SCST's own unless set."""
+    scst on the tiny preset, --lr, --batch-size, --max-steps and --contrastive-weight default to
+    SCST's own unless set."""
     if resume and out is None:
         raise ConfigError("--resume needs --out pointing at the interrupted run folder.")
     overrides, names = flags.overrides(FLAGS, given), flags.names(FLAGS)
