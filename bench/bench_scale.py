@@ -19,14 +19,16 @@ in its own process, through capalign's own entry point (this checkout, or --chec
                 the reference pass and one step)
 
 The tiny model (the tests' TINY_MODEL) is pretrained once for 40 steps on a 40-image shapes set.
-Peak memory is the command's own peak resident set (getrusage RUSAGE_SELF); the largest child
+Peak memory is the command's own peak resident set (getrusage RUSAGE_SELF), with its peak anonymous
+memory beside it (RssAnon, polled: the resident set less file pages such as memory-mapped Arrow
+tables and the page cache of what it reads, which the kernel can drop); the largest child
 process (METEOR's and SPICE's Java, PTB tokenisation; its own VmHWM, polled, since RUSAGE_CHILDREN
 would count the parent's memory at the fork) is printed beside it, not counted in the table, except
 for fetch-photos, whose image workers are children: its cells show the main process + the largest
 worker (the command's total is at most main + P x worker).
 With only fetch commands the tiny model is not built.
 After the table, each command's growth from the smallest to the largest size: peak memory ratio and
-seconds-per-image ratio (1.0 = flat memory / linear time).
+anonymous-memory ratio and seconds-per-image ratio (1.0 = flat memory / linear time).
 """
 
 from __future__ import annotations
@@ -58,11 +60,15 @@ CHECKOUT = [ROOT]  # whose capalign the commands run (--checkout)
 # worker spawned by a 200 MiB process reports 200 MiB: each child's own peak is its VmHWM, polled.
 CHILD = """
 import json, resource, sys, threading, time
-hwm = {}
+hwm, anon = {}, [0]
+def own_anon():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("RssAnon:")) * 1024
 def watch():
     import psutil
     me = psutil.Process()
     while True:
+        anon[0] = max(anon[0], own_anon())
         for child in me.children(recursive=True):
             try:
                 with open(f"/proc/{child.pid}/status") as status:
@@ -77,15 +83,16 @@ try:
     main(sys.argv[2:])
 finally:
     peak = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "children": max(hwm.values(), default=0)}
+            "anon": max(anon[0], own_anon()), "children": max(hwm.values(), default=0)}
     open(sys.argv[1], "w").write(json.dumps(peak))
 """
 
 
-def capalign(args: list[str], cwd: Path) -> tuple[float, int, int, int]:
-    """Run `capalign ARGS` in a fresh process: (seconds, its own peak RSS bytes, the peak RSS of its
-    largest child process (fetch's image workers, METEOR's and SPICE's Java: VmHWM polled every
-    50 ms), exit status)."""
+def capalign(args: list[str], cwd: Path) -> tuple[float, int, int, int, int]:
+    """Run `capalign ARGS` in a fresh process: (seconds, its own peak RSS bytes, its peak anonymous
+    memory (RssAnon polled every 50 ms: RSS less the file pages, such as memory-mapped Arrow tables,
+    that the kernel can drop), the peak RSS of its largest child process (fetch's image workers,
+    METEOR's and SPICE's Java: VmHWM polled every 50 ms), exit status)."""
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT[0]), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     peak_file = cwd / ".peak.json"
     peak_file.unlink(missing_ok=True)
@@ -96,8 +103,8 @@ def capalign(args: list[str], cwd: Path) -> tuple[float, int, int, int]:
     if done.returncode != 0:
         tail = "\n".join(done.stderr.splitlines()[-4:])
         print(f"  capalign {' '.join(args)} exited {done.returncode}:\n{tail}", file=sys.stderr)
-    peak = json.loads(peak_file.read_text()) if peak_file.is_file() else {"self": 0, "children": 0}
-    return seconds, peak["self"], peak["children"], done.returncode
+    peak = json.loads(peak_file.read_text()) if peak_file.is_file() else {"self": 0, "anon": 0, "children": 0}
+    return seconds, peak["self"], peak["anon"], peak["children"], done.returncode
 
 
 def draw_photos(folder: Path, count: int, seed: int = 0) -> None:
@@ -161,15 +168,18 @@ def command_args(command: str, n: int, run: Path | None, metrics: str | None,
             "--out", f"runs/align-{n}", "--overwrite"]
 
 
-def _counted(command: str, m: dict) -> int:
-    """The bytes a table cell counts: the main process, plus the largest worker for fetch-photos."""
-    return m["peak_bytes"] + (m["child_peak_bytes"] if command in WORKERS else 0)
+def _counted(command: str, m: dict, key: str = "peak_bytes") -> int:
+    """The bytes a table cell counts (`key`: peak RSS, or peak anonymous memory): the main process,
+    plus the largest worker for fetch-photos."""
+    return m[key] + (m["child_peak_bytes"] if command in WORKERS else 0)
 
 
 def _memory(command: str, m: dict) -> str:
+    anon = f"anonymous {m['anon_peak_bytes'] / 2**30:.2f}"
     if command in WORKERS:
-        return f"main {m['peak_bytes'] / 2**30:.2f} + largest worker {m['child_peak_bytes'] / 2**30:.2f} GiB"
-    return f"{m['peak_bytes'] / 2**30:.2f} GiB"
+        return (f"main {m['peak_bytes'] / 2**30:.2f} ({anon}) + largest worker "
+                f"{m['child_peak_bytes'] / 2**30:.2f} GiB")
+    return f"{m['peak_bytes'] / 2**30:.2f} GiB ({anon})"
 
 
 def main() -> None:
@@ -194,24 +204,26 @@ def main() -> None:
             if command not in args.commands and not (command == "fetch-photos" and
                                                      {"evaluate", "align"} & set(args.commands)):
                 continue
-            seconds, peak, child, status = capalign(
+            seconds, peak, anon, child, status = capalign(
                 command_args(command, n, run, args.metrics, args.fetch_processes), workdir)
             if command in results:
-                results[command][n] = {"seconds": seconds, "peak_bytes": peak, "child_peak_bytes": child,
-                                       "status": status}
+                results[command][n] = {"seconds": seconds, "peak_bytes": peak, "anon_peak_bytes": anon,
+                                       "child_peak_bytes": child, "status": status}
                 beside = "largest worker" if command in WORKERS else "largest child"
                 print(f"{command:13s} {n:>7,} images  {seconds:8.1f} s  main {peak / 2**20:6.0f} MiB"
-                      f"  ({beside} {child / 2**20:.0f} MiB){'' if status == 0 else f'  (exit {status})'}",
-                      flush=True)
-    print(f"\n| command | {' | '.join(f'{n:,} images' for n in sorted(args.sizes))} | memory ×  | time/image × |")
-    print(f"|---|{'---|' * len(args.sizes)}---|---|")
+                      f" (anonymous {anon / 2**20:.0f} MiB)  ({beside} {child / 2**20:.0f} MiB)"
+                      f"{'' if status == 0 else f'  (exit {status})'}", flush=True)
+    print(f"\n| command | {' | '.join(f'{n:,} images' for n in sorted(args.sizes))} | memory × | anonymous memory × "
+          f"| time/image × |")
+    print(f"|---|{'---|' * len(args.sizes)}---|---|---|")
     for command, by_size in results.items():
         sizes = sorted(by_size)
         cells = [f"{by_size[n]['seconds']:.0f} s, {_memory(command, by_size[n])}" for n in sizes]
         lo, hi = by_size[sizes[0]], by_size[sizes[-1]]
         memory = _counted(command, hi) / max(_counted(command, lo), 1)
+        anon = _counted(command, hi, "anon_peak_bytes") / max(_counted(command, lo, "anon_peak_bytes"), 1)
         per_image = (hi["seconds"] / sizes[-1]) / max(lo["seconds"] / sizes[0], 1e-9)
-        print(f"| {command} | {' | '.join(cells)} | {memory:.2f} | {per_image:.2f} |")
+        print(f"| {command} | {' | '.join(cells)} | {memory:.2f} | {anon:.2f} | {per_image:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -190,7 +190,7 @@ class AlignConfig(Schedule):
     beta: float = setting(0.1, "Strength of the pull towards the reference (dpo: the DPO beta, > 0; scst: weight of the per-token KL estimate against the frozen pretrained model, 0 = off).")
     loss: str = setting("sigmoid", "DPO loss.", choices=LOSSES)
     label_smoothing: float = setting(0.0, "Robust / conservative DPO noise rate.", at_least=0, below=0.5)
-    sft_weight: float = setting(0.0, "Weight of a supervised loss on the chosen caption.", at_least=0)
+    sft_weight: float = setting(0.0, "Weight of a supervised (cross-entropy) loss: dpo, on the chosen caption; scst, on every reference of the image (the mixed ML + RL objective).", at_least=0)
     pairs: str = setting("auto", "Where pairs come from: auto | corrupted | a pairs file | a prepared preference dataset.")
     lora_rank: int = setting(0, "Train rank-N LoRA adapters on the decoder only (0 = full tuning).", at_least=0)
     rounds: int = setting(1, "Iterative DPO: rounds of fresh on-policy pairs.", at_least=1)
@@ -247,7 +247,7 @@ SECTIONS = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": 
 # SCST's were measured on the embedded default (bench/bench_embedded.py's SCST_SETTINGS; README "Which
 # alignment method?"); elsewhere, and for DPO, the preset's align section applies, else AlignConfig's.
 METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
-    "scst": {"tiny": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0}},
+    "scst": {"tiny": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0, "sft_weight": 0.0}},
 }
 _BY_METHOD = frozenset(key for presets in METHOD_DEFAULTS.values() for defaults in presets.values() for key in defaults)
 

@@ -161,3 +161,18 @@ def test_interrupted_scst_resumes_as_if_never_stopped(pretrained_run, in_workspa
         assert [r[key] for r in ours if key in r] == pytest.approx([r[key] for r in theirs if key in r], rel=1e-6)
     a, b = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_supervised_term_reads_every_reference_slot_image_by_image(monkeypatch):
+    monkeypatch.setattr(scst, "pixel_values", lambda processor, images: torch.zeros(len(images), 3))
+    split = Dataset.from_dict({"image": [None, None], "captions": [["a", "b", "c"], ["d"]]})
+    batch = scst.ImageBatchMaker(split, None, reference_labels=lambda captions: captions)([1, 0])
+    assert batch["reference_labels"] == ["d", "a", "d", "b", "d", "c"]  # row i*B + b: reference i of image b
+    assert "reference_labels" not in scst.ImageBatchMaker(split, None)([0])
+
+
+def test_the_supervised_term_lowers_the_references_cross_entropy(pretrained_run, in_workspace):
+    run = _scst(pretrained_run, Path("runs/scst-sft"), max_steps=12, lr=5e-3, sft_weight=1.0, eval_every=100)
+    sft = [r["sft_loss"] for r in _records(run) if "sft_loss" in r]
+    assert len(sft) == 12 and sum(sft[-3:]) / 3 < 0.95 * sum(sft[:3]) / 3, sft
+    assert "sft_loss" not in _records(_scst(pretrained_run, Path("runs/scst-no-sft")))[0]

@@ -6,12 +6,15 @@ reward (`align.reward`: a weighted sum of CIDEr-D, CLIPScore with the pretrained
 head, and a hallucination count), and follows the policy gradient
 
     loss = -mean_k[(r_k - b_k) * sum_t log p(w_kt)] + beta * KL + contrastive_weight * InfoNCE
+           + sft_weight * CE(references)
 
 with baseline b_k the mean reward of the image's other samples (`mean`, as RLOO / "new SCST") or the
 reward of the greedy caption (`greedy`, classic SCST). KL is the per-token k3 estimate
 exp(d) - d - 1, d = log p_ref - log p, on the sampled tokens against the frozen pretrained model
 (GRPO's form: non-negative, and its gradient pulls towards the reference); beta 0 turns it off.
-The InfoNCE term on (image, its first reference) keeps the contrastive head matched, as in DPO.
+The InfoNCE term on (image, its first reference) keeps the contrastive head matched, as in DPO; the
+optional cross-entropy on every reference of the image (`sft_weight`) is the mixed ML + RL objective
+(Paulus et al. 2018), which keeps the sampled policy anchored to human captions.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import torch
 from torch.utils.data import Dataset
 
 from capalign.config import RunConfig, parse_reward
-from capalign.data.collate import pixel_values
+from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.shapes import find_hallucinations
 from capalign.distributed import process_state
 from capalign.errors import ConfigError, InputError
 from capalign.inference.generate import DecodeOptions, caption_images
 from capalign.inference.scorer import RunScorer
+from capalign.losses import token_cross_entropy
 from capalign.metrics.cider_reward import CiderD
 from capalign.metrics.clipscore import PROMPT as CLIP_PROMPT, W as CLIP_W, load_clip
 from capalign.reporting import log
@@ -151,18 +155,25 @@ class TrainingImages(Dataset):
 
 
 class ImageBatchMaker:
-    """Rows → {"index", "pixel_values"} and, for the contrastive term, each image's first reference
-    tokenised for the text side."""
+    """Rows → {"index", "pixel_values"}; for the contrastive term, each image's first reference
+    tokenised for the text side; for the supervised term (`reference_labels`: captions -> labels),
+    every reference slot as labels, row i*B + b holding reference i of image b (an image with fewer
+    references repeats them in turn)."""
 
-    def __init__(self, split, processor, text_inputs=None):
+    def __init__(self, split, processor, text_inputs=None, reference_labels=None):
         self.split, self.processor, self.text_inputs = split, processor, text_inputs
+        self.reference_labels = reference_labels
 
     def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         chosen = self.split.select(rows)
+        references = list(chosen["captions"])
         batch = {"index": torch.tensor(rows), "pixel_values": pixel_values(self.processor, list(chosen["image"]))}
         if self.text_inputs is not None:
-            text = self.text_inputs([c[0] for c in chosen["captions"]])
+            text = self.text_inputs([c[0] for c in references])
             batch["text_input_ids"], batch["text_attention_mask"] = text["input_ids"], text["attention_mask"]
+        if self.reference_labels is not None:
+            slots = max(len(c) for c in references)
+            batch["reference_labels"] = self.reference_labels([c[i % len(c)] for i in range(slots) for c in references])
         return batch
 
 
@@ -182,9 +193,10 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int, baseline: str, beta: float,
-                 contrastive_weight: float = 0.0):
+                 contrastive_weight: float = 0.0, sft_weight: float = 0.0):
     """The SCST objective (see the module docstring) with its logs: reward mean / std, advantage
-    mean / mean absolute value, the per-token KL estimate, sampled caption length in words."""
+    mean / mean absolute value, the per-token KL estimate, sampled caption length in words, and the
+    supervised term's cross-entropy when it is on."""
     eos = tokenizer.eos_token_id
 
     def decode(sequences, prompt):
@@ -215,6 +227,10 @@ def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int,
 
         encoded = module.encode_images(pixels)
         pooled = encoded.pooler_output
+        sft = None
+        if sft_weight and "reference_labels" in batch:
+            references = batch["reference_labels"].to(pixels.device)
+            sft = token_cross_entropy(module.caption_logits(encoded, references), references)
         encoded.last_hidden_state = encoded.last_hidden_state.repeat_interleave(num_samples, 0)
         logps = token_logps(module.caption_logits(encoded, labels), labels)
         loss = -(advantage * logps.sum(-1)).mean()
@@ -226,11 +242,13 @@ def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int,
         kl = ((delta.exp() - delta - 1) * mask).sum() / mask.sum().clamp(min=1)
         if beta:
             loss = loss + beta * kl
+        if sft is not None:
+            loss = loss + sft_weight * sft
         logs = {
             "reward/mean": rewards.mean(), "reward/std": rewards.std() if len(rewards) > 1 else torch.tensor(0.0),
             "advantage/mean": advantage.detach().mean(), "advantage/abs": advantage.detach().abs().mean(),
             "kl": kl.detach(), "length": torch.tensor(sum(len(c.split()) for c in captions) / len(captions)),
-            **(parts if len(parts) > 1 else {}),
+            **(parts if len(parts) > 1 else {}), **({"sft_loss": sft.detach()} if sft is not None else {}),
         }
         if contrastive_weight and "text_input_ids" in batch:
             logs["contrastive_loss"] = stage2.contrastive_term(module, pooled, batch["text_input_ids"],
@@ -297,9 +315,11 @@ def _engine(config: RunConfig, dataset, split, start: Start, reward: WeightedRew
     """The engine over the training images: SCST's loss against the frozen pretrained model, greedy
     validation on the validation split (when there is one)."""
     a = config.align
-    collate = ImageBatchMaker(split, start.processor, stage2.text_inputs(start))
+    labels = (lambda captions: tokenize_captions(start.tokenizer, captions, config.model.max_caption_tokens)["labels"]) \
+        if a.sft_weight else None
+    collate = ImageBatchMaker(split, start.processor, stage2.text_inputs(start), labels)
     loss_fn = scst_loss_fn(reward, start.pretrained, start.tokenizer, a.num_samples, a.baseline, a.beta,
-                           start.contrastive_weight)
+                           start.contrastive_weight, a.sft_weight)
     validation = dataset["validation"] if "validation" in dataset and len(dataset["validation"]) else None
     return Engine(
         start.policy, loss_fn, TrainingImages(split), collate, config.align_engine(), run_dir,
