@@ -33,14 +33,15 @@ def _ngram_counts(text: str, n: int = NGRAMS) -> dict[tuple[str, ...], int]:
 def document_frequency(references, n: int = NGRAMS) -> tuple[dict[tuple[str, ...], float], int]:
     """pycocoevalcap's document frequencies over tokenised references (an iterable of each image's
     reference list, read once, one image at a time): for every n-gram, the number of images whose
-    references contain it; and the number of images."""
+    references contain it; and the number of images. N-grams of one image only are left out: their
+    IDF, log(max(1, df)), is 0 with or without them (most 3- and 4-grams are such)."""
     counts: dict[tuple[str, ...], float] = defaultdict(float)
     images = 0
     for refs in references:
         for ngram in {g for ref in refs for g in _ngram_counts(ref, n)}:
             counts[ngram] += 1
         images += 1
-    return counts, images
+    return {ngram: df for ngram, df in counts.items() if df > 1}, images
 
 
 class CiderD:
