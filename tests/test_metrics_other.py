@@ -90,3 +90,53 @@ def test_retrieval_with_a_contrastive_head():
     i2t, t2i = recall_at_k(np.eye(2), np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([0, 1]))
     assert i2t.tolist() == [1, 1] and t2i.tolist() == [1, 1]
     assert "I2T-R@1" in evaluate_captions({k: "x" for k in refs}, refs, ["I2T-R@1"], images=images).missing
+
+
+def _unblocked_ranks(image_emb, text_emb, owner):
+    """Every similarity at once (images x texts for i2t, texts x images for t2i, as before blocking):
+    the ranks recall_at_k must reproduce block by block."""
+    sims = image_emb @ text_emb.T
+    i2t = [int(np.sum(sims[k] > sims[k, owner == k].max())) for k in range(image_emb.shape[0])]
+    sims = text_emb @ image_emb.T
+    t2i = np.sum(sims > sims[np.arange(owner.shape[0]), owner][:, None], axis=1)
+    return i2t, t2i.tolist()
+
+
+@pytest.mark.parametrize("rows,max_scores", [(1024, 1 << 24), (4, 12), (3, 1), (1, 1), (7, 50), (16, 160)])
+def test_blocked_retrieval_ranks_equal_the_unblocked_ones(monkeypatch, rows, max_scores):
+    import capalign.metrics.retrieval as retrieval
+
+    rng = np.random.default_rng(0)
+    image_emb = rng.standard_normal((41, 8)).astype(np.float32)
+    owner = np.sort(np.concatenate([np.arange(41), rng.integers(0, 41, 120)]))  # 1 to several texts per image
+    text_emb = rng.standard_normal((owner.shape[0], 8)).astype(np.float32)
+    # (no exact ties: float32 products of identical vectors can differ in the last bit between BLAS
+    # kernels, blocked or not)
+    expected = _unblocked_ranks(image_emb, text_emb, owner)
+    monkeypatch.setattr(retrieval, "ROWS", rows)
+    monkeypatch.setattr(retrieval, "MAX_SCORES", max_scores)
+    i2t, t2i = recall_at_k(image_emb, text_emb, owner)
+    assert i2t.tolist() == expected[0] and t2i.tolist() == expected[1]
+    assert max(expected[0]) > 0 and min(expected[1]) == 0  # ranks of every kind, not all zero
+
+
+def test_retrieval_holds_a_block_of_similarities_not_all(monkeypatch):
+    import tracemalloc
+
+    import capalign.metrics.retrieval as retrieval
+
+    rng = np.random.default_rng(1)
+    owner = np.repeat(np.arange(300), 5)
+    image_emb = rng.standard_normal((300, 8)).astype(np.float32)
+    text_emb = rng.standard_normal((1500, 8)).astype(np.float32)
+    peaks = []
+    for limit in (1 << 24, 10_000):
+        monkeypatch.setattr(retrieval, "MAX_SCORES", limit)
+        tracemalloc.start()
+        try:
+            recall_at_k(image_emb, text_emb, owner)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    everything = 300 * 1500 * 4  # bytes of all the float32 scores of one direction
+    assert peaks[0] > everything and peaks[1] < everything / 5  # one block of 10,000 scores, plus the ranks

@@ -153,9 +153,8 @@ def score_system(system: System, split: Split, metrics: list[str], scoring: Scor
     options = metric_options(system, clip_model=scoring.clip_model, bertscore_model=scoring.bertscore_model,
                              bertscore_layer=scoring.bertscore_layer, batch_size=scoring.batch_size,
                              device=scoring.device, need_head=needs_images, dtype=scoring.dtype)
-    ids = sorted(system.captions)
     return evaluate_captions(
-        system.captions, {i: split.references[i] for i in ids}, metrics,
+        system.captions, {i: split.references[i] for i in system.captions}, metrics,
         images=split.images() if needs_images else None, objects=split.objects, instances=scoring.instances,
         train_captions=split.train_captions, options=options,
     )

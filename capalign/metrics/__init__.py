@@ -107,8 +107,8 @@ def evaluate_captions(
     if set(candidates) != set(references):
         raise ValueError("candidates and references must cover the same image ids")
     ids = sorted(candidates)
-    candidates = {i: candidates[i] for i in ids}
-    references = {i: list(references[i]) for i in ids}
+    candidates = {i: candidates[i] for i in ids}  # in id order; the captions themselves are not copied
+    references = {i: references[i] for i in ids}
     result = EvaluationResult()
     wanted = set(metrics)
 

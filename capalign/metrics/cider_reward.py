@@ -30,28 +30,41 @@ def _ngram_counts(text: str, n: int = NGRAMS) -> dict[tuple[str, ...], int]:
     return counts
 
 
+def document_frequency(references, n: int = NGRAMS) -> tuple[dict[tuple[str, ...], float], int]:
+    """pycocoevalcap's document frequencies over tokenised references (an iterable of each image's
+    reference list, read once, one image at a time): for every n-gram, the number of images whose
+    references contain it; and the number of images. N-grams of one image only are left out: their
+    IDF, log(max(1, df)), is 0 with or without them (most 3- and 4-grams are such)."""
+    counts: dict[tuple[str, ...], float] = defaultdict(float)
+    images = 0
+    for refs in references:
+        for ngram in {g for ref in refs for g in _ngram_counts(ref, n)}:
+            counts[ngram] += 1
+        images += 1
+    return {ngram: df for ngram, df in counts.items() if df > 1}, images
+
+
 class CiderD:
     """CIDEr-D of candidates against fixed references, one reference set per image.
 
     `references[i]` are image i's reference captions; document frequencies count, for every n-gram,
-    the images whose references contain it (pycocoevalcap's definition, over these images only).
+    the images whose references contain it (pycocoevalcap's definition, over these images only), unless
+    `frequencies` (what `document_frequency` returns, e.g. over a whole split) is given, so that a chunk
+    of a split's images is scored as in one call over the split.
     With `tokenized` False the references, and the candidates given to `scores`, are tokenised with
     capalign.metrics.coco.tokenize_in_python (the PTB tokenizer's output on shapes, without Java)."""
 
-    def __init__(self, references: list[list[str]], tokenized: bool = False, n: int = NGRAMS, sigma: float = SIGMA):
+    def __init__(self, references: list[list[str]], tokenized: bool = False, n: int = NGRAMS, sigma: float = SIGMA,
+                 frequencies: tuple[dict[tuple[str, ...], float], int] | None = None):
         if not references or any(not refs for refs in references):
             raise ValueError("CIDEr-D needs at least one image with at least one reference")
         self.n, self.sigma, self.tokenized = n, sigma, tokenized
         if not tokenized:
             tokens = tokenize_in_python({str(i): list(refs) for i, refs in enumerate(references)})
             references = [tokens[str(i)] for i in range(len(references))]
-        cooked = [[_ngram_counts(r, n) for r in refs] for refs in references]
-        self.document_frequency: dict[tuple[str, ...], float] = defaultdict(float)
-        for refs in cooked:
-            for ngram in {g for ref in refs for g in ref}:
-                self.document_frequency[ngram] += 1
-        self.ref_len = math.log(float(len(cooked)))
-        self._references = [[self._vector(ref) for ref in refs] for refs in cooked]
+        self.document_frequency, images = frequencies or document_frequency(references, n)
+        self.ref_len = math.log(float(images))
+        self._references = [[self._vector(_ngram_counts(r, n)) for r in refs] for refs in references]
 
     def __len__(self) -> int:
         return len(self._references)

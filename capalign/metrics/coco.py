@@ -21,7 +21,6 @@ from typing import Iterator
 import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
-from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import get_stanford_models as stanford_models
@@ -31,6 +30,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 from capalign.metrics.types import EvaluationResult
 from capalign.reporting import log
 
+CHUNK_IMAGES = 1024  # BLEU, ROUGE-L and CIDEr score this many images at a time
 SPICE_JAR_NAME = "stanford-corenlp-3.6.0.jar"
 SPICE_FETCH = (
     "python -c 'from pycocoevalcap.spice.get_stanford_models import get_stanford_models as g; g()'"
@@ -143,6 +143,44 @@ def meteor_scorer():
         return Meteor()
 
 
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), CHUNK_IMAGES):
+        yield ids[start : start + CHUNK_IMAGES]
+
+
+def _bleu(ids, gts, res) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(corpus BLEU-1..4, per-image BLEU [4, N], per-image statistics [N, 10]), a chunk of images at a
+    time: per image pycocoevalcap's own numbers, the corpus from the summed statistics (its
+    aggregation, so equal to one call over every image)."""
+    per, stats = [], []
+    for chunk in _chunks(ids):
+        _, scores = Bleu(4).compute_score({i: gts[i] for i in chunk}, {i: res[i] for i in chunk}, verbose=0)
+        per.append(np.asarray(scores, dtype=np.float64).reshape(4, -1))
+        stats.append(bleu_stats({i: gts[i] for i in chunk}, res))
+    stats_all = np.concatenate(stats)
+    return bleu_from_stats(stats_all.sum(axis=0)), np.concatenate(per, axis=1), stats_all
+
+
+def _mean_of_chunks(scorer, ids, gts, res) -> tuple[float, np.ndarray]:
+    """A per-image-mean metric (pycocoevalcap's Rouge) called a chunk at a time; the same mean."""
+    per = np.concatenate([scorer.compute_score({i: gts[i] for i in chunk}, {i: res[i] for i in chunk})[1]
+                          for chunk in _chunks(ids)])
+    return float(np.mean(per)), per
+
+
+def _cider(ids, gts, res) -> tuple[float, list[float]]:
+    """pycocoevalcap's Cider (CIDEr-D, IDF from these references) with the document frequencies counted
+    once over every image's references, then a chunk of images' reference vectors at a time."""
+    from capalign.metrics.cider_reward import CiderD, document_frequency  # deferred: it imports this module
+
+    frequencies = document_frequency(gts[i] for i in ids)
+    per: list[float] = []
+    for chunk in _chunks(ids):
+        scorer = CiderD([gts[i] for i in chunk], tokenized=True, frequencies=frequencies)
+        per.extend(scorer.scores(list(range(len(chunk))), [res[i][0] for i in chunk]))
+    return float(np.mean(np.array(per))), per
+
+
 def score_coco(
     candidates: dict[str, str], references: dict[str, list[str]], metrics: list[str], result: EvaluationResult
 ) -> None:
@@ -155,6 +193,14 @@ def score_coco(
     ids = sorted(candidates)  # SPICE returns per-image scores in sorted id order
     gts = tokenize({i: references[i] for i in ids})
     res = tokenize({i: [candidates[i]] for i in ids})
+    score_tokenized(ids, gts, res, metrics, result)
+
+
+def score_tokenized(ids: list[str], gts: dict[str, list[str]], res: dict[str, list[str]], metrics: list[str],
+                    result: EvaluationResult) -> None:
+    """`score_coco` on PTB-tokenised references and candidates. BLEU, ROUGE-L and CIDEr run
+    CHUNK_IMAGES images at a time (the same numbers as one call); METEOR (its corpus score comes from
+    statistics summed inside Java, not a mean of images) and SPICE (a CoreNLP start per call) in one call."""
     version = "pycocoevalcap 1.2 (PTBTokenizer)"
 
     def put(name: str, corpus: float, per: list[float] | np.ndarray) -> None:
@@ -163,11 +209,10 @@ def score_coco(
         result.scorers[name] = version
 
     if any(m.startswith("BLEU") for m in metrics):
-        corpus, per = Bleu(4).compute_score(gts, res, verbose=0)
+        corpus, per, stats = _bleu(ids, gts, res)
         for k in range(4):
             if f"BLEU-{k + 1}" in metrics:
                 put(f"BLEU-{k + 1}", corpus[k], per[k])
-        stats = bleu_stats(gts, res)
         result.stats["BLEU"] = {i: row.tolist() for i, row in zip(ids, stats)}
     if "METEOR" in metrics:
         with _quiet_java_stderr():
@@ -175,12 +220,11 @@ def score_coco(
         put("METEOR", corpus, per)
         result.scorers["METEOR"] = version + ", METEOR 1.5 (corpus score from summed statistics)"
     if "ROUGE-L" in metrics:
-        corpus, per = Rouge().compute_score(gts, res)
-        put("ROUGE-L", corpus, per)
+        put("ROUGE-L", *_mean_of_chunks(Rouge(), ids, gts, res))
     if "CIDEr" in metrics:
-        corpus, per = Cider().compute_score(gts, res)
-        put("CIDEr", corpus, per)
-        result.scorers["CIDEr"] = version + ", CIDEr-D with IDF from these references"
+        put("CIDEr", *_cider(ids, gts, res))
+        result.scorers["CIDEr"] = (version + ", CIDEr-D with IDF from these references (capalign.metrics.cider_reward,"
+                                  " equal to pycocoevalcap's Cider)")
     if "SPICE" in metrics:
         reason = spice_unavailable()
         if reason:

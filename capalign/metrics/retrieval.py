@@ -15,20 +15,40 @@ from capalign.metrics.clipscore import embed_image_ids
 from capalign.metrics.types import RETRIEVAL_METRICS, EvaluationResult, MetricOptions
 
 
-def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, chunk: int = 1024):
-    """Per-image i2t ranks and per-text t2i ranks (0 = first) from unit-norm embeddings."""
-    n = image_emb.shape[0]
-    i2t_rank = np.empty(n, dtype=np.int64)
-    t2i_rank = np.empty(text_emb.shape[0], dtype=np.int64)
-    for start in range(0, n, chunk):
-        sims = image_emb[start : start + chunk] @ text_emb.T  # [chunk, M]
-        for row, image in enumerate(range(start, min(start + chunk, n))):
-            best = sims[row, owner == image].max()
-            i2t_rank[image] = int(np.sum(sims[row] > best))
-    for start in range(0, text_emb.shape[0], chunk):
-        sims = text_emb[start : start + chunk] @ image_emb.T  # [chunk, N]
-        own = sims[np.arange(sims.shape[0]), owner[start : start + chunk]]
-        t2i_rank[start : start + chunk] = np.sum(sims > own[:, None], axis=1)
+MAX_SCORES = 1 << 24  # similarity scores held at a time (64 MiB of float32)
+ROWS = 1024  # queries per block
+
+
+def _ranks(queries: np.ndarray, gallery: np.ndarray, pair_query: np.ndarray, pair_item: np.ndarray) -> np.ndarray:
+    """For each query, how many gallery items score strictly above its best own item (the pairs
+    (pair_query, pair_item), sorted by query), holding at most MAX_SCORES scores at a time. A block of
+    queries' own items are scored first, then every block of the gallery is counted against that best
+    (the own blocks again, with the same product, so ties compare as equal)."""
+    ranks = np.zeros(queries.shape[0], dtype=np.int64)
+    rows = max(1, min(ROWS, MAX_SCORES))
+    cols = max(1, MAX_SCORES // rows)
+    for start in range(0, queries.shape[0], rows):
+        stop = min(start + rows, queries.shape[0])
+        first, last = np.searchsorted(pair_query, [start, stop])
+        query, item = pair_query[first:last] - start, pair_item[first:last]
+        best = np.full(stop - start, -np.inf)
+        for block in np.unique(item // cols) * cols:
+            sims = queries[start:stop] @ gallery[block : block + cols].T  # [<= rows, <= cols]
+            inside = (item >= block) & (item < block + cols)
+            np.maximum.at(best, query[inside], sims[query[inside], item[inside] - block])
+        for block in range(0, gallery.shape[0], cols):
+            sims = queries[start:stop] @ gallery[block : block + cols].T
+            ranks[start:stop] += np.count_nonzero(sims > best[:, None], axis=1)
+    return ranks
+
+
+def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray):
+    """Per-image i2t ranks and per-text t2i ranks (0 = first) from unit-norm embeddings; text t
+    belongs to image owner[t]."""
+    texts = np.arange(owner.shape[0])
+    order = np.argsort(owner, kind="stable")
+    i2t_rank = _ranks(image_emb, text_emb, owner[order], texts[order])
+    t2i_rank = _ranks(text_emb, image_emb, texts, owner)
     return i2t_rank, t2i_rank
 
 
@@ -65,7 +85,8 @@ def score_retrieval(
             result.summary[m] = float(hits.mean())
         else:
             hits = (t2i < k).astype(float)
-            per = {i: float(hits[owner == n].mean()) for n, i in enumerate(ids)}
+            per = dict(zip(ids, (np.bincount(owner, weights=hits, minlength=len(ids))
+                                 / np.bincount(owner, minlength=len(ids))).tolist()))
             result.summary[m] = float(hits.mean())
         result.add_per_image(m, per)
         result.scorers[m] = label
