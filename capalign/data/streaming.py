@@ -31,7 +31,7 @@ import datasets
 from torch.utils.data import IterableDataset, get_worker_info
 
 from capalign import reporting
-from capalign.config import RunConfig
+from capalign.config import RunConfig, TrainConfig
 from capalign.data.images import BadImage, decode_image, normalize_image
 from capalign.data.importers.fetch_report import SkipLog
 from capalign.data.stream_sources import is_streamed, open_source, open_validation
@@ -64,12 +64,14 @@ class _Skips(SkipLog):
 
 class TrainingStream(IterableDataset):
     """(PIL image, caption) pairs of `source` (a ShardSource or HubSource), this process's and this
-    DataLoader worker's share only, repeated pass after pass. `rank`/`world`: the process's place in
+    DataLoader worker's share only, repeated pass after pass; with `references`, (PIL image, all its
+    captions) instead (SCST's reward needs every reference). `rank`/`world`: the process's place in
     the launch."""
 
-    def __init__(self, source, *, seed: int, buffer: int, rank: int = 0, world: int = 1, name: str = ""):
+    def __init__(self, source, *, seed: int, buffer: int, rank: int = 0, world: int = 1, name: str = "",
+                 references: bool = False):
         self.source, self.seed, self.buffer = source, seed, buffer
-        self.rank, self.world, self.name = rank, world, name
+        self.rank, self.world, self.name, self.references = rank, world, name, references
         self._skip_batches, self._batch_size = 0, 1
 
     def resume_after(self, batches: int, batch_size: int) -> None:
@@ -117,20 +119,25 @@ class TrainingStream(IterableDataset):
             yield from self._decoded(cand, rng, log)
 
     def _decoded(self, cand, rng: random.Random, log: SkipLog) -> Iterator[tuple]:
-        caption = cand.captions[rng.randrange(len(cand.captions))]
+        caption = cand.captions[rng.randrange(len(cand.captions))]  # drawn either way: one rng sequence
         try:
             image = decode_image(cand.data, STREAM_IMAGE_SIZE)
         except BadImage as e:
             log.skip(e.reason, cand.ref, e.detail)
             return
-        yield cand.ref, image, caption
+        yield cand.ref, image, list(cand.captions) if self.references else caption
 
     def captions(self, limit: int = VOCAB_SAMPLES) -> Iterator[str]:
         """The captions of the first `limit` samples in shard order (for a tokenizer built from config)."""
+        for captions in self.reference_sets(limit):
+            yield from captions
+
+    def reference_sets(self, limit: int) -> Iterator[list[str]]:
+        """Each of the first `limit` samples' captions, in shard order (every share reads the same)."""
         log = SkipLog()
         samples = (c for s in range(len(self.source)) for c in self.source.read(s, log))
         for cand in itertools.islice(samples, limit):
-            yield from cand.captions
+            yield list(cand.captions)
 
 
 @contextmanager
@@ -169,10 +176,12 @@ def is_stream(config: RunConfig) -> bool:
     return is_streamed(str(config.data), config.train.streaming)
 
 
-def open_stream(config: RunConfig) -> dict:
+def open_stream(config: RunConfig, settings: TrainConfig | None = None, references: bool = False) -> dict:
     """{"train": TrainingStream, "validation": in-memory split (when there is one)} for a streamed
-    --data; a stream has no length, so --max-steps is required."""
-    t = config.train
+    --data; a stream has no length, so --max-steps is required. `settings`: the engine settings the
+    run trains with (default `config.train`; stage 2 passes `config.align_engine()`); `references`:
+    the stream yields each image with all its captions."""
+    t = settings or config.train
     if not t.max_steps:
         raise ConfigError(f"--data {config.data} is streamed and has no length; pass --max-steps N "
                           "(the run's length in optimiser steps).")
@@ -182,7 +191,8 @@ def open_stream(config: RunConfig) -> dict:
         validation = open_validation(t.val_data)
     state = process_state()
     data = {"train": TrainingStream(sources["train"], seed=t.seed, buffer=t.shuffle_buffer,
-                                    rank=state.process_index, world=state.num_processes, name=str(config.data))}
+                                    rank=state.process_index, world=state.num_processes, name=str(config.data),
+                                    references=references)}
     if validation is not None:
         data["validation"] = held_in_memory(validation)
         reporting.log.info(f"Validation: the first {len(data['validation'])} samples of "

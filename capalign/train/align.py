@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from capalign import reporting
 from capalign.config import AlignConfig, RunConfig
 from capalign.data.store import load_prepared
+from capalign.data.streaming import is_stream, open_stream
 from capalign.devices import check_precision
 from capalign.distributed import process_state
 from capalign.errors import ConfigError
@@ -33,7 +34,7 @@ from capalign.reporting import log
 from capalign.runs import finish_run, new_run_dir
 from capalign.train import rounds, stage2
 from capalign.train.engine import Engine, average_losses
-from capalign.train.scst import align_scst
+from capalign.train.scst import align_scst, check_stream_rewards
 from capalign.train.stages import check_resume, clear_stage
 
 
@@ -137,11 +138,22 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
         check_resume(out, "align")
     config = stage2.resolve_config(model_dir, config, data)
     check_precision(config.train.mixed_precision, config.train.device)  # never record a precision not trained in
-    dataset = load_prepared(config.data)
+    dataset = _open_data(config)
     start = stage2.load_start(model_dir, config)
     if config.align.method == "scst":
         return align_scst(model_dir, config, dataset, start, out, resume, overwrite)
     return align_dpo(model_dir, config, dataset, start, out, resume, overwrite)
+
+
+def _open_data(config: RunConfig):
+    """The prepared dataset, or for a streamed --data (shards, --streaming) the stream SCST reads with
+    each image's references (capalign.data.streaming.open_stream), after refusing what it cannot do."""
+    if not is_stream(config):
+        return load_prepared(config.data)
+    if config.align.method != "scst":
+        raise ConfigError("DPO on a streamed source is not supported yet; use --method scst or fetch the data first.")
+    check_stream_rewards(config.align.reward, config.align.reward_clip)
+    return open_stream(config, config.align_engine(), references=True)
 
 
 def align_dpo(model_dir: Path, config: RunConfig, dataset, start: stage2.Start, out: Path | None, resume: bool,
