@@ -13,6 +13,8 @@ Face dataset in streaming mode (capalign.data.stream_sources), without preparing
   in-order round robin over workers whose streams never end), so after k batches the resumed loader's
   worker w takes the part of worker (w + k) mod W and skips the samples of that worker's first
   |{i < k : i mod W = (w + k) mod W}| batches (read and decoded, not processed or trained on).
+- Windows (DPO): `window(i, size)` holds samples i*size .. (i+1)*size - 1 of the whole stream (one
+  share, seeded, repeating) in memory as a small split; every process builds the same window.
 - Validation: a streamed source has no held-out split in memory: the first VALIDATION_IMAGES samples
   of --val-data, else of the shards named val/validation (or the dataset's validation split), are
   held in memory as a small fixed set; without either, the run has no validation metrics and says so.
@@ -118,6 +120,25 @@ class TrainingStream(IterableDataset):
         for cand in buffer:
             yield from self._decoded(cand, rng, log)
 
+    def window(self, index: int, size: int) -> datasets.Dataset:
+        """Samples index*size .. (index+1)*size - 1 of the whole stream (every share's, in one seeded
+        order; the same in every process) with all their captions, as a small in-memory split."""
+        rows = {"image_id": [], "image": [], "captions": []}
+        for ref, image, captions in itertools.islice(self._every_pass(), index * size, (index + 1) * size):
+            rows["image_id"].append(ref)
+            rows["image"].append(image)
+            rows["captions"].append(list(captions) if self.references else [captions])
+        return datasets.Dataset.from_dict(rows, features=VALIDATION_FEATURES)
+
+    def _every_pass(self) -> Iterator[tuple]:
+        for pass_ in itertools.count():
+            produced = False
+            for ref, image, caption in self.share_samples(0, 1, pass_):
+                produced = True
+                yield ref, image, caption
+            if not produced:
+                raise InputError(f"{self.name} holds no usable sample (see the warnings); check the shards.")
+
     def _decoded(self, cand, rng: random.Random, log: SkipLog) -> Iterator[tuple]:
         caption = cand.captions[rng.randrange(len(cand.captions))]  # drawn either way: one rng sequence
         try:
@@ -176,13 +197,15 @@ def is_stream(config: RunConfig) -> bool:
     return is_streamed(str(config.data), config.train.streaming)
 
 
-def open_stream(config: RunConfig, settings: TrainConfig | None = None, references: bool = False) -> dict:
+def open_stream(config: RunConfig, settings: TrainConfig | None = None, references: bool = False,
+                windowed: bool = False) -> dict:
     """{"train": TrainingStream, "validation": in-memory split (when there is one)} for a streamed
-    --data; a stream has no length, so --max-steps is required. `settings`: the engine settings the
-    run trains with (default `config.train`; stage 2 passes `config.align_engine()`); `references`:
-    the stream yields each image with all its captions."""
+    --data; a stream has no length, so --max-steps is required unless it is read by `windowed`
+    (TrainingStream.window). `settings`: the engine settings the run trains with (default
+    `config.train`; stage 2 passes `config.align_engine()`); `references`: the stream yields each
+    image with all its captions."""
     t = settings or config.train
-    if not t.max_steps:
+    if not t.max_steps and not windowed:
         raise ConfigError(f"--data {config.data} is streamed and has no length; pass --max-steps N "
                           "(the run's length in optimiser steps).")
     sources = open_source(str(config.data))
