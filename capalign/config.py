@@ -172,7 +172,7 @@ class TrainConfig(Schedule):
     tracker: str | None = setting(None, "Experiment tracker (through accelerate).", choices=TRACKERS, engine=True)
     checkpoint_every: int = setting(200, "Steps between resume checkpoints.", at_least=1, engine=True)
     keep_checkpoints: int = setting(2, "Resume checkpoints kept (the newest ones).", at_least=1, engine=True)
-    streaming: bool = setting(False, "Read --data as a Hugging Face dataset in streaming mode (owner/name or a local folder of data files), unprepared; .tar shards always stream. Needs --max-steps. align streams too (scst: the stream itself; dpo: a window of it per round, --stream-window).", engine=True)
+    streaming: bool = setting(False, "Read --data as a Hugging Face dataset in streaming mode (owner/name or a local folder of data files), unprepared; .tar shards always stream. Needs --max-steps (align's dpo instead reads --rounds windows of --stream-window images).", engine=True)
     val_data: str | None = setting(None, "Validation data for a streamed --data (shards or, with --streaming, a dataset): its first 512 samples are held in memory (default: the shards named val/validation, or the dataset's validation split).", engine=True)
     shuffle_buffer: int = setting(256, "Streamed samples held (encoded) for shuffling, per process and loader worker.", at_least=1, engine=True)
 
