@@ -1,6 +1,7 @@
-"""`align` on streamed input: SCST reads local webdataset shards (each image with all its references),
-takes CIDEr-D's document frequencies from the first streamed samples, validates greedily on the
-validation shards, resumes where the stream was; what a stream cannot feed is refused in one line."""
+"""`align` on streamed input: SCST reads local webdataset shards and a local dataset with --streaming
+(each image with all its references), takes CIDEr-D's document frequencies from the first streamed
+samples, validates greedily on the validation shards / split, resumes where the stream was; DPO trains
+round N on the stream's N-th window and resumes its round; what a stream cannot feed is one line."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from capalign.train import scst
 
 from stopping import interrupt_at_step
 from test_cli import run_cli
-from test_streaming import _add, write_shards
+from test_streaming import _add, write_parquet_dataset, write_shards
 
 SCST = ["--method", "scst", "--batch-size", "4", "--num-samples", "2", "--log-every", "1", "--eval-every", "2",
         "--val-images", "4", "--checkpoint-every", "1"]
@@ -181,3 +182,14 @@ def test_interrupted_streamed_dpo_resumes_its_round_and_window(pretrained_run, i
     assert [r["step"] for r in ours if "loss" in r] == [r["step"] for r in theirs if "loss" in r]
     for key in ("loss", "rewards/margins"):
         assert [r[key] for r in ours if key in r] == pytest.approx([r[key] for r in theirs if key in r], rel=1e-5)
+
+
+def test_scst_streams_a_local_hugging_face_dataset_with_streaming(pretrained_run, in_workspace, capsys):
+    write_parquet_dataset(in_workspace / "hf-align")
+    code, out, err = run_cli(_align(pretrained_run, "hf-align", "runs/scst-hf", "--streaming", "--max-steps", "2"), capsys)
+    assert code == 0, err
+    assert "the first 3 samples" in out + err  # the validation split, held in memory
+    assert "first 12 streamed samples" in out + err  # the df: both train files' rows
+    records = _records(in_workspace / "runs/scst-hf")
+    assert [r["step"] for r in records if "reward/mean" in r] == [1, 2]
+    assert [r["step"] for r in records if "val_cider" in r] == [2]
