@@ -39,13 +39,14 @@ def _align(pretrained_run: Path, data: str, out: str, *more: str) -> list[str]:
 def test_scst_on_shards_trains_validates_and_writes_a_run(pretrained_run, in_workspace, capsys):
     write_shards(in_workspace / "scst-shards", shards=2, per_shard=6)
     write_shards(in_workspace / "scst-shards", shards=1, per_shard=4, prefix="val-")
-    code, out, err = run_cli(_align(pretrained_run, "scst-shards/*.tar", "runs/scst-stream", "--max-steps", "3"), capsys)
+    code, out, err = run_cli(_align(pretrained_run, "scst-shards/*.tar", "runs/scst-stream", "--max-steps", "3",
+                                    "--sft-weight", "0.5"), capsys)
     assert code == 0, err
     run = in_workspace / "runs/scst-stream"
     records = _records(run)
     trained = [r for r in records if "loss" in r]
     assert [r["step"] for r in trained] == [1, 2, 3]
-    assert all({"reward/mean", "advantage/abs", "kl"} <= set(r) for r in trained)
+    assert all({"reward/mean", "advantage/abs", "kl", "sft_loss"} <= set(r) for r in trained)  # sft: the references
     assert all(0.0 <= r["reward/mean"] <= 10.0 for r in trained)  # CIDEr-D's range
     assert [r["step"] for r in records if "val_cider" in r] == [2, 3]
     info = json.loads((run / "run.json").read_text())
