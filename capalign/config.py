@@ -172,9 +172,9 @@ class TrainConfig(Schedule):
     tracker: str | None = setting(None, "Experiment tracker (through accelerate).", choices=TRACKERS, engine=True)
     checkpoint_every: int = setting(200, "Steps between resume checkpoints.", at_least=1, engine=True)
     keep_checkpoints: int = setting(2, "Resume checkpoints kept (the newest ones).", at_least=1, engine=True)
-    streaming: bool = setting(False, "Read --data as a Hugging Face dataset in streaming mode (owner/name or a local folder of data files), unprepared; .tar shards always stream. Needs --max-steps.")
-    val_data: str | None = setting(None, "Validation data for a streamed --data (shards or, with --streaming, a dataset): its first 512 samples are held in memory (default: the shards named val/validation, or the dataset's validation split).")
-    shuffle_buffer: int = setting(256, "Streamed samples held (encoded) for shuffling, per process and loader worker.", at_least=1)
+    streaming: bool = setting(False, "Read --data as a Hugging Face dataset in streaming mode (owner/name or a local folder of data files), unprepared; .tar shards always stream. Needs --max-steps (align's dpo instead reads --rounds windows of --stream-window images).", engine=True)
+    val_data: str | None = setting(None, "Validation data for a streamed --data (shards or, with --streaming, a dataset): its first 512 samples are held in memory (default: the shards named val/validation, or the dataset's validation split).", engine=True)
+    shuffle_buffer: int = setting(256, "Streamed samples held (encoded) for shuffling, per process and loader worker.", at_least=1, engine=True)
 
 
 @dataclass
@@ -192,13 +192,14 @@ class AlignConfig(Schedule):
     label_smoothing: float = setting(0.0, "Robust / conservative DPO noise rate.", at_least=0, below=0.5)
     sft_weight: float = setting(0.0, "Weight of a supervised (cross-entropy) loss: dpo, on the chosen caption; scst, on every reference of the image (the mixed ML + RL objective).", at_least=0)
     pairs: str = setting("auto", "Where pairs come from: auto | corrupted | a pairs file | a prepared preference dataset.")
+    stream_window: int = setting(1000, "dpo on a streamed --data: images each round takes from the stream (round N the N-th window), held in memory while that round's pairs (--pairs auto) are built and trained on.", at_least=1)
     lora_rank: int = setting(0, "Train rank-N LoRA adapters on the decoder only (0 = full tuning).", at_least=0)
     rounds: int = setting(1, "Iterative DPO: rounds of fresh on-policy pairs.", at_least=1)
     contrastive_weight: float = setting(0.5, "Weight of an InfoNCE term on (image, chosen caption) that keeps the contrastive head (trainable in stage 2) matched to the features alignment moves; 0 freezes the head.", at_least=0)
     freeze_vision: bool | None = setting(None, "Freeze the vision encoder in stage 2 (None: as the pretrained run had it).")
     pair_scorer: str = setting("pretrained", "Whose contrastive head the pair ranker uses in every round: pretrained (the pretrained run, frozen) | policy.", choices=("pretrained", "policy"))
     reference: str = setting("pretrained", "Each round's frozen reference: pretrained (the pretrained run) | previous (the previous round's policy).", choices=("pretrained", "previous"))
-    reward: str = setting("cider", "scst reward, a weighted sum of cider (CIDEr-D against the image's references), clipscore (CLIP-S by --reward-clip or the run's contrastive head) and hallucination (hallucinated mentions; shapes data): e.g. cider, cider:1,clipscore:0.5, cider:1,hallucination:-1.")
+    reward: str = setting("cider", "scst reward, a weighted sum of cider (CIDEr-D against the image's references; document frequencies from the training split, on a stream from its first 10,000 samples' references), clipscore (CLIP-S by --reward-clip or the run's contrastive head) and hallucination (hallucinated mentions; shapes data): e.g. cider, cider:1,clipscore:0.5, cider:1,hallucination:-1.")
     reward_clip: str | None = setting(None, "scst --reward clipscore: the CLIP model that judges, a Hugging Face name (cached) or local folder (None: the pretrained run's own contrastive head, frozen).")
     baseline: str = setting("mean", "scst baseline: mean (the other samples of the same image, as RLOO / new SCST) | greedy (the greedy caption's reward, classic SCST).", choices=BASELINES)
     num_samples: int = setting(5, "scst: captions sampled per image each step.", at_least=1)

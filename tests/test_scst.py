@@ -135,7 +135,7 @@ def test_scst_run_logs_its_metrics_and_is_a_finished_model(pretrained_run, in_wo
 def test_a_reward_for_one_word_is_learned(pretrained_run, in_workspace, monkeypatch):
     # a test-only reward: how many times the caption says "red"; a real optimisation, not a smoke test
     def red(context):
-        return lambda rows, positions, captions, pixels: torch.tensor([float(c.split().count("red")) for c in captions])
+        return lambda rows, positions, captions, pixels, references=None: torch.tensor([float(c.split().count("red")) for c in captions])
 
     monkeypatch.setitem(scst.REWARD_BUILDERS, "cider", red)
     run = _scst(pretrained_run, Path("runs/scst-red"), max_steps=10, num_samples=6, lr=5e-3, beta=0.0,

@@ -13,6 +13,8 @@ Face dataset in streaming mode (capalign.data.stream_sources), without preparing
   in-order round robin over workers whose streams never end), so after k batches the resumed loader's
   worker w takes the part of worker (w + k) mod W and skips the samples of that worker's first
   |{i < k : i mod W = (w + k) mod W}| batches (read and decoded, not processed or trained on).
+- Windows (DPO): `window(i, size)` holds samples i*size .. (i+1)*size - 1 of the whole stream (one
+  share, seeded, repeating) in memory as a small split; every process builds the same window.
 - Validation: a streamed source has no held-out split in memory: the first VALIDATION_IMAGES samples
   of --val-data, else of the shards named val/validation (or the dataset's validation split), are
   held in memory as a small fixed set; without either, the run has no validation metrics and says so.
@@ -31,7 +33,7 @@ import datasets
 from torch.utils.data import IterableDataset, get_worker_info
 
 from capalign import reporting
-from capalign.config import RunConfig
+from capalign.config import RunConfig, TrainConfig
 from capalign.data.images import BadImage, decode_image, normalize_image
 from capalign.data.importers.fetch_report import SkipLog
 from capalign.data.stream_sources import is_streamed, open_source, open_validation
@@ -64,12 +66,14 @@ class _Skips(SkipLog):
 
 class TrainingStream(IterableDataset):
     """(PIL image, caption) pairs of `source` (a ShardSource or HubSource), this process's and this
-    DataLoader worker's share only, repeated pass after pass. `rank`/`world`: the process's place in
+    DataLoader worker's share only, repeated pass after pass; with `references`, (PIL image, all its
+    captions) instead (SCST's reward needs every reference). `rank`/`world`: the process's place in
     the launch."""
 
-    def __init__(self, source, *, seed: int, buffer: int, rank: int = 0, world: int = 1, name: str = ""):
+    def __init__(self, source, *, seed: int, buffer: int, rank: int = 0, world: int = 1, name: str = "",
+                 references: bool = False):
         self.source, self.seed, self.buffer = source, seed, buffer
-        self.rank, self.world, self.name = rank, world, name
+        self.rank, self.world, self.name, self.references = rank, world, name, references
         self._skip_batches, self._batch_size = 0, 1
 
     def resume_after(self, batches: int, batch_size: int) -> None:
@@ -116,21 +120,45 @@ class TrainingStream(IterableDataset):
         for cand in buffer:
             yield from self._decoded(cand, rng, log)
 
+    def window(self, index: int, size: int) -> datasets.Dataset:
+        """Samples index*size .. (index+1)*size - 1 of the whole stream (every share's, in one seeded
+        order; the same in every process) with all their captions, as a small in-memory split."""
+        rows = {"image_id": [], "image": [], "captions": []}
+        for ref, image, captions in itertools.islice(self._every_pass(), index * size, (index + 1) * size):
+            rows["image_id"].append(ref)
+            rows["image"].append(image)
+            rows["captions"].append(list(captions) if self.references else [captions])
+        return datasets.Dataset.from_dict(rows, features=VALIDATION_FEATURES)
+
+    def _every_pass(self) -> Iterator[tuple]:
+        for pass_ in itertools.count():
+            produced = False
+            for ref, image, caption in self.share_samples(0, 1, pass_):
+                produced = True
+                yield ref, image, caption
+            if not produced:
+                raise InputError(f"{self.name} holds no usable sample (see the warnings); check the shards.")
+
     def _decoded(self, cand, rng: random.Random, log: SkipLog) -> Iterator[tuple]:
-        caption = cand.captions[rng.randrange(len(cand.captions))]
+        caption = cand.captions[rng.randrange(len(cand.captions))]  # drawn either way: one rng sequence
         try:
             image = decode_image(cand.data, STREAM_IMAGE_SIZE)
         except BadImage as e:
             log.skip(e.reason, cand.ref, e.detail)
             return
-        yield cand.ref, image, caption
+        yield cand.ref, image, list(cand.captions) if self.references else caption
 
     def captions(self, limit: int = VOCAB_SAMPLES) -> Iterator[str]:
         """The captions of the first `limit` samples in shard order (for a tokenizer built from config)."""
+        for captions in self.reference_sets(limit):
+            yield from captions
+
+    def reference_sets(self, limit: int) -> Iterator[list[str]]:
+        """Each of the first `limit` samples' captions, in shard order (every share reads the same)."""
         log = SkipLog()
         samples = (c for s in range(len(self.source)) for c in self.source.read(s, log))
         for cand in itertools.islice(samples, limit):
-            yield from cand.captions
+            yield list(cand.captions)
 
 
 @contextmanager
@@ -169,11 +197,15 @@ def is_stream(config: RunConfig) -> bool:
     return is_streamed(str(config.data), config.train.streaming)
 
 
-def open_stream(config: RunConfig) -> dict:
+def open_stream(config: RunConfig, settings: TrainConfig | None = None, references: bool = False,
+                windowed: bool = False) -> dict:
     """{"train": TrainingStream, "validation": in-memory split (when there is one)} for a streamed
-    --data; a stream has no length, so --max-steps is required."""
-    t = config.train
-    if not t.max_steps:
+    --data; a stream has no length, so --max-steps is required unless it is read by `windowed`
+    (TrainingStream.window). `settings`: the engine settings the run trains with (default
+    `config.train`; stage 2 passes `config.align_engine()`); `references`: the stream yields each
+    image with all its captions."""
+    t = settings or config.train
+    if not t.max_steps and not windowed:
         raise ConfigError(f"--data {config.data} is streamed and has no length; pass --max-steps N "
                           "(the run's length in optimiser steps).")
     sources = open_source(str(config.data))
@@ -182,7 +214,8 @@ def open_stream(config: RunConfig) -> dict:
         validation = open_validation(t.val_data)
     state = process_state()
     data = {"train": TrainingStream(sources["train"], seed=t.seed, buffer=t.shuffle_buffer,
-                                    rank=state.process_index, world=state.num_processes, name=str(config.data))}
+                                    rank=state.process_index, world=state.num_processes, name=str(config.data),
+                                    references=references)}
     if validation is not None:
         data["validation"] = held_in_memory(validation)
         reporting.log.info(f"Validation: the first {len(data['validation'])} samples of "

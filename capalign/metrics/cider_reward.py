@@ -86,8 +86,10 @@ class CiderD:
 
     def score(self, index: int, candidate: str) -> float:
         """CIDEr-D of one already-tokenised candidate against image `index`'s references."""
+        return self._score(self._references[index], candidate)
+
+    def _score(self, refs: list, candidate: str) -> float:
         vec, norm, length = self._vector(_ngram_counts(candidate, self.n))
-        refs = self._references[index]
         total = [0.0] * self.n
         for vec_ref, norm_ref, length_ref in refs:
             penalty = math.e ** (-(float(length - length_ref) ** 2) / (2 * self.sigma ** 2))
@@ -108,3 +110,14 @@ class CiderD:
             tokens = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
             candidates = [tokens[str(k)][0] for k in range(len(candidates))]
         return [self.score(i, c) for i, c in zip(indices, candidates)]
+
+    def scores_against(self, references: list[list[str]], candidates: list[str]) -> list[float]:
+        """CIDEr-D of each candidate against its own `references` (not among the images this scorer
+        was built on), with this scorer's document frequencies: a streamed image's reward."""
+        if not self.tokenized:
+            refs = tokenize_in_python({str(k): list(r) for k, r in enumerate(references)})
+            cands = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
+            references = [refs[str(k)] for k in range(len(references))]
+            candidates = [cands[str(k)][0] for k in range(len(candidates))]
+        return [self._score([self._vector(_ngram_counts(r, self.n)) for r in refs], c)
+                for refs, c in zip(references, candidates)]

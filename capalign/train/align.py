@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 from capalign import reporting
 from capalign.config import AlignConfig, RunConfig
 from capalign.data.store import load_prepared
+from capalign.data.streaming import TrainingStream, is_stream, open_stream
 from capalign.devices import check_precision
 from capalign.distributed import process_state
-from capalign.errors import ConfigError
+from capalign.errors import ConfigError, InputError
 from capalign.inference.generate import DecodeOptions
 from capalign.losses import preference_loss, sequence_logps, token_cross_entropy
 from capalign.pairs.dataset import PairBatchMaker, PairSet, build_pair_sets
@@ -33,7 +34,7 @@ from capalign.reporting import log
 from capalign.runs import finish_run, new_run_dir
 from capalign.train import rounds, stage2
 from capalign.train.engine import Engine, average_losses
-from capalign.train.scst import align_scst
+from capalign.train.scst import align_scst, check_stream_rewards
 from capalign.train.stages import check_resume, clear_stage
 
 
@@ -132,16 +133,44 @@ def align(model_dir: Path, config: RunConfig, data: str | None = None, out: Path
     With `rounds` > 1 (iterative DPO), each round makes fresh pairs with the current policy; its frozen
     reference is the pretrained model (`align.reference: pretrained`) or the previous round's policy.
     `resume` skips the rounds capalign.train.rounds records as finished (restoring the policy they
-    ended with), rebuilds the next round's pairs (seeded) and continues it from its newest checkpoint."""
+    ended with), rebuilds the next round's pairs (seeded) and continues it from its newest checkpoint.
+    On a streamed --data, round N builds its pairs from the stream's N-th window of
+    `align.stream_window` images (capalign.data.streaming.TrainingStream.window), so a resumed round
+    reads the window it was interrupted in."""
     if resume:
         check_resume(out, "align")
     config = stage2.resolve_config(model_dir, config, data)
     check_precision(config.train.mixed_precision, config.train.device)  # never record a precision not trained in
-    dataset = load_prepared(config.data)
+    dataset = _open_data(config)
     start = stage2.load_start(model_dir, config)
     if config.align.method == "scst":
         return align_scst(model_dir, config, dataset, start, out, resume, overwrite)
     return align_dpo(model_dir, config, dataset, start, out, resume, overwrite)
+
+
+def _open_data(config: RunConfig):
+    """The prepared dataset, or for a streamed --data (shards, --streaming) the stream, yielding each
+    image with its references (capalign.data.streaming.open_stream): SCST trains on it, DPO reads it a
+    window a round; what a stream cannot feed is refused first."""
+    if not is_stream(config):
+        return load_prepared(config.data)
+    if config.align.method == "scst":
+        check_stream_rewards(config.align.reward, config.align.reward_clip)
+        return open_stream(config, config.align_engine(), references=True)
+    if config.align.pairs != "auto":  # corrupted needs ground-truth objects; a pairs file names prepared images
+        raise ConfigError(f"--pairs {config.align.pairs}: DPO on a streamed source builds each round's pairs from "
+                          "its window of the stream; use --pairs auto, or fetch the data first.")
+    return open_stream(config, config.align_engine(), references=True, windowed=True)
+
+
+def round_data(dataset, round_index: int, window: int):
+    """The data round `round_index` builds its pairs from: the prepared dataset, or that round's
+    window of a stream (with the validation split held in memory, when there is one)."""
+    stream = dataset["train"]
+    if not isinstance(stream, TrainingStream):
+        return dataset
+    log.info(f"Round {round_index + 1}: images {round_index * window + 1}-{(round_index + 1) * window} of the stream.")
+    return {**dataset, "train": stream.window(round_index, window)}
 
 
 def align_dpo(model_dir: Path, config: RunConfig, dataset, start: stage2.Start, out: Path | None, resume: bool,
@@ -159,8 +188,9 @@ def align_dpo(model_dir: Path, config: RunConfig, dataset, start: stage2.Start, 
     steps, first_held_out = progress.steps, None  # round 1's held-out pairs, scored against the pretrained reference
     for round_index in range(progress.finished, a.rounds):
         seed = config.train.seed + 1000 * round_index
-        train_pairs, held_out = round_pairs(policy, reference, scorer, start.tokenizer, start.processor, dataset, config,
-                                            collate, round_index, seed)
+        train_pairs, held_out = round_pairs(policy, reference, scorer, start.tokenizer, start.processor,
+                                            round_data(dataset, round_index, a.stream_window), config, collate,
+                                            round_index, seed)
         engine = _train_round(policy, train_pairs, held_out, collate, loss_fn, config, run_dir, round_index, seed, steps,
                               resume and round_index == progress.finished)
         first_held_out = held_out if round_index == 0 else first_held_out
@@ -174,8 +204,8 @@ def align_dpo(model_dir: Path, config: RunConfig, dataset, start: stage2.Start, 
         return run_dir
     _save(run_dir, model_dir, config, start, policy, steps, scorer)
     if progress.finished:  # resumed after round 1: its held-out pairs again (seeded, from the pretrained model)
-        first_held_out = round_pairs(start.pretrained, start.pretrained, scorer, start.tokenizer, start.processor, dataset,
-                                     config, collate, 0, config.train.seed)[1]
+        first_held_out = round_pairs(start.pretrained, start.pretrained, scorer, start.tokenizer, start.processor,
+                                     round_data(dataset, 0, a.stream_window), config, collate, 0, config.train.seed)[1]
     stage2.report(run_dir, policy, start, dataset, _held_out_scores(policy, first_held_out, collate, loss_fn, a.batch_size))
     return finish_run(run_dir)  # an --overwrite replaces the old run now
 
@@ -247,6 +277,9 @@ def round_pairs(policy, reference, scorer, tokenizer, processor, dataset, config
     log.info(f"Round {round_index + 1}/{a.rounds}: making preference pairs and reference log-probs")
     sampling = DecodeOptions(temperature=a.candidate_temperature, top_k=a.candidate_top_k, top_p=a.candidate_top_p)
     train_pairs, held_out = build_pair_sets(dataset, policy, tokenizer, processor, a.pairs, seed, scorer, sampling)
+    if not len(train_pairs):
+        raise InputError(f"Round {round_index + 1}: no training pair could be made (every image's candidates tied); "
+                         "pass more images (a larger --stream-window on a stream) or other --pairs.")
     for pair_set in filter(None, (train_pairs, held_out)):
         attach_reference_logps(reference, pair_set, collate, a.batch_size, average=a.loss == "ipo")
     sources = Counter(p.source for p in train_pairs.pairs)

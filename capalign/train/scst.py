@@ -15,13 +15,20 @@ exp(d) - d - 1, d = log p_ref - log p, on the sampled tokens against the frozen 
 The InfoNCE term on (image, its first reference) keeps the contrastive head matched, as in DPO; the
 optional cross-entropy on every reference of the image (`sft_weight`) is the mixed ML + RL objective
 (Paulus et al. 2018), which keeps the sampled policy anchored to human captions.
+
+On a streamed --data (webdataset shards, or --streaming; capalign.data.streaming) the engine reads
+capalign.data.streaming.TrainingStream with each image's references, so memory holds the shuffle
+buffer, not the data. CIDEr-D's document frequencies are computed once, before training, from the
+references of the first STREAM_DF_SAMPLES samples in shard order; each batch's images are scored
+against their own references with them. The hallucination term (no ground-truth objects in a
+stream) and --reward-clip (it embeds each dataset row once) are refused on a stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch.utils.data import Dataset
@@ -29,6 +36,7 @@ from torch.utils.data import Dataset
 from capalign.config import RunConfig, parse_reward
 from capalign.data.collate import pixel_values, tokenize_captions
 from capalign.data.shapes import find_hallucinations
+from capalign.data.streaming import TrainingStream
 from capalign.distributed import process_state
 from capalign.errors import ConfigError, InputError
 from capalign.inference.generate import DecodeOptions, caption_images
@@ -44,13 +52,17 @@ from capalign.train.stage2 import Start
 from capalign.train.stages import clear_stage
 
 
-# A reward term: (dataset rows, batch positions of the images, captions, pixel values) -> one reward per caption.
-RewardFn = Callable[[list[int], torch.Tensor, list[str], torch.Tensor], torch.Tensor]
+STREAM_DF_SAMPLES = 10_000  # a streamed run's CIDEr-D document frequencies come from this many samples' references
+
+# A reward term: (dataset rows, batch positions of the images, captions, pixel values, each caption's
+# references on a stream else None) -> one reward per caption.
+RewardFn = Callable[[list[int], torch.Tensor, list[str], torch.Tensor, list | None], torch.Tensor]
 
 
 @dataclass
 class RewardContext:
-    """What the reward terms are built from: the training split and the frozen pretrained model."""
+    """What the reward terms are built from: the training split (or TrainingStream) and the frozen
+    pretrained model."""
 
     split: object
     pretrained: torch.nn.Module
@@ -60,13 +72,25 @@ class RewardContext:
 
 
 def cider_reward(context: RewardContext) -> RewardFn:
-    """CIDEr-D against each image's references, document frequencies over the whole training split."""
-    scorer = CiderD([list(c) for c in context.split["captions"]])
+    """CIDEr-D against each image's references, document frequencies over the whole training split
+    (a stream: over its first STREAM_DF_SAMPLES samples)."""
+    scorer = CiderD(document_frequency_references(context.split))
 
-    def reward(rows, positions, captions, pixels):
-        return torch.tensor(scorer.scores(rows, captions), dtype=torch.float32)
+    def reward(rows, positions, captions, pixels, references=None):
+        values = scorer.scores(rows, captions) if references is None else scorer.scores_against(references, captions)
+        return torch.tensor(values, dtype=torch.float32)
 
     return reward
+
+
+def document_frequency_references(split) -> list[list[str]]:
+    """The reference sets CIDEr-D's document frequencies count: every training image's, or a
+    stream's first STREAM_DF_SAMPLES samples' (read once, before training)."""
+    if not isinstance(split, TrainingStream):
+        return [list(c) for c in split["captions"]]
+    references = list(split.reference_sets(STREAM_DF_SAMPLES))
+    log.info(f"CIDEr-D document frequencies from the references of the first {len(references)} streamed samples.")
+    return references
 
 
 def clipscore_reward(context: RewardContext) -> RewardFn:
@@ -80,7 +104,7 @@ def clipscore_reward(context: RewardContext) -> RewardFn:
                           "(use --reward cider).")
     scorer = RunScorer(model, context.tokenizer, context.processor)
 
-    def reward(rows, positions, captions, pixels):
+    def reward(rows, positions, captions, pixels, references=None):
         with torch.no_grad():
             images = model.head.embed_image(model.encode_images(pixels).pooler_output).float()
             texts = scorer.embed_texts(captions)
@@ -96,7 +120,7 @@ def clip_model_reward(split, name_or_path: str) -> RewardFn:
     scorer = load_clip(name_or_path)
     embedded: dict[int, torch.Tensor] = {}
 
-    def reward(rows, positions, captions, pixels):
+    def reward(rows, positions, captions, pixels, references=None):
         fresh = [r for r in dict.fromkeys(rows) if r not in embedded]
         if fresh:
             embedded.update(zip(fresh, scorer.embed_images([split[r]["image"] for r in fresh])))
@@ -114,7 +138,7 @@ def hallucination_reward(context: RewardContext) -> RewardFn:
                           "this dataset has no objects column.")
     objects = list(context.split["objects"])
 
-    def reward(rows, positions, captions, pixels):
+    def reward(rows, positions, captions, pixels, references=None):
         return torch.tensor([float(len(find_hallucinations(c, objects[r]))) for r, c in zip(rows, captions)])
 
     return reward
@@ -132,10 +156,10 @@ class WeightedReward:
         self.weights = parse_reward(spec)
         self.terms = {name: REWARD_BUILDERS[name](context) for name in self.weights}
 
-    def __call__(self, rows, positions, captions, pixels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, rows, positions, captions, pixels, references=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total, parts = torch.zeros(len(captions)), {}
         for name, weight in self.weights.items():
-            values = self.terms[name](rows, positions, captions, pixels).float().cpu()
+            values = self.terms[name](rows, positions, captions, pixels, references).float().cpu()
             parts[f"reward/{name}"] = values.mean()
             total = total + weight * values
         return total, parts
@@ -166,15 +190,51 @@ class ImageBatchMaker:
 
     def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         chosen = self.split.select(rows)
-        references = list(chosen["captions"])
-        batch = {"index": torch.tensor(rows), "pixel_values": pixel_values(self.processor, list(chosen["image"]))}
-        if self.text_inputs is not None:
-            text = self.text_inputs([c[0] for c in references])
-            batch["text_input_ids"], batch["text_attention_mask"] = text["input_ids"], text["attention_mask"]
-        if self.reference_labels is not None:
-            slots = max(len(c) for c in references)
-            batch["reference_labels"] = self.reference_labels([c[i % len(c)] for i in range(slots) for c in references])
+        return image_batch(torch.tensor(rows), pixel_values(self.processor, list(chosen["image"])),
+                           list(chosen["captions"]), self.text_inputs, self.reference_labels)
+
+
+class StreamImageBatchMaker:
+    """A stream's (image, references) items → ImageBatchMaker's batch, its "index" the positions in
+    the batch, plus the "references" themselves (a streamed image has no dataset row)."""
+
+    def __init__(self, processor, text_inputs=None, reference_labels=None):
+        self.processor, self.text_inputs, self.reference_labels = processor, text_inputs, reference_labels
+
+    def __call__(self, items: list[tuple]) -> dict:
+        images, references = zip(*items)
+        references = [list(r) for r in references]
+        batch = image_batch(torch.arange(len(items)), pixel_values(self.processor, list(images)), references,
+                            self.text_inputs, self.reference_labels)
+        batch["references"] = references
         return batch
+
+
+def image_batch(index: torch.Tensor, pixels: torch.Tensor, references: list[list[str]], text_inputs,
+                reference_labels) -> dict:
+    """{"index", "pixel_values"} and the contrastive / supervised terms' inputs (see ImageBatchMaker)."""
+    batch = {"index": index, "pixel_values": pixels}
+    if text_inputs is not None:
+        text = text_inputs([c[0] for c in references])
+        batch["text_input_ids"], batch["text_attention_mask"] = text["input_ids"], text["attention_mask"]
+    if reference_labels is not None:
+        slots = max(len(c) for c in references)
+        batch["reference_labels"] = reference_labels([c[i % len(c)] for i in range(slots) for c in references])
+    return batch
+
+
+def check_stream_rewards(spec: str, reward_clip: str | None) -> None:
+    """Refuse, before anything loads, the reward terms a streamed source cannot feed."""
+    if "hallucination" in parse_reward(spec):
+        raise ConfigError("--reward hallucination needs each image's ground-truth objects, which a streamed source "
+                          "does not carry; drop the term or fetch the data first (capalign fetch).")
+    if "clipscore" in parse_reward(spec) and reward_clip is not None:
+        raise ConfigError("--reward-clip embeds each dataset image once, which a streamed source has no rows for; "
+                          "leave it unset (the run's own head judges clipscore) or fetch the data first.")
+
+
+def _each(values: list | None, positions: Iterable[int]) -> list | None:
+    return None if values is None else [values[p] for p in positions]
 
 
 def sample_labels(sequences: torch.Tensor, prompt: int, eos: int) -> torch.Tensor:
@@ -205,18 +265,18 @@ def scst_loss_fn(reward: WeightedReward, reference, tokenizer, num_samples: int,
         return labels, [t.strip() for t in texts]
 
     def loss_fn(module, batch):
-        pixels, rows = batch["pixel_values"], batch["index"].tolist()
+        pixels, rows, stream_refs = batch["pixel_values"], batch["index"].tolist(), batch.get("references")
         prompt = module.prompt_tokens  # e.g. VisionEncoderDecoder's output starts with its decoder start token
         with torch.no_grad():
             sampled = module.generate(pixels, do_sample=True, top_k=0, num_beams=1, num_return_sequences=num_samples)
         labels, captions = decode(sampled, prompt)
         positions = torch.arange(len(rows)).repeat_interleave(num_samples)
         owners = [rows[p] for p in positions.tolist()]
-        rewards, parts = reward(owners, positions, captions, pixels)
+        rewards, parts = reward(owners, positions, captions, pixels, _each(stream_refs, positions.tolist()))
         if baseline == "greedy":
             with torch.no_grad():
                 greedy = module.generate(pixels, do_sample=False, num_beams=1)
-            greedy_rewards, _ = reward(rows, torch.arange(len(rows)), decode(greedy, prompt)[1], pixels)
+            greedy_rewards, _ = reward(rows, torch.arange(len(rows)), decode(greedy, prompt)[1], pixels, stream_refs)
             base = greedy_rewards.repeat_interleave(num_samples)
         else:
             grouped = rewards.view(len(rows), num_samples)
@@ -285,7 +345,8 @@ def align_scst(model_dir: Path, config: RunConfig, dataset, start: Start, out: P
     run_dir = new_run_dir("align", out, resume=resume, overwrite=overwrite)
     main = process_state().is_main_process
     stage2.record_start(run_dir, config)
-    log.info(f"SCST on {len(split)} training images, {a.num_samples} samples each, reward {a.reward}, "
+    images = "streamed training images" if isinstance(split, TrainingStream) else f"{len(split)} training images"
+    log.info(f"SCST on {images}, {a.num_samples} samples each, reward {a.reward}, "
              f"baseline {a.baseline}, beta {a.beta}.")
     engine = _engine(config, dataset, split, start, reward, run_dir)
     if resume and engine.resume():
@@ -305,7 +366,9 @@ def align_scst(model_dir: Path, config: RunConfig, dataset, start: Start, out: P
 
 
 def _training_split(config: RunConfig, dataset):
-    """The images SCST samples captions for."""
+    """The images SCST samples captions for (a stream as it is)."""
+    if isinstance(dataset.get("train"), TrainingStream):
+        return dataset["train"]
     if "train" not in dataset or not len(dataset["train"]):
         raise InputError(f"{config.data} has no training images for --method scst.")
     return dataset["train"]
@@ -317,12 +380,14 @@ def _engine(config: RunConfig, dataset, split, start: Start, reward: WeightedRew
     a = config.align
     labels = (lambda captions: tokenize_captions(start.tokenizer, captions, config.model.max_caption_tokens)["labels"]) \
         if a.sft_weight else None
-    collate = ImageBatchMaker(split, start.processor, stage2.text_inputs(start), labels)
+    streamed = isinstance(split, TrainingStream)
+    collate = StreamImageBatchMaker(start.processor, stage2.text_inputs(start), labels) if streamed \
+        else ImageBatchMaker(split, start.processor, stage2.text_inputs(start), labels)
     loss_fn = scst_loss_fn(reward, start.pretrained, start.tokenizer, a.num_samples, a.baseline, a.beta,
                            start.contrastive_weight, a.sft_weight)
     validation = dataset["validation"] if "validation" in dataset and len(dataset["validation"]) else None
     return Engine(
-        start.policy, loss_fn, TrainingImages(split), collate, config.align_engine(), run_dir,
+        start.policy, loss_fn, split if streamed else TrainingImages(split), collate, config.align_engine(), run_dir,
         validate=greedy_validation(validation, start.tokenizer, start.processor, config.train.val_images)
         if validation is not None else None,
         description="scst", remedy="lower --lr or raise --beta", shown={"reward/mean": "reward"},
