@@ -33,8 +33,9 @@ def _ngram_counts(text: str, n: int = NGRAMS) -> dict[tuple[str, ...], int]:
 def document_frequency(references, n: int = NGRAMS) -> tuple[dict[tuple[str, ...], float], int]:
     """pycocoevalcap's document frequencies over tokenised references (an iterable of each image's
     reference list, read once, one image at a time): for every n-gram, the number of images whose
-    references contain it; and the number of images. N-grams of one image only are left out: their
-    IDF, log(max(1, df)), is 0 with or without them (most 3- and 4-grams are such)."""
+    references contain it; and the number of images. N-grams of one image only are left out: the
+    scorer reads log(max(1, df)), which is 0 for df 1 and for a missing n-gram alike, so no score
+    changes (most 3- and 4-grams are such)."""
     counts: dict[tuple[str, ...], float] = defaultdict(float)
     images = 0
     for refs in references:
