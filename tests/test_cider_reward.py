@@ -9,7 +9,7 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 
 from capalign.metrics.cider_reward import CiderD
-from capalign.metrics.coco import tokenize_in_python
+from capalign.metrics.python_tokenizer import tokenize_in_python
 
 from conftest import refdata
 

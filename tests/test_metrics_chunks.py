@@ -15,6 +15,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 import capalign.metrics.coco as coco
 from capalign.metrics import evaluate_captions
+from capalign.metrics.python_tokenizer import tokenize_in_python
 from capalign.metrics.types import EvaluationResult
 
 from conftest import refdata
@@ -63,8 +64,8 @@ def _single_calls(gts, res) -> dict[str, tuple[float, list[float]]]:
 def test_chunked_text_metrics_equal_one_pycocoevalcap_call(monkeypatch, data, chunk):
     cands, refs = data()
     ids = sorted(cands)
-    gts = coco.tokenize_in_python({i: refs[i] for i in ids})  # the same tokens for both: the scorers are compared
-    res = coco.tokenize_in_python({i: [cands[i]] for i in ids})
+    gts = tokenize_in_python({i: refs[i] for i in ids})  # the same tokens for both: the scorers are compared
+    res = tokenize_in_python({i: [cands[i]] for i in ids})
     monkeypatch.setattr(coco, "CHUNK_IMAGES", chunk)
     ours = EvaluationResult()
     coco.score_tokenized(ids, gts, res, TEXT, ours)
@@ -79,7 +80,7 @@ def test_chunked_text_metrics_equal_one_pycocoevalcap_call(monkeypatch, data, ch
 def _peak_bytes_per_image(monkeypatch, n_images: int) -> tuple[float, float]:
     """(peak, retained) bytes per image of evaluate_captions' BLEU and CIDEr, inputs excluded; the
     Python tokenizer stands in for the PTB tokenizer (no Java)."""
-    monkeypatch.setattr(coco, "tokenize", coco.tokenize_in_python)
+    monkeypatch.setattr(coco, "tokenize", tokenize_in_python)
     monkeypatch.setattr(coco, "java_missing", lambda: None)
     evaluate_captions(*synthetic(5, seed=2), ["BLEU-4", "CIDEr"])  # imports and caches, once
     cands, refs = synthetic(n_images, seed=1)

@@ -7,7 +7,7 @@ import random
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from capalign.metrics.coco import tokenize_in_python
+from capalign.metrics.python_tokenizer import tokenize_in_python
 from capalign.pairs.ranker import cider_per_candidate
 
 WORDS = "a the red blue green circle square cat dog on sits next to under large small".split()

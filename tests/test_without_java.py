@@ -5,7 +5,8 @@ import random
 
 from capalign.data import shapes
 from capalign.metrics import evaluate_captions
-from capalign.metrics.coco import tokenize, tokenize_in_python
+from capalign.metrics.coco import tokenize
+from capalign.metrics.python_tokenizer import tokenize_in_python
 from capalign.pairs.ranker import rank_candidates
 from test_metrics_coco import synthetic
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from capalign.metrics.coco import tokenize_in_python
+from capalign.metrics.python_tokenizer import tokenize_in_python
 
 NGRAMS = 4
 SIGMA = 6.0
@@ -53,7 +53,7 @@ class CiderD:
     `frequencies` (what `document_frequency` returns, e.g. over a whole split) is given, so that a chunk
     of a split's images is scored as in one call over the split.
     With `tokenized` False the references, and the candidates given to `scores`, are tokenised with
-    capalign.metrics.coco.tokenize_in_python (the PTB tokenizer's output on shapes, without Java)."""
+    capalign.metrics.python_tokenizer.tokenize_in_python (the PTB tokenizer's output on shapes, without Java)."""
 
     def __init__(self, references: list[list[str]], tokenized: bool = False, n: int = NGRAMS, sigma: float = SIGMA,
                  frequencies: tuple[dict[tuple[str, ...], float], int] | None = None):

@@ -25,8 +25,9 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import get_stanford_models as stanford_models
 from pycocoevalcap.spice.spice import Spice
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from capalign.metrics.cider_reward import CiderD, document_frequency
 from capalign.metrics.types import EvaluationResult
 from capalign.reporting import log
 
@@ -63,22 +64,6 @@ def java_missing() -> str | None:
     if shutil.which("java"):
         return None
     return "needs Java for pycocoevalcap's PTB tokenizer (java is not on the PATH; e.g. apt install openjdk-17-jre-headless)"
-
-
-def tokenize_in_python(captions: dict[str, list[str]]) -> dict[str, list[str]]:
-    """`tokenize` without Java, for training-time ranking: NLTK's Penn Treebank tokenizer, then
-    lower-casing and pycocoevalcap's punctuation removal. Identical to the PTB tokenizer on every
-    shapes caption; on natural text it differs only around rare punctuation (a leading ', a period
-    inside a caption), so reported metrics keep using `tokenize`."""
-    from nltk.tokenize import TreebankWordTokenizer  # deferred: only the pair ranker needs it
-
-    words, drop = TreebankWordTokenizer(), set(PUNCTUATIONS)
-
-    def one(text: str) -> str:
-        lowered = (t.lower() for t in words.tokenize(text, convert_parentheses=True))
-        return " ".join(t for t in lowered if t not in drop)  # like the PTB tokenizer: "-lrb-" stays
-
-    return {key: [one(c) for c in texts] for key, texts in captions.items()}
 
 
 def tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -171,8 +156,6 @@ def _mean_of_chunks(scorer, ids, gts, res) -> tuple[float, np.ndarray]:
 def _cider(ids, gts, res) -> tuple[float, list[float]]:
     """pycocoevalcap's Cider (CIDEr-D, IDF from these references) with the document frequencies counted
     once over every image's references, then a chunk of images' reference vectors at a time."""
-    from capalign.metrics.cider_reward import CiderD, document_frequency  # deferred: it imports this module
-
     frequencies = document_frequency(gts[i] for i in ids)
     per: list[float] = []
     for chunk in _chunks(ids):

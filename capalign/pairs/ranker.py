@@ -15,7 +15,7 @@ from typing import Iterator
 from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs, cook_test, precook
 
 from capalign.data.shapes import find_hallucinations
-from capalign.metrics.coco import tokenize_in_python
+from capalign.metrics.python_tokenizer import tokenize_in_python
 
 HALLUCINATION_PENALTY = 10.0
 CHUNK_IMAGES = 256  # images whose candidates are scored together (memory holds a chunk's n-gram vectors:
