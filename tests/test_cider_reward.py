@@ -63,3 +63,10 @@ def test_document_frequencies_are_the_training_references_not_the_batch():
     alone = reward.scores([0], ["a red square"])
     assert alone == reward.scores([0, 1], ["a red square", "a blue circle"])[:1]
     assert reward.document_frequency[("red",)] == 2 and len(reward) == 3
+
+
+def test_scoring_against_given_references_equals_scoring_the_images_it_was_built_on():
+    references = [["a red circle above a blue square", "a red circle"], ["two green squares", "green squares side by side"]]
+    scorer = CiderD(references)
+    rows, captions = [0, 1, 0, 1], ["a red circle", "green squares", "a red circle above a square", "two green squares"]
+    assert scorer.scores_against([references[r] for r in rows], captions) == scorer.scores(rows, captions)

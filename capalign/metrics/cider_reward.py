@@ -114,11 +114,13 @@ class CiderD:
 
     def scores_against(self, references: list[list[str]], candidates: list[str]) -> list[float]:
         """CIDEr-D of each candidate against its own `references` (not among the images this scorer
-        was built on), with this scorer's document frequencies: a streamed image's reward."""
+        was built on), with this scorer's document frequencies: a streamed image's reward. Each
+        distinct reference set (an image's, shared by its K samples) is tokenised and weighed once."""
+        sets = list(dict.fromkeys(tuple(r) for r in references))
         if not self.tokenized:
-            refs = tokenize_in_python({str(k): list(r) for k, r in enumerate(references)})
+            tokens = tokenize_in_python({str(k): list(r) for k, r in enumerate(sets)})
             cands = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
-            references = [refs[str(k)] for k in range(len(references))]
             candidates = [cands[str(k)][0] for k in range(len(candidates))]
-        return [self._score([self._vector(_ngram_counts(r, self.n)) for r in refs], c)
-                for refs, c in zip(references, candidates)]
+        weighed = {refs: [self._vector(_ngram_counts(r, self.n)) for r in (tokens[str(k)] if not self.tokenized else refs)]
+                   for k, refs in enumerate(sets)}
+        return [self._score(weighed[tuple(refs)], c) for refs, c in zip(references, candidates)]
