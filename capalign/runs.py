@@ -11,6 +11,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TextIO
 
 from capalign.errors import InputError, MissingError, OutputError
 from capalign.models import registry
@@ -201,26 +202,31 @@ def resolve_model(model: str | Path | None, kind: str | None = None) -> Path:
 def atomic_write_text(path: Path, text: str, *, option: str | None = None) -> None:
     """Write via a temporary file in the same folder and rename over the target (`option`: the flag
     that chose `path`, named if the write fails)."""
+    _atomic_write(path, lambda handle: handle.write(text), option)
+
+
+def atomic_write_json(path: Path, payload, *, option: str | None = None) -> None:
+    """JSON (numpy scalars and sets allowed) written atomically, encoded piece by piece into the file
+    (a large evaluation is never held a second time as one string); parent folders are created."""
+    path = Path(path)
+    with write_errors(path, option=option):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda handle: json.dump(payload, handle, indent=1, default=_json_default), option)
+
+
+def _atomic_write(path: Path, write: Callable[[TextIO], object], option: str | None) -> None:
     path = Path(path)
     with write_errors(path, option=option):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
         try:
             with os.fdopen(fd, "w") as handle:
-                handle.write(text)
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-
-def atomic_write_json(path: Path, payload, *, option: str | None = None) -> None:
-    """JSON (numpy scalars and sets allowed) written atomically; parent folders are created."""
-    path = Path(path)
-    with write_errors(path, option=option):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(payload, indent=1, default=_json_default), option=option)
 
 
 def _json_default(value):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from capalign.data.store import load_prepared
+from capalign.data import streaming
 from capalign.data.stream_sources import open_shards
 from capalign.data.streaming import TrainingStream
 from capalign.metrics.cider_reward import CiderD
@@ -100,6 +101,20 @@ def test_stream_windows_are_consecutive_and_the_same_for_every_process(tmp_path)
     assert len(set(straight[:9])) == 9  # one pass: every sample once
     first = windows[0][0]
     assert first["image"].size == (16, 16) and first["captions"][0].startswith("a ")
+
+
+def test_windows_in_turn_read_the_stream_once_and_a_resumed_window_matches(tmp_path, monkeypatch):
+    write_shards(tmp_path / "shards", shards=3, per_shard=3)
+    source = open_shards(str(tmp_path / "shards"))["train"]
+    decoded = []
+    real_decode = streaming.decode_image
+    monkeypatch.setattr(streaming, "decode_image", lambda data, size: decoded.append(1) or real_decode(data, size))
+    stream = TrainingStream(source, seed=5, buffer=2, references=True)
+    windows = [stream.window(i, 4)["image_id"] for i in range(3)]
+    assert len(decoded) == 12  # rounds 1-3 decode 12 samples, not 4 + 8 + 12
+    resumed = TrainingStream(source, seed=5, buffer=2, references=True).window(2, 4)["image_id"]
+    assert resumed == windows[2]
+    assert stream.window(1, 4)["image_id"] == windows[1]  # asked out of turn: read again from the start
 
 
 def _shapes_shards(folder: Path, shards: int, per_shard: int) -> None:

@@ -75,6 +75,7 @@ class TrainingStream(IterableDataset):
         self.source, self.seed, self.buffer = source, seed, buffer
         self.rank, self.world, self.name, self.references = rank, world, name, references
         self._skip_batches, self._batch_size = 0, 1
+        self._cursor: tuple[int, Iterator[tuple]] | None = None  # (samples read, the reading) for window()
 
     def resume_after(self, batches: int, batch_size: int) -> None:
         """Continue after `batches` batches of `batch_size` (this process's loader) were trained on."""
@@ -122,12 +123,19 @@ class TrainingStream(IterableDataset):
 
     def window(self, index: int, size: int) -> datasets.Dataset:
         """Samples index*size .. (index+1)*size - 1 of the whole stream (every share's, in one seeded
-        order; the same in every process) with all their captions, as a small in-memory split."""
+        order; the same in every process) with all their captions, as a small in-memory split. Windows
+        asked for in turn continue one reading of the stream; any other (a resumed round) reads it
+        again from the start."""
+        start = index * size
+        if self._cursor is None or self._cursor[0] != start:
+            self._cursor = (0, self._every_pass())
+        position, samples = self._cursor
         rows = {"image_id": [], "image": [], "captions": []}
-        for ref, image, captions in itertools.islice(self._every_pass(), index * size, (index + 1) * size):
+        for ref, image, captions in itertools.islice(samples, start - position, start - position + size):
             rows["image_id"].append(ref)
             rows["image"].append(image)
             rows["captions"].append(list(captions) if self.references else [captions])
+        self._cursor = (start + size, samples)
         return datasets.Dataset.from_dict(rows, features=VALIDATION_FEATURES)
 
     def _every_pass(self) -> Iterator[tuple]:
