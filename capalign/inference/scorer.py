@@ -4,7 +4,7 @@ self` and the pair ranker's image–caption similarity."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class RunScorer:
         return torch.cat(chunks).float()
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return torch.cat(list(self.embed_text_batches(texts)))
+        return filled_rows(self.embed_text_batches(texts), len(texts))
 
     @torch.no_grad()
     def embed_text_batches(self, texts: list[str]) -> Iterator[torch.Tensor]:
@@ -43,6 +43,20 @@ class RunScorer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             pooled = self.captioner.text_features(batch["input_ids"], batch["attention_mask"])
             yield self.captioner.head.embed_text(pooled).float()
+
+
+def filled_rows(batches: Iterable[torch.Tensor], rows: int) -> torch.Tensor:
+    """The batches' rows, in order, in one [rows, ...] tensor filled batch by batch (torch.cat would
+    hold every batch beside the result: twice a corpus' embeddings)."""
+    out, start = None, 0
+    for batch in batches:
+        if out is None:
+            out = torch.empty((rows, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
+        out[start : start + batch.shape[0]] = batch
+        start += batch.shape[0]
+    if start != rows:
+        raise ValueError(f"the batches held {start} rows, not {rows}")
+    return out if out is not None else torch.empty(0)
 
 
 def load_scorer(run_dir: Path, device: torch.device | str | None = None,

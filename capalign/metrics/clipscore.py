@@ -18,7 +18,8 @@ import torch
 from transformers import AutoProcessor, CLIPModel
 
 from capalign.errors import MissingError
-from capalign.metrics.types import EvaluationResult, MetricOptions
+from capalign.inference.scorer import filled_rows
+from capalign.metrics.types import CHUNK_IMAGES, EvaluationResult, MetricOptions
 from capalign.models import guard
 from capalign.models.guard import NO_REMOTE_CODE
 
@@ -102,12 +103,26 @@ def embed_image_ids(scorer, images, ids: list[str], batch_size: int) -> torch.Te
     decode, as capalign.data.store.SplitImages does)."""
     step = getattr(scorer, "batch_size", None) or batch_size  # the scorer's own batches: the same numbers
     take = getattr(images, "many", None) or (lambda chunk: [images[i] for i in chunk])
-    return torch.cat([scorer.embed_images(take(ids[start : start + step])).float().cpu()
-                      for start in range(0, len(ids), step)])
+    return filled_rows((scorer.embed_images(take(ids[start : start + step])).float().cpu()
+                        for start in range(0, len(ids), step)), len(ids))
 
 
 def _prompted(prompt: str, text: str) -> str:
     return f"{prompt.rstrip()} {text}" if prompt else text
+
+
+def _clip_chunk(scorer, images, ids: list[str], candidates: dict[str, str], references: dict[str, list[str]],
+                prompt: str, with_references: bool, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """CLIP-S (and RefCLIP-S) of a chunk of images: only the chunk's embeddings are held."""
+    image_emb = embed_image_ids(scorer, images, ids, batch_size).numpy().astype(np.float64)
+    cand_emb = scorer.embed_texts([_prompted(prompt, candidates[i]) for i in ids]).cpu().numpy().astype(np.float64)
+    ref_emb = None
+    if with_references:
+        flat = [_prompted(prompt, r) for i in ids for r in references[i]]
+        all_refs = scorer.embed_texts(flat).cpu().numpy().astype(np.float64)
+        bounds = np.cumsum([0] + [len(references[i]) for i in ids])
+        ref_emb = [all_refs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return clip_scores(image_emb, cand_emb, ref_emb)
 
 
 def score_clip(
@@ -137,15 +152,12 @@ def score_clip(
         prompt = PROMPT if options.clip_prompt is None else options.clip_prompt
         label = f"CLIPModel {options.clip_model}"
     label += f", Hessel et al. 2021, w={W}, prompt {prompt!r}"
-    image_emb = embed_image_ids(scorer, images, ids, options.batch_size).numpy().astype(np.float64)
-    cand_emb = scorer.embed_texts([_prompted(prompt, candidates[i]) for i in ids]).cpu().numpy().astype(np.float64)
-    ref_emb = None
-    if "RefCLIPScore" in metrics:
-        flat = [_prompted(prompt, r) for i in ids for r in references[i]]
-        all_refs = scorer.embed_texts(flat).cpu().numpy().astype(np.float64)
-        bounds = np.cumsum([0] + [len(references[i]) for i in ids])
-        ref_emb = [all_refs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    clip_s, refclip = clip_scores(image_emb, cand_emb, ref_emb)
+    step = getattr(scorer, "batch_size", None) or options.batch_size
+    chunk = max(1, CHUNK_IMAGES // step) * step  # whole scorer batches: the same image and caption batches
+    parts = [_clip_chunk(scorer, images, ids[start : start + chunk], candidates, references, prompt,
+                         "RefCLIPScore" in metrics, options.batch_size) for start in range(0, len(ids), chunk)]
+    clip_s = np.concatenate([c for c, _ in parts])
+    refclip = np.concatenate([r for _, r in parts]) if "RefCLIPScore" in metrics else None
     for name, values in (("CLIPScore", clip_s), ("RefCLIPScore", refclip)):
         if name in metrics and values is not None:
             result.summary[name] = float(np.mean(values))

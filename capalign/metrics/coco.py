@@ -28,10 +28,9 @@ from pycocoevalcap.spice.spice import Spice
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from capalign.metrics.cider_reward import CiderD, document_frequency
-from capalign.metrics.types import EvaluationResult
+from capalign.metrics.types import CHUNK_IMAGES, EvaluationResult
 from capalign.reporting import log
 
-CHUNK_IMAGES = 1024  # BLEU, ROUGE-L and CIDEr score this many images at a time
 SPICE_JAR_NAME = "stanford-corenlp-3.6.0.jar"
 SPICE_FETCH = (
     "python -c 'from pycocoevalcap.spice.get_stanford_models import get_stanford_models as g; g()'"

@@ -15,7 +15,7 @@ from capalign.metrics.clipscore import embed_image_ids
 from capalign.metrics.types import RETRIEVAL_METRICS, EvaluationResult, MetricOptions
 
 
-MAX_SCORES = 1 << 24  # similarity scores held at a time (64 MiB of float32)
+MAX_SCORES = 1 << 22  # similarity scores held at a time (16 MiB of float32; 1,000 images already fill a block)
 ROWS = 1024  # queries per block
 
 

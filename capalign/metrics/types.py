@@ -18,6 +18,7 @@ METRIC_NAMES = (
     + DIVERSITY_METRICS
     + ["Hallucination", "CHAIR-s", "CHAIR-i"]
 )
+CHUNK_IMAGES = 1024  # images a chunked metric (BLEU, ROUGE-L, CIDEr, CLIP-S) scores at a time
 # Metrics that are a property of the whole set of captions, not a mean over images (no per-image score).
 CORPUS_ONLY = {"Distinct-1", "Distinct-2", "Vocabulary"}
 # Metrics where lower is better (used for win rates and report sorting).
