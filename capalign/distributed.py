@@ -16,7 +16,10 @@ of terms then need care:
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -31,6 +34,30 @@ def process_state():
     `PartialState()` under torchrun on a CPU-only machine settles on one process, and the Accelerator
     created after it inherits that: pass cpu=True there too.)"""
     return PartialState(cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available())
+
+
+PATIENT_WAIT = timedelta(hours=24)  # how long the others wait for the main process's first turn
+_patient_groups: dict[int, object] = {}  # the launch's process group -> its patient gloo group
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on the main process first, then on the others (as accelerate's
+    `main_process_first`), with the others waiting on a gloo group of PATIENT_WAIT: the launch's own
+    process group times a barrier out after 10 (NCCL) or 30 (gloo) minutes, less than encoding a
+    CC3M-sized feature cache takes."""
+    state = process_state()
+    if state.num_processes == 1:
+        yield
+        return
+    key = id(dist.group.WORLD)
+    if key not in _patient_groups:  # a collective: every process gets here at the same point
+        _patient_groups[key] = dist.new_group(backend="gloo", timeout=PATIENT_WAIT)
+    if not state.is_main_process:
+        dist.barrier(group=_patient_groups[key])
+    yield
+    if state.is_main_process:
+        dist.barrier(group=_patient_groups[key])
 
 
 def world_size() -> int:

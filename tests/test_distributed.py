@@ -87,3 +87,20 @@ def test_two_processes_without_out_write_one_run_folder(workspace, tmp_path):
     runs = sorted((tmp_path / "runs").iterdir())
     assert [r.name.startswith("pretrain-") for r in runs] == [True], runs
     assert (runs[0] / "run.json").is_file()
+
+
+@needs_torchrun
+def test_the_others_wait_for_the_main_process_longer_than_the_group_timeout(tmp_path):
+    """The feature cache's main-process-first wait outlasts the launch's process-group timeout
+    (accelerate's own main_process_first, on that group, is stopped by it)."""
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), ENV.get("PYTHONPATH", "")])}
+
+    def launch(mode: str):
+        return subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "patient_first", mode, "3", "8"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    patient = launch("patient")
+    assert patient.returncode == 0, patient.stderr[-3000:]
+    assert sorted(line for line in patient.stdout.splitlines() if "passed" in line) == ["process 0 passed", "process 1 passed"]
+    plain = launch("plain")
+    assert plain.returncode != 0 and "Timed out waiting 3000ms" in plain.stderr

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from capalign import reporting
 from capalign.data.collate import CaptionPairs, pixel_values
-from capalign.distributed import process_state
+from capalign.distributed import main_process_first
 from capalign.data.store import DEFAULT_DATA_ROOT
 from capalign.models.backbones import pooled, weights_digest
 
@@ -132,7 +132,7 @@ def cached_features(split, split_name: str, vision: torch.nn.Module, processor, 
     key = cache_key(split, split_name, vision, processor, keep_hidden, dtype)
     final = root / key
     computed = False
-    with process_state().main_process_first():  # one process encodes; the others then read
+    with main_process_first():  # one process encodes; the others then read (however long it takes)
         if not (final / "meta.json").is_file():
             partial = root / f"{key}.partial-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
