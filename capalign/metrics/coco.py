@@ -195,7 +195,7 @@ def score_tokenized(ids: list[str], gts: dict[str, list[str]], res: dict[str, li
         for k in range(4):
             if f"BLEU-{k + 1}" in metrics:
                 put(f"BLEU-{k + 1}", corpus[k], per[k])
-        result.stats["BLEU"] = {i: row.tolist() for i, row in zip(ids, stats)}
+        result.stats["BLEU"] = dict(zip(ids, stats))  # rows of one array: 10 floats, not 10 float objects, an image
     if "METEOR" in metrics:
         with _quiet_java_stderr():
             corpus, per = meteor_scorer().compute_score(gts, res)

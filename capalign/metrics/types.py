@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from capalign.config import CLIP_B32
 
@@ -64,7 +64,7 @@ class EvaluationResult:
     missing: dict[str, str] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stats: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    stats: dict[str, dict[str, Sequence[float]]] = field(default_factory=dict)
 
     def add_per_image(self, metric: str, scores: dict[str, float]) -> None:
         for image_id, value in scores.items():
