@@ -248,7 +248,7 @@ SECTIONS = {"": RunConfig, "model": ModelConfig, "train": TrainConfig, "align": 
 # SCST's were measured on the embedded default (bench/bench_embedded.py's SCST_SETTINGS; README "Which
 # alignment method?"); elsewhere, and for DPO, the preset's align section applies, else AlignConfig's.
 METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
-    "scst": {"tiny": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0, "sft_weight": 0.0}},
+    "scst": {"tiny": {"lr": 5e-4, "batch_size": 16, "max_steps": 800, "contrastive_weight": 2.0, "sft_weight": 1.0}},
 }
 _BY_METHOD = frozenset(key for presets in METHOD_DEFAULTS.values() for defaults in presets.values() for key in defaults)
 

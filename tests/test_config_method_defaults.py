@@ -80,7 +80,7 @@ def test_dpo_from_an_scst_run_takes_dpo_defaults_for_what_scst_chose_by_default(
 def test_the_align_help_shows_scst_defaults(capsys):
     from capalign.cli.align import METHOD_HELPS
 
-    shown = {"lr": "5e-4", "batch_size": "16", "max_steps": "800", "contrastive_weight": "2", "sft_weight": "0"}
+    shown = {"lr": "5e-4", "batch_size": "16", "max_steps": "800", "contrastive_weight": "2", "sft_weight": "1"}
     assert {name: text.rsplit(": ", 1)[1] for name, text in METHOD_HELPS.items()} == {k: v + "." for k, v in shown.items()}
     code, out, _ = run_cli(["align", "--help"], capsys)
     text = " ".join(line.strip(" │") for line in out.splitlines())
