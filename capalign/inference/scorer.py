@@ -23,14 +23,15 @@ class RunScorer:
         self.captioner.eval()
         self.device = next(captioner.parameters()).device
 
-    @torch.no_grad()
     def embed_images(self, images: list) -> torch.Tensor:
-        chunks = []
+        return filled_rows(self._image_batches(images), len(images))
+
+    @torch.no_grad()
+    def _image_batches(self, images: list) -> Iterator[torch.Tensor]:
         for start in range(0, len(images), self.batch_size):
             pixels = pixel_values(self.processor, images[start : start + self.batch_size]).to(self.device)
             pooled = self.captioner.encode_images(pixels).pooler_output
-            chunks.append(self.captioner.head.embed_image(pooled))
-        return torch.cat(chunks).float()
+            yield self.captioner.head.embed_image(pooled).float()
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         return filled_rows(self.embed_text_batches(texts), len(texts))

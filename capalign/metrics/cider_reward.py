@@ -107,20 +107,23 @@ class CiderD:
 
     def scores(self, indices: list[int], candidates: list[str]) -> list[float]:
         """CIDEr-D of each candidate against its image's references (tokenised as the references were)."""
-        if not self.tokenized:
-            tokens = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
-            candidates = [tokens[str(k)][0] for k in range(len(candidates))]
-        return [self.score(i, c) for i, c in zip(indices, candidates)]
+        return [self.score(i, c) for i, c in zip(indices, self._candidate_tokens(candidates))]
 
     def scores_against(self, references: list[list[str]], candidates: list[str]) -> list[float]:
         """CIDEr-D of each candidate against its own `references` (not among the images this scorer
         was built on), with this scorer's document frequencies: a streamed image's reward. Each
         distinct reference set (an image's, shared by its K samples) is tokenised and weighed once."""
         sets = list(dict.fromkeys(tuple(r) for r in references))
+        token_sets: list = sets
         if not self.tokenized:
             tokens = tokenize_in_python({str(k): list(r) for k, r in enumerate(sets)})
-            cands = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
-            candidates = [cands[str(k)][0] for k in range(len(candidates))]
-        weighed = {refs: [self._vector(_ngram_counts(r, self.n)) for r in (tokens[str(k)] if not self.tokenized else refs)]
-                   for k, refs in enumerate(sets)}
-        return [self._score(weighed[tuple(refs)], c) for refs, c in zip(references, candidates)]
+            token_sets = [tokens[str(k)] for k in range(len(sets))]
+        weighed = {refs: [self._vector(_ngram_counts(r, self.n)) for r in toks] for refs, toks in zip(sets, token_sets)}
+        return [self._score(weighed[tuple(refs)], c) for refs, c in zip(references, self._candidate_tokens(candidates))]
+
+    def _candidate_tokens(self, candidates: list[str]) -> list[str]:
+        """The candidates tokenised as the references were (as given when the scorer was built on tokens)."""
+        if self.tokenized:
+            return list(candidates)
+        tokens = tokenize_in_python({str(k): [c] for k, c in enumerate(candidates)})
+        return [tokens[str(k)][0] for k in range(len(candidates))]

@@ -11,7 +11,7 @@ def tokenize_in_python(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     lower-casing and pycocoevalcap's punctuation removal. Identical to the PTB tokenizer on every
     shapes caption; on natural text it differs only around rare punctuation (a leading ', a period
     inside a caption), so reported metrics keep using `tokenize`."""
-    from nltk.tokenize import TreebankWordTokenizer  # deferred: only the pair ranker needs it
+    from nltk.tokenize import TreebankWordTokenizer  # deferred: only training-time scoring needs it
 
     words, drop = TreebankWordTokenizer(), set(PUNCTUATIONS)
 
