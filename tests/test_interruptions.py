@@ -34,7 +34,7 @@ def _capalign(args: list[str], cwd: Path, module: str = "capalign", **kwargs) ->
 
 
 def test_sigterm_checkpoints_and_resume_reaches_the_same_final_loss(workspace):
-    common = ["--config", "tiny.yaml", "--max-steps", "40", "--seed", "0"]
+    common = ["--config", "tiny.yaml", "--max-steps", "12", "--seed", "0"]
     straight = _capalign(["pretrain", *common, "--out", "runs/sig-straight"], workspace)
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
     stopped = _capalign(["pretrain", *common, "--out", "runs/sig-stopped"], workspace, module="paced")
@@ -51,7 +51,7 @@ def test_sigterm_checkpoints_and_resume_reaches_the_same_final_loss(workspace):
     resumed = _capalign(["pretrain", *common, "--out", "runs/sig-stopped", "--resume"], workspace)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
     a, b = _losses(workspace / "runs/sig-straight"), _losses(workspace / "runs/sig-stopped")
-    assert sorted(a) == sorted(b) and b[40] == pytest.approx(a[40], rel=1e-5)
+    assert sorted(a) == sorted(b) and b[12] == pytest.approx(a[12], rel=1e-5)
 
 
 def _interrupted_run(out: Path, monkeypatch, keep: int = 3) -> Path:
