@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Callable
 
 from capalign.train.engine import Engine
@@ -19,3 +20,9 @@ def interrupt_at_step(monkeypatch, step: int) -> Callable[[], None]:
 
     monkeypatch.setattr(Engine, "_train_batch", interrupt)
     return lambda: monkeypatch.setattr(Engine, "_train_batch", original)
+
+
+def sigint_as_at_a_terminal() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: the default disposition, as under a terminal.
+    A shell without job control starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from capalign.data.images import ImageFiles, Unreadable, collect_images
+from stopping import sigint_as_at_a_terminal
 from test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def uninterrupted(many, pretrained_run, tmp_path_factory) -> Path:
 
 def _interrupt_after_two_lines(args: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
     process = subprocess.Popen([sys.executable, "-m", "paced", *args], env=ENV, text=True,  # stalls after 2 batches
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_at_a_terminal)
     deadline = time.time() + 300
     while process.poll() is None and time.time() < deadline:
         if out.exists() and out.read_bytes().count(b"\n") >= 2:

@@ -23,7 +23,7 @@ from capalign.train.engine import MAX_CONSECUTIVE_NONFINITE, Engine
 from capalign.train.pretrain import pretrain
 from capalign.train.stages import STAGE
 
-from stopping import interrupt_at_step
+from stopping import interrupt_at_step, sigint_as_at_a_terminal
 from test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,8 @@ def test_ctrl_c_stops_the_whole_demo(in_workspace, monkeypatch, capsys, tmp_path
 def test_a_real_sigint_to_caption_is_130_and_one_line(pretrained_run, in_workspace):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "capalign", "caption", str(IMAGE), "--model", str(pretrained_run)],
-                               cwd=in_workspace, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=in_workspace, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=sigint_as_at_a_terminal)
     maps = Path(f"/proc/{process.pid}/maps")
     deadline = time.time() + 120
     # torch loads inside the command (its imports are deferred): from then on the command is running

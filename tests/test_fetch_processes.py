@@ -27,6 +27,7 @@ from capalign.data.importers.image_workers import ImagePool
 from capalign.data.importers.records import Candidate
 from capalign.data.importers.splits import SPLITS, split_caps
 from capalign.errors import InputError
+from stopping import sigint_as_at_a_terminal
 from test_cli import run_cli
 from test_importers_common import (load, low_pixel_limit, make_bad_files, make_escapes,  # noqa: F401
                                    noise_jpeg_bytes, report_json, rgb, save)
@@ -177,7 +178,7 @@ def test_ctrl_c_at_the_terminal_reaches_the_main_process_only(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "capalign", "fetch", str(root), "--out", str(tmp_path / "out"),
                              "--processes", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=sigint_as_at_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
