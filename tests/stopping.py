@@ -1,4 +1,5 @@
-"""Stopping training as Ctrl-C does, at a chosen step (the interruption and resume tests share it)."""
+"""Stopping as Ctrl-C does: training at a chosen step in-process, and a child process that a test sends a real SIGINT
+(the interruption and resume tests share both)."""
 
 from __future__ import annotations
 
