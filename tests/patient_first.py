@@ -1,10 +1,13 @@
 """A stand-in launched by torchrun (tests/test_distributed.py): a process group that times out after
 TIMEOUT seconds, and a main-process-first block in which the main process works for longer than that.
-`patient`: capalign.distributed.main_process_first; `plain`: accelerate's, on the launch's own group."""
+`patient`: capalign.distributed.main_process_first; `plain`: accelerate's, on the launch's own group.
+Each process that gets through writes `passed-<rank>` in the working directory (torchrun merges the
+processes' stdout, and two prints can land on one line)."""
 
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -18,5 +21,5 @@ block = main_process_first() if mode == "patient" else state.main_process_first(
 with block:
     if state.is_main_process:
         time.sleep(work)
-print(f"process {state.process_index} passed", flush=True)
+Path(f"passed-{state.process_index}").write_text(f"process {state.process_index} passed")
 dist.destroy_process_group()

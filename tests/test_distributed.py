@@ -101,6 +101,7 @@ def test_the_others_wait_for_the_main_process_longer_than_the_group_timeout(tmp_
 
     patient = launch("patient")
     assert patient.returncode == 0, patient.stderr[-3000:]
-    assert sorted(line for line in patient.stdout.splitlines() if "passed" in line) == ["process 0 passed", "process 1 passed"]
+    passed = sorted(tmp_path.glob("passed-*"))
+    assert [p.read_text() for p in passed] == ["process 0 passed", "process 1 passed"]
     plain = launch("plain")
     assert plain.returncode != 0 and "Timed out waiting 3000ms" in plain.stderr
