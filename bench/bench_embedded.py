@@ -2,7 +2,8 @@
 
     python bench/bench_embedded.py [--seeds 0 1 2] [--workdir runs/bench-embedded] [--output FILE.json]
                                    [--systems dpo | all | NAME ...] [--quick]
-    python bench/bench_embedded.py --combine seed-0.json seed-1.json ...   (the report alone, from --output files)
+    python bench/bench_embedded.py --combine seed-0.json seed-1.json ...   (the report alone, from --output files;
+                                   files of one seed, e.g. with different --systems, are merged)
 
 For each seed, exactly what a user types (through `capalign`'s own entry point):
 
@@ -96,6 +97,18 @@ def run_seed(seed: int, workdir: Path, systems: list[str], data: list[str], quic
     return figures
 
 
+def merged_by_seed(saved: list[dict]) -> list[dict]:
+    """One figures record per seed from several --output files (e.g. seed-0.json, then seed-0.h.json for
+    one more system on the same seed's runs); a later file's figures of a system replace an earlier one's."""
+    by_seed: dict[int, dict] = {}
+    for doc in saved:
+        for figures in doc["seeds"]:
+            merged = by_seed.setdefault(figures["seed"], {"seconds": {}})
+            merged["seconds"].update(figures["seconds"])
+            merged.update({key: value for key, value in figures.items() if key != "seconds"})
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
 def longest_reference(data: list[str]) -> int:
     """Words in the longest test reference (issue 24's bar on caption length)."""
     from datasets import load_from_disk  # deferred: only for this figure
@@ -125,7 +138,7 @@ def bars(f: dict, longest: int) -> dict[str, bool]:
             out[f"{name}: CIDEr above pretrained"] = after["CIDEr"] > before["CIDEr"]
         else:
             out[f"{name}: CIDEr >= 110% of pretrained"] = after["CIDEr"] >= 1.1 * before["CIDEr"]
-        if "dpo" in f and name != "dpo-scst":
+        if "dpo" in f:  # for dpo-scst: SCST did not undo what DPO reached
             out[f"{name}: CIDEr above DPO's"] = after["CIDEr"] > f["dpo"]["CIDEr"]
         out[f"{name}: I2T-R@1 >= 95% of pretrained"] = after["I2T-R@1"] >= 0.95 * before["I2T-R@1"]
         out[f"{name}: T2I-R@1 >= 95% of pretrained"] = after["T2I-R@1"] >= 0.95 * before["T2I-R@1"]
@@ -169,8 +182,7 @@ def main() -> None:
             capalign("fetch", "shapes")
         data = []
     if args.combine:
-        saved = [json.loads(path.read_text()) for path in args.combine]
-        results = [f for doc in saved for f in doc["seeds"]]
+        results = merged_by_seed([json.loads(path.read_text()) for path in args.combine])
         systems = [name for name in SYSTEMS if all(name in f for f in results)]
     else:
         results = [run_seed(seed, args.workdir, systems, data, args.quick) for seed in args.seeds]
