@@ -73,8 +73,6 @@ def reference_pass(run: str, batch_size: str, device: str, out: str) -> None:
     """Child process: the stage-2 reference log-probs over the training split's corrupted pairs, timed."""
     import time
 
-    import torch
-
     from capalign.config import load_config
     from capalign.data.store import load_prepared
     from capalign.models.io import load_captioner

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from capalign.cli import COMMANDS
-from conftest import REFDATA, refdata
+from conftest import refdata
 from test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

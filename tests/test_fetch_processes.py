@@ -30,7 +30,7 @@ from capalign.errors import InputError
 from stopping import sigint_as_at_a_terminal
 from test_cli import run_cli
 from test_importers_common import (load, low_pixel_limit, make_bad_files, make_escapes,  # noqa: F401
-                                   noise_jpeg_bytes, report_json, rgb, save)
+                                   noise_jpeg_bytes, report_json, save)
 from test_importers_files import _jsonl, _shard
 
 REPO = Path(__file__).resolve().parents[1]
